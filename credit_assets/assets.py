@@ -1,0 +1,413 @@
+"""Credit-limit-increase batch scoring as software-defined assets.
+
+Reference: the batch-scoring SageMaker pipeline (Query -> Inference -> Evaluate -> Update, four processing
+steps passing JSON files). Here each step is an asset with lineage, metadata and checks:
+
+    customers (bank table) -> eligible_customers -> credit_scores -> limit_decisions -> customer_updates
+    credit_training_data -> credit_model ----------^
+
+A scoring batch is identified by the run that selected its eligible customers (``batch_id``); every
+downstream file carries it, and the write-back is idempotent per batch.
+"""
+
+
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from credit_assets import customer_store, training_data
+from credit_assets.model_code import scorecard
+from credit_assets.policy import APPROVED, LimitPolicy, decide_limits
+from resources.artifacts import ArtifactStore, join_key
+from resources.datasets import ReferenceDatasets
+from resources.metadata import markdown_mapping, markdown_table
+from resources.model_versions import new_version, publish_version, read_manifest, read_verified, sha256_hex
+from resources.postgres import PostgresDatabase
+from resources.readonly import ReadOnlyDatabase
+from resources.sagemaker import MetricDefinition, SageMakerResource
+
+GROUP = "credit"
+MODEL_CODE_DIR = Path(__file__).with_name("model_code")
+TRAINING_DATA_PREFIX = "credit/training_data"
+TRAINING_DATA_POINTER = "credit/training_data/current.json"
+MODEL_PREFIX = "credit/models"
+ELIGIBLE_KEY = "credit/eligible_customers.parquet"
+SCORES_KEY = "credit/credit_scores.parquet"
+DECISIONS_KEY = "credit/limit_decisions.parquet"
+MODEL_BUNDLE_FILES = [scorecard.MODEL_FILE, scorecard.PREPROCESSING_FILE, scorecard.SCORECARD_FILE, scorecard.METRICS_FILE]
+TRANSFORM_PART_ROWS = 250_000
+METRIC_DEFINITIONS = [
+    MetricDefinition("validation:auc", r"metric validation:auc=([0-9.eE+-]+)"),
+    MetricDefinition("validation:gini", r"metric validation:gini=([0-9.eE+-]+)"),
+    MetricDefinition("train:auc", r"metric train:auc=([0-9.eE+-]+)"),
+]
+
+
+def batch_prefix(batch_id: str) -> str:
+    return f"credit/batches/{batch_id}"
+
+
+customers = dg.AssetSpec(
+    "customers",
+    group_name=GROUP,
+    kinds={"postgres"},
+    description=(
+        "The bank's customers table in the application database (the source of a scoring batch). Demo data: "
+        "`mldp seed-customers`."
+    ),
+)
+
+
+# --- training --------------------------------------------------------------------------------------------
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas", "csv"})
+def credit_training_data(context: dg.AssetExecutionContext, datasets: ReferenceDatasets,
+                         artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """Labelled loan applications for the scorecard: the public bank case-study data set when present
+    (``DATASETS_DIR/credit/BankCaseStudyData.csv``), else a generated population with the same columns.
+
+    Stored content-addressed (``credit/training_data/<fingerprint>/applications.csv``) so every model
+    records exactly which data trained it.
+    """
+    frame, source = training_data.training_frame(datasets.credit_applications())
+    payload = frame.to_csv(index=False).encode()
+    fingerprint = sha256_hex(payload)
+    prefix = join_key(TRAINING_DATA_PREFIX, fingerprint[:16])
+    uri = artifacts.write_bytes(join_key(prefix, "applications.csv"), payload)
+    artifacts.write_json(TRAINING_DATA_POINTER, {"prefix": prefix, "fingerprint": fingerprint, "source": source,
+                                                 "rows": len(frame)})
+    labels = frame[scorecard.LABEL].value_counts().to_dict()
+    splits = frame[scorecard.SPLIT].value_counts().to_dict()
+    context.log.info(f"{len(frame):,} applications from {source}")
+    return dg.MaterializeResult(
+        metadata={
+            "source": source,
+            "rows": len(frame),
+            "decline_rate": float((frame[scorecard.LABEL] == scorecard.POSITIVE_LABEL).mean()),
+            "labels": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
+            "splits": dg.MetadataValue.json({str(k): int(v) for k, v in splits.items()}),
+            "fingerprint": fingerprint,
+            "uri": dg.MetadataValue.path(uri),
+        }
+    )
+
+
+class CreditModelConfig(dg.Config):
+    """Hyperparameters of the scorecard and its scaling (PDO 20, score 600 at odds 30 by default)."""
+
+    pdo: float = scorecard.DEFAULT_PDO
+    target_score: float = scorecard.DEFAULT_TARGET_SCORE
+    target_odds: float = scorecard.DEFAULT_TARGET_ODDS
+    l2: float = 1e-3
+    max_iter: int = 200
+    seed: int = 7
+
+
+@dg.asset(group_name=GROUP, deps=[credit_training_data], kinds={"torch", "sagemaker"})
+def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, sagemaker: SageMakerResource,
+                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """The credit scorecard: a torch logistic regression on the application features, scaled to points.
+
+    Trained as a SageMaker script-mode job (``credit_assets/model_code/train.py``; locally by default) and
+    published as a version under ``credit/models/<version>/``: state_dict weights, preprocessing and
+    scaling as JSON, the SageMaker ``model.tar.gz``, and a manifest with checksums, metrics and the
+    training-data fingerprint.
+    """
+    data = artifacts.read_json(TRAINING_DATA_POINTER)
+    version = new_version(context.run.run_id)
+    hyperparameters = config.model_dump()
+    job = sagemaker.train(
+        job_name=f"credit-model-{version}",
+        source_dir=MODEL_CODE_DIR,
+        entry_point="train.py",
+        channels={"train": data["prefix"]},
+        hyperparameters=hyperparameters,
+        output_prefix="sagemaker/training",
+        tags={"project": "credit-limit-increase", "model_version": version, "dagster_run_id": context.run.run_id},
+        metric_definitions=METRIC_DEFINITIONS,
+        log=context.log.debug,
+    )
+    model_dir = Path(job.model_dir)
+    metrics = json.loads((model_dir / scorecard.METRICS_FILE).read_text())
+    files = {name: model_dir / name for name in MODEL_BUNDLE_FILES}
+    files["model.tar.gz"] = artifacts.read_bytes(artifacts.key_from_uri(job.model_data_uri))
+    manifest = publish_version(
+        artifacts,
+        MODEL_PREFIX,
+        version,
+        files,
+        {
+            "model": "credit-scorecard",
+            "framework": "torch",
+            "training_job": job.name,
+            "training_backend": job.backend,
+            "training_data": {"uri": artifacts.uri(data["prefix"]), "fingerprint": data["fingerprint"],
+                              "source": data["source"], "rows": data["rows"]},
+            "hyperparameters": hyperparameters,
+            "metrics": metrics,
+            "sagemaker_model_data_uri": job.model_data_uri,
+        },
+    )
+    distribution = metrics["validation_score_distribution"]
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": version,
+            "validation_auc": metrics["validation_auc"],
+            "validation_gini": metrics["validation_gini"],
+            "development_auc": metrics["development_auc"],
+            "validation_rows": metrics["validation_rows"],
+            "score_distribution": dg.MetadataValue.md(markdown_mapping(distribution, "statistic", "score")),
+            "training_job": job.name,
+            "training_data_fingerprint": data["fingerprint"],
+            "model_uri": dg.MetadataValue.path(artifacts.uri(join_key(MODEL_PREFIX, version))),
+            "files": len(manifest["files"]),
+        }
+    )
+
+
+# --- scoring batch ---------------------------------------------------------------------------------------
+
+
+class EligibilityConfig(dg.Config):
+    """Which customers get a limit review (defaults as the reference: score >= 600, limit < 10,000)."""
+
+    min_current_score: int = 600
+    max_current_limit: int = 10_000
+    customers_table: str = "customers"
+
+
+@dg.asset(group_name=GROUP, deps=[customers], kinds={"postgres", "pandas"})
+def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityConfig, readonly_db: ReadOnlyDatabase,
+                       artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """Customers up for a credit-limit review, read through the read-only role / replica.
+
+    Undecided customers with ``current_score >= min_current_score`` and ``current_limit <
+    max_current_limit``. Rows with a NULL or negative limit are skipped and counted by reason. The run that
+    materialises this asset starts a new scoring batch (``batch_id``).
+    """
+    table = config.customers_table
+    columns = readonly_db.query(*customer_store.columns_query(table))
+    customer_store.check_customers_columns(set(columns["column_name"]) if not columns.empty else set(), table)
+    statement, params = customer_store.eligible_query(table, config.min_current_score, config.max_current_limit)
+    frame = readonly_db.query(statement, params)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["customer_id", "application_date", "current_score", "current_limit",
+                                      *customer_store.FEATURE_COLUMNS])
+    valid, skipped_counts, skipped = customer_store.split_invalid_limits(frame)
+    batch_id = context.run.run_id
+    uri = artifacts.write_parquet(
+        ELIGIBLE_KEY,
+        valid,
+        metadata={"batch_id": batch_id, "selected": str(len(frame)), "skipped": json.dumps(skipped_counts),
+                  "filter": config.model_dump_json()},
+    )
+    if not skipped.empty:
+        artifacts.write_parquet(join_key(batch_prefix(batch_id), "eligibility_skipped.parquet"), skipped)
+    context.log.info(f"batch {batch_id}: {len(valid):,} eligible customers, {len(skipped):,} skipped")
+    return dg.MaterializeResult(
+        metadata={
+            "batch_id": batch_id,
+            "eligible": len(valid),
+            "selected_rows": len(frame),
+            "skipped": dg.MetadataValue.json(skipped_counts),
+            "filter": dg.MetadataValue.json(config.model_dump()),
+            "read_from": readonly_db.describe(),
+            "preview": dg.MetadataValue.md(markdown_table(valid[["customer_id", "current_score", "current_limit"]])),
+            "uri": dg.MetadataValue.path(uri),
+        }
+    )
+
+
+def _read_transform_output(artifacts: ArtifactStore, keys: list[str]) -> pd.DataFrame:
+    frames = [
+        pd.read_csv(io.BytesIO(artifacts.read_bytes(key)), header=None, names=["customer_id", "probability", "new_score"],
+                    dtype={"customer_id": "int64", "probability": "float64", "new_score": "int64"})
+        for key in keys
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["customer_id", "probability", "new_score"])
+
+
+def unknown_category_reasons(features: pd.DataFrame, preprocessing: dict) -> pd.Series:
+    """Per row, why it cannot be scored (an unseen category value), or NA."""
+    reasons = pd.Series(pd.NA, index=features.index, dtype="string")
+    for name, mask in scorecard.unknown_categories(features, preprocessing).items():
+        reasons[mask & reasons.isna()] = f"unknown {name} value"
+    return reasons
+
+
+@dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"})
+def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResource,
+                  artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """New scorecard points and decline probability for each eligible customer, from the newest model.
+
+    Batch inference through SageMaker Batch Transform (``model_code/inference.py``; run locally by default).
+    Customers with a category value the model never saw are skipped and counted per column.
+    """
+    eligible = artifacts.read_parquet(ELIGIBLE_KEY)
+    batch_id = artifacts.parquet_metadata(ELIGIBLE_KEY)["batch_id"]
+    manifest = read_manifest(artifacts, MODEL_PREFIX)
+    version = manifest["version"]
+    preprocessing = json.loads(read_verified(artifacts, MODEL_PREFIX, manifest, scorecard.PREPROCESSING_FILE))
+    read_verified(artifacts, MODEL_PREFIX, manifest, "model.tar.gz")  # fail here, clearly, if it is corrupt
+
+    features = eligible.rename(columns={scorecard.column_for(f): f for f in scorecard.FEATURES})
+    reasons = unknown_category_reasons(features, preprocessing)
+    skipped_counts = {str(k): int(v) for k, v in reasons.value_counts().items()}
+    scorable = features[reasons.isna()]
+    prefix = batch_prefix(batch_id)
+    input_prefix, output_prefix = join_key(prefix, "transform-input"), join_key(prefix, "transform-output")
+    job_name = None
+    if scorable.empty:
+        scored = pd.DataFrame(columns=["customer_id", "probability", "new_score"])
+    else:
+        artifacts.delete_prefix(input_prefix + "/")
+        for part, start in enumerate(range(0, len(scorable), TRANSFORM_PART_ROWS)):
+            chunk = scorable.iloc[start:start + TRANSFORM_PART_ROWS][["customer_id", *scorecard.FEATURES]]
+            artifacts.write_bytes(join_key(input_prefix, f"part-{part:05d}.csv"),
+                                  chunk.to_csv(header=False, index=False).encode())
+        job_name = f"credit-score-{new_version(context.run.run_id)}"
+        job = sagemaker.batch_transform(
+            job_name=job_name, source_dir=MODEL_CODE_DIR, entry_point="inference.py",
+            model_data_key=join_key(MODEL_PREFIX, version, "model.tar.gz"),
+            input_prefix=input_prefix, output_prefix=output_prefix,
+            tags={"project": "credit-limit-increase", "batch_id": batch_id, "model_version": version},
+            log=context.log.debug,
+        )
+        scored = _read_transform_output(artifacts, [k for k in job.output_keys if k.endswith(".out")])
+    duplicated = scored["customer_id"].duplicated()
+    missing = set(scorable["customer_id"]) - set(scored["customer_id"])
+    if duplicated.any() or missing or len(scored) != len(scorable):
+        raise RuntimeError(
+            f"batch transform output does not match its input: {len(scorable):,} customers sent, {len(scored):,} "
+            f"scores back, {int(duplicated.sum())} duplicated, {len(missing)} missing"
+            + (f" (e.g. customer {min(missing)})" if missing else "")
+        )
+    scores = scorable[["customer_id", "current_score", "current_limit"]].merge(scored, on="customer_id", how="inner")
+    uri = artifacts.write_parquet(
+        SCORES_KEY, scores,
+        metadata={"batch_id": batch_id, "model_version": version, "skipped": json.dumps(skipped_counts),
+                  "transform_job": job_name or ""},
+    )
+    distribution = scorecard.score_distribution(scores["new_score"].to_numpy()) if len(scores) else {}
+    return dg.MaterializeResult(
+        metadata={
+            "batch_id": batch_id,
+            "model_version": version,
+            "scored": len(scores),
+            "skipped": dg.MetadataValue.json(skipped_counts),
+            "transform_job": job_name or "(nothing to score)",
+            "score_distribution": dg.MetadataValue.md(markdown_mapping(distribution, "statistic", "score")),
+            "mean_decline_probability": float(scores["probability"].mean()) if len(scores) else 0.0,
+            "uri": dg.MetadataValue.path(uri),
+        }
+    )
+
+
+class LimitPolicyConfig(dg.Config):
+    """The limit-increase rule's thresholds (reference defaults)."""
+
+    approve_min_score: int = 650
+    low_limit_threshold: int = 5_000
+    low_limit_increase_pct: int = 50
+    high_limit_increase_pct: int = 25
+    max_limit: int = 20_000
+
+
+@dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"})
+def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig,
+                    artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """APPROVED / DECLINED with the new limit and the reason, per scored customer (the reference's rule)."""
+    scores = artifacts.read_parquet(SCORES_KEY)
+    upstream = artifacts.parquet_metadata(SCORES_KEY)
+    policy = LimitPolicy(**config.model_dump())
+    decisions = decide_limits(scores, policy)
+    uri = artifacts.write_parquet(
+        DECISIONS_KEY, decisions,
+        metadata={"batch_id": upstream["batch_id"], "model_version": upstream["model_version"],
+                  "policy": json.dumps(policy.as_dict())},
+    )
+    approved = decisions["decision"] == APPROVED
+    increase = (decisions["new_limit"] - decisions["current_limit"])[approved]
+    return dg.MaterializeResult(
+        metadata={
+            "batch_id": upstream["batch_id"],
+            "decisions": len(decisions),
+            "approved": int(approved.sum()),
+            "declined": int((~approved).sum()),
+            "approval_rate": float(approved.mean()) if len(decisions) else 0.0,
+            "total_limit_increase": int(increase.sum()),
+            "policy": dg.MetadataValue.json(policy.as_dict()),
+            "preview": dg.MetadataValue.md(markdown_table(
+                decisions[["customer_id", "new_score", "current_limit", "new_limit", "decision", "reason"]])),
+            "uri": dg.MetadataValue.path(uri),
+        }
+    )
+
+
+class WriteBackConfig(dg.Config):
+    customers_table: str = "customers"
+
+
+def evaluation_summary(decisions: pd.DataFrame, batch_id: str, model_version: str, policy: dict) -> dict:
+    """The reference's evaluations.json: what the batch decided, in numbers."""
+    approved = decisions["decision"] == APPROVED
+    increase = (decisions["new_limit"] - decisions["current_limit"])[approved]
+    return {
+        "batch_id": batch_id,
+        "model_version": model_version,
+        "customers_scored": int(len(decisions)),
+        "approved": int(approved.sum()),
+        "declined": int((~approved).sum()),
+        "approval_rate": float(approved.mean()) if len(decisions) else 0.0,
+        "total_limit_increase": int(increase.sum()),
+        "mean_new_score": float(decisions["new_score"].mean()) if len(decisions) else None,
+        "score_distribution": scorecard.score_distribution(decisions["new_score"].to_numpy(dtype=np.int64)),
+        "policy": policy,
+    }
+
+
+@dg.asset(group_name=GROUP, deps=[limit_decisions], kinds={"postgres"})
+def customer_updates(context: dg.AssetExecutionContext, config: WriteBackConfig, app_db: PostgresDatabase,
+                     artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """The batch's decisions written to the customers table on the primary, with an append-only audit row
+    per applied decision, in one transaction; idempotent per batch. Also writes the reference's
+    ``evaluations.json`` and ``results.json`` under ``credit/batches/<batch_id>/``.
+    """
+    decisions = artifacts.read_parquet(DECISIONS_KEY)
+    meta = artifacts.parquet_metadata(DECISIONS_KEY)
+    batch_id, version = meta["batch_id"], meta["model_version"]
+    started = datetime.now(timezone.utc)
+    with app_db.connect() as conn:
+        result = customer_store.apply_decisions(conn, decisions, batch_id=batch_id, model_version=version,
+                                                run_id=context.run.run_id, table=config.customers_table)
+    seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    status = "Succeeded" if result.conflicts == 0 and result.missing_customers == 0 else "SucceededWithConflicts"
+    prefix = batch_prefix(batch_id)
+    artifacts.write_json(join_key(prefix, "evaluations.json"),
+                         evaluation_summary(decisions, batch_id, version, json.loads(meta["policy"])))
+    results = {**result.as_dict(), "status": status, "time": datetime.now(timezone.utc).isoformat(),
+               "dagster_run_id": context.run.run_id, "model_version": version}
+    results_uri = artifacts.write_json(join_key(prefix, "results.json"), results)
+    context.log.info(f"batch {batch_id}: {result.updated:,} customers updated, {result.already_applied:,} already "
+                     f"applied, {result.conflicts:,} changed since selection")
+    return dg.MaterializeResult(
+        metadata={
+            "batch_id": batch_id,
+            "model_version": version,
+            "updated": result.updated,
+            "already_applied": result.already_applied,
+            "conflicts": result.conflicts,
+            "missing_customers": result.missing_customers,
+            "status": status,
+            "write_seconds": round(seconds, 3),
+            "rows_per_second": round(len(decisions) / seconds) if seconds > 0 else 0,
+            "written_to": app_db.describe(),
+            "results": dg.MetadataValue.path(results_uri),
+        }
+    )

@@ -1,0 +1,336 @@
+"""The customers table and the audit trail of limit decisions, in the application PostgreSQL database.
+
+`customers` is the bank's table (the source); this module knows its required columns, reads the eligible
+rows, and writes decisions back in one transaction: COPY into a staging table, one ``UPDATE ... FROM``
+guarded against concurrent changes, and an append-only audit row per applied decision. Keyed by
+``(batch_id, customer_id)``, the write-back is idempotent: applying the same batch again changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import psycopg
+from psycopg import sql
+
+from credit_assets.model_code import scorecard
+from resources.postgres import copy_dataframe
+
+DECISION_COLUMNS = [
+    "customer_id",
+    "current_score",
+    "current_limit",
+    "application_date",
+    "limit_increase_decision",
+    "new_limit",
+    "decision_reason",
+    "updated_at",
+]
+FEATURE_COLUMNS = [scorecard.column_for(f) for f in scorecard.FEATURES]
+REQUIRED_COLUMNS = DECISION_COLUMNS + FEATURE_COLUMNS
+AUDIT_TABLE = "credit_limit_audit"
+
+_FEATURE_TYPES = {
+    "application_score": "integer",
+    "bureau_score": "integer",
+    "loan_amount": "integer",
+    "time_with_bank": "integer",
+    "time_in_employment": "integer",
+    "loan_to_income": "double precision",
+    "gross_annual_income": "integer",
+    "loan_payment_frequency": "text",
+    "residential_status": "text",
+    "cheque_card_flag": "text",
+    "existing_customer_flag": "text",
+    "home_telephone_number": "text",
+}
+
+
+class CustomerTableError(ValueError):
+    """The customers table is absent or lacks columns; the message names table and columns."""
+
+
+def table_identifier(name: str) -> sql.Composed:
+    """``schema.table`` or ``table`` as a safely quoted identifier."""
+    parts = name.split(".")
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(f"invalid table name {name!r}")
+    return sql.Identifier(*parts)
+
+
+def _schema_and_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.rpartition(".")
+    return schema or "public", table
+
+
+# --- schema ----------------------------------------------------------------------------------------------
+
+
+def create_customers_table(cur: psycopg.Cursor, table: str = "customers") -> None:
+    """The demo/test shape of the bank's customers table (fillfactor leaves room for in-place updates)."""
+    feature_ddl = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_FEATURE_TYPES[c])) for c in FEATURE_COLUMNS
+    )
+    cur.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {} (
+                customer_id bigint PRIMARY KEY,
+                application_date date,
+                current_score integer,
+                current_limit integer,
+                limit_increase_decision text,
+                new_limit integer,
+                decision_reason text,
+                updated_at timestamptz,
+                {}
+            ) WITH (fillfactor = 80)
+            """
+        ).format(table_identifier(table), feature_ddl)
+    )
+
+
+def create_audit_table(cur: psycopg.Cursor) -> None:
+    """The append-only audit of applied decisions; UPDATE and DELETE are rejected by a trigger."""
+    cur.execute(
+        f"""
+        CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
+            batch_id uuid NOT NULL,
+            customer_id bigint NOT NULL,
+            old_score integer,
+            new_score integer NOT NULL,
+            old_limit integer NOT NULL,
+            new_limit integer NOT NULL,
+            decision text NOT NULL,
+            reason text NOT NULL,
+            probability double precision,
+            model_version text NOT NULL,
+            dagster_run_id uuid NOT NULL,
+            decided_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (batch_id, customer_id)
+        );
+        CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION '{AUDIT_TABLE} is append-only (% refused)', TG_OP;
+        END $$;
+        CREATE OR REPLACE TRIGGER {AUDIT_TABLE}_append_only
+            BEFORE UPDATE OR DELETE OR TRUNCATE ON {AUDIT_TABLE}
+            FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
+        """
+    )
+
+
+def load_customers(conn: psycopg.Connection, frame: pd.DataFrame, table: str = "customers", replace: bool = False) -> int:
+    """Create the customers table if needed and COPY `frame` into it, in one transaction.
+
+    With `replace`, existing rows are removed first (the audit trail is kept).
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        create_customers_table(cur, table)
+        if replace:
+            cur.execute(sql.SQL("TRUNCATE {}").format(table_identifier(table)))
+        columns = [c for c in REQUIRED_COLUMNS if c in frame.columns]
+        copy_dataframe(cur, table_identifier(table), frame, columns)
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute(sql.SQL("ANALYZE {}").format(table_identifier(table)))  # inside the caller's transaction
+        return len(frame)
+    # set hint bits and the visibility map once, so the first batch does not pay for it
+    autocommit, conn.autocommit = conn.autocommit, True
+    try:
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table_identifier(table)))
+    finally:
+        conn.autocommit = autocommit
+    return len(frame)
+
+
+def count_customers(conn: psycopg.Connection, table: str = "customers") -> int | None:
+    """Rows in the table, or None when it does not exist."""
+    schema, name = _schema_and_table(table)
+    exists = conn.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s", (schema, name)
+    ).fetchone()
+    if not exists:
+        return None
+    return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_identifier(table))).fetchone()[0]
+
+
+# --- reading the eligible set ----------------------------------------------------------------------------
+
+
+def check_customers_columns(columns_present: set[str], table: str) -> None:
+    if not columns_present:
+        raise CustomerTableError(
+            f"table {table} does not exist or is not readable by the read-only role; load demo data with "
+            "`mldp seed-customers` or point DATABASE_URL / READONLY_DATABASE_URL at the bank's database"
+        )
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns_present]
+    if missing:
+        raise CustomerTableError(f"table {table} is missing column(s): {', '.join(missing)}")
+
+
+def columns_query(table: str) -> tuple[str, tuple[str, str]]:
+    schema, name = _schema_and_table(table)
+    return (
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+        (schema, name),
+    )
+
+
+def eligible_query(table: str, min_current_score: int, max_current_limit: int) -> tuple[sql.Composed, dict]:
+    """Customers without a decision whose score and limit qualify; NULL limits are included to be reported."""
+    columns = ["customer_id", "application_date", "current_score", "current_limit", *FEATURE_COLUMNS]
+    statement = sql.SQL(
+        "SELECT {} FROM {} WHERE current_score >= %(min_score)s "
+        "AND (current_limit IS NULL OR current_limit < %(max_limit)s) "
+        "AND limit_increase_decision IS NULL ORDER BY customer_id"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, columns)), table_identifier(table))
+    return statement, {"min_score": min_current_score, "max_limit": max_current_limit}
+
+
+def split_invalid_limits(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """(rows with a usable limit, skip counts by reason, the skipped rows with their reason)."""
+    limit = pd.to_numeric(frame["current_limit"], errors="coerce")
+    reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+    reasons[limit.isna()] = "current_limit is NULL"
+    reasons[limit.notna() & (limit < 0)] = "current_limit is negative"
+    skipped = frame.loc[reasons.notna(), ["customer_id", "current_limit"]].assign(reason=reasons[reasons.notna()])
+    counts = {str(k): int(v) for k, v in reasons.value_counts().items()}
+    valid = frame.loc[reasons.isna()].copy()
+    valid["current_limit"] = valid["current_limit"].astype("int64")
+    valid["current_score"] = valid["current_score"].astype("int64")
+    return valid, counts, skipped.reset_index(drop=True)
+
+
+# --- writing decisions back ------------------------------------------------------------------------------
+
+_STAGING_COLUMNS = [
+    "customer_id", "current_score", "new_score", "current_limit", "new_limit", "decision", "reason", "probability",
+]
+
+
+@dataclass(frozen=True)
+class WriteBackResult:
+    batch_id: str
+    decisions: int
+    updated: int
+    already_applied: int
+    conflicts: int
+    missing_customers: int
+
+    def as_dict(self) -> dict[str, int | str]:
+        return {
+            "batch_id": self.batch_id,
+            "decisions": self.decisions,
+            "updated": self.updated,
+            "already_applied": self.already_applied,
+            "conflicts": self.conflicts,
+            "missing_customers": self.missing_customers,
+        }
+
+
+class DecisionBatchError(ValueError):
+    """A batch of decisions cannot be written as it is; nothing was written."""
+
+
+def apply_decisions(
+    conn: psycopg.Connection,
+    decisions: pd.DataFrame,
+    *,
+    batch_id: str,
+    model_version: str,
+    run_id: str,
+    table: str = "customers",
+) -> WriteBackResult:
+    """Write a batch of decisions to `table` and the audit trail atomically and idempotently.
+
+    A customer is updated only if it is still undecided and its score and limit are those the decision was
+    based on; otherwise it counts as a conflict (changed since it was read) or, when this batch already
+    decided it, as already applied. Every updated customer gets exactly one audit row, inserted by the same
+    statement that updates it.
+    """
+    repeated = decisions["customer_id"][decisions["customer_id"].duplicated()]
+    if not repeated.empty:
+        raise DecisionBatchError(
+            f"batch {batch_id} decides {repeated.nunique()} customer(s) more than once (e.g. customer "
+            f"{int(repeated.iloc[0])}); nothing was written"
+        )
+    target = table_identifier(table)
+    with conn.transaction(), conn.cursor() as cur:
+        create_audit_table(cur)
+        cur.execute(
+            """
+            CREATE TEMP TABLE credit_decision_staging (
+                customer_id bigint NOT NULL, current_score integer, new_score integer NOT NULL,
+                current_limit integer NOT NULL, new_limit integer NOT NULL, decision text NOT NULL,
+                reason text NOT NULL, probability double precision
+            ) ON COMMIT DROP
+            """
+        )
+        copy_dataframe(cur, sql.Identifier("credit_decision_staging"), decisions, _STAGING_COLUMNS)
+        cur.execute("ANALYZE credit_decision_staging")
+        cur.execute(
+            sql.SQL(
+                """
+                WITH applied AS (
+                    UPDATE {target} AS c
+                    SET current_score = s.new_score,
+                        limit_increase_decision = s.decision,
+                        new_limit = s.new_limit,
+                        decision_reason = s.reason,
+                        updated_at = now()
+                    FROM credit_decision_staging AS s
+                    WHERE c.customer_id = s.customer_id
+                      AND c.limit_increase_decision IS NULL
+                      AND c.current_limit IS NOT DISTINCT FROM s.current_limit
+                      AND c.current_score IS NOT DISTINCT FROM s.current_score
+                      AND NOT EXISTS (
+                          SELECT 1 FROM {audit} AS a WHERE a.batch_id = %(batch)s AND a.customer_id = s.customer_id)
+                    RETURNING c.customer_id
+                )
+                INSERT INTO {audit} (batch_id, customer_id, old_score, new_score, old_limit, new_limit, decision,
+                                     reason, probability, model_version, dagster_run_id)
+                SELECT %(batch)s, s.customer_id, s.current_score, s.new_score, s.current_limit, s.new_limit,
+                       s.decision, s.reason, s.probability, %(model)s, %(run)s
+                FROM credit_decision_staging AS s JOIN applied USING (customer_id)
+                """
+            ).format(target=target, audit=sql.Identifier(AUDIT_TABLE)),
+            {"batch": batch_id, "model": model_version, "run": run_id},
+        )
+        updated = cur.rowcount
+        missing = in_batch = 0
+        if updated != len(decisions):  # only then is there anything else to account for
+            missing, in_batch = cur.execute(
+                sql.SQL(
+                    """
+                    SELECT count(*) FILTER (WHERE NOT EXISTS (
+                               SELECT 1 FROM {target} c WHERE c.customer_id = s.customer_id)),
+                           count(*) FILTER (WHERE EXISTS (
+                               SELECT 1 FROM {audit} a WHERE a.batch_id = %(batch)s AND a.customer_id = s.customer_id))
+                    FROM credit_decision_staging AS s
+                    """
+                ).format(target=target, audit=sql.Identifier(AUDIT_TABLE)),
+                {"batch": batch_id},
+            ).fetchone()
+        else:
+            in_batch = updated
+    decided = len(decisions)
+    return WriteBackResult(
+        batch_id=batch_id,
+        decisions=decided,
+        updated=updated,
+        already_applied=in_batch - updated,
+        conflicts=decided - in_batch - missing,
+        missing_customers=missing,
+    )
+
+
+def audit_summary(conn: psycopg.Connection, batch_id: str) -> dict[str, int]:
+    """Audit rows and distinct customers recorded for a batch (they must be equal)."""
+    rows, customers = conn.execute(
+        sql.SQL("SELECT count(*), count(DISTINCT customer_id) FROM {} WHERE batch_id = %s::uuid").format(
+            sql.Identifier(AUDIT_TABLE)
+        ),
+        (batch_id,),
+    ).fetchone()
+    return {"audit_rows": rows, "audit_customers": customers}

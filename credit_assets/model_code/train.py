@@ -1,0 +1,116 @@
+"""SageMaker script-mode training entry point for the credit scorecard.
+
+Reads every CSV in the ``train`` channel (``SM_CHANNEL_TRAIN``), fits preprocessing and a logistic
+regression on the Development split, evaluates on Validation, and writes the model bundle to
+``SM_MODEL_DIR`` (weights as a state_dict, preprocessing and scaling as JSON). Metrics are printed as
+``metric <name>=<value>`` lines, which the job's metric definitions scrape. On bad input it writes the
+reason to ``<SM_OUTPUT_DIR>/failure`` and exits non-zero, as SageMaker expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import scorecard
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pdo", type=float, default=scorecard.DEFAULT_PDO)
+    parser.add_argument("--target-score", "--target_score", dest="target_score", type=float,
+                        default=scorecard.DEFAULT_TARGET_SCORE)
+    parser.add_argument("--target-odds", "--target_odds", dest="target_odds", type=float,
+                        default=scorecard.DEFAULT_TARGET_ODDS)
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--max-iter", "--max_iter", dest="max_iter", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "model"))
+    parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "data"))
+    parser.add_argument("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR", "output"))
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def load_training_frame(channel: Path) -> pd.DataFrame:
+    files = sorted(p for p in channel.rglob("*.csv"))
+    if not files:
+        raise ValueError(f"no CSV files in the train channel {channel}")
+    frames = []
+    for path in files:
+        frame = pd.read_csv(path, dtype={c: "string" for c in scorecard.CATEGORICAL_FEATURES},
+                            keep_default_na=False, na_values={c: [""] for c in scorecard.FEATURES})
+        missing = [c for c in scorecard.FEATURES + [scorecard.LABEL] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path.name}: missing column(s) {', '.join(missing)}")
+        labels = set(frame[scorecard.LABEL].dropna().unique())
+        unknown = labels - {"Accept", scorecard.POSITIVE_LABEL}
+        if unknown:
+            row = int(frame.index[frame[scorecard.LABEL].isin(unknown)][0]) + 2
+            raise ValueError(f"{path.name}, line {row}: {scorecard.LABEL} must be Accept or Decline, not {sorted(unknown)[0]!r}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_frame(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if scorecard.SPLIT in frame.columns and frame[scorecard.SPLIT].isin(["Development", "Validation"]).any():
+        return frame[frame[scorecard.SPLIT] == "Development"], frame[frame[scorecard.SPLIT] == "Validation"]
+    rng = np.random.default_rng(seed)
+    validation = rng.random(len(frame)) < 0.2
+    return frame[~validation], frame[validation]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        frame = load_training_frame(Path(args.train))
+        development, validation = split_frame(frame, args.seed)
+        if development.empty or validation.empty:
+            raise ValueError("training data needs both Development and Validation rows")
+        y_dev = (development[scorecard.LABEL] == scorecard.POSITIVE_LABEL).to_numpy()
+        y_val = (validation[scorecard.LABEL] == scorecard.POSITIVE_LABEL).to_numpy()
+        if y_dev.all() or not y_dev.any():
+            raise ValueError("the Development split needs both Accept and Decline rows")
+    except ValueError as exc:
+        output_dir = Path(os.environ.get("SM_OUTPUT_DIR", Path(args.output_data_dir).parent))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "failure").write_text(f"ClientError: {exc}")
+        print(f"training input error: {exc}", file=sys.stderr)
+        return 1
+
+    preprocessing = scorecard.fit_preprocessing(development)
+    x_dev = scorecard.transform(development, preprocessing)
+    x_val = scorecard.transform(validation, preprocessing)
+    model = scorecard.train_logistic(x_dev, y_dev, l2=args.l2, max_iter=args.max_iter, seed=args.seed)
+    scale = scorecard.scaling(args.pdo, args.target_score, args.target_odds)
+    val_log_odds = scorecard.log_odds(model, x_val)
+    dev_log_odds = scorecard.log_odds(model, x_dev)
+    val_auc = scorecard.roc_auc(y_val, val_log_odds)
+    val_scores = scorecard.scores_from_log_odds(val_log_odds, scale)
+    metrics = {
+        "validation_auc": val_auc,
+        "validation_gini": 2 * val_auc - 1,
+        "development_auc": scorecard.roc_auc(y_dev, dev_log_odds),
+        "development_rows": int(len(development)),
+        "validation_rows": int(len(validation)),
+        "decline_rate": float(np.mean(np.concatenate([y_dev, y_val]))),
+        "validation_score_distribution": scorecard.score_distribution(val_scores),
+    }
+    scorecard.save_bundle(Path(args.model_dir), model, preprocessing, scale, metrics)
+    output_dir = Path(args.output_data_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    print(f"metric validation:auc={metrics['validation_auc']:.6f}")
+    print(f"metric validation:gini={metrics['validation_gini']:.6f}")
+    print(f"metric train:auc={metrics['development_auc']:.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

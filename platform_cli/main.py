@@ -1,0 +1,193 @@
+"""`mldp`: the project's command line (demo, demo data, the embedded database, the Dagster UI)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from resources.settings import PROJECT_ROOT, ConfigurationError, PlatformSettings, open_resources
+
+
+def _settings() -> PlatformSettings:
+    try:
+        return PlatformSettings.from_env()
+    except ConfigurationError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def cmd_seed_customers(args: argparse.Namespace) -> int:
+    from credit_assets import customer_store, population
+
+    with open_resources(_settings()) as resources, resources.app_db.connect(autocommit=True) as conn:
+        existing = customer_store.count_customers(conn, args.table)
+        if existing and not args.replace:
+            print(f"{args.table} already holds {existing:,} customers in {resources.app_db.describe()}; "
+                  "pass --replace to start over")
+            return 0
+        loaded = customer_store.load_customers(conn, population.customers(args.count, seed=args.seed), args.table,
+                                               replace=True)
+        print(f"loaded {loaded:,} demo customers into {args.table} ({resources.app_db.describe()})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from credit_assets import customer_store, population
+    from resources.dagster_instance import prepare_dagster_home
+
+    settings = _settings()
+    home = prepare_dagster_home(settings)
+    with open_resources(settings) as resources:
+        artifacts = resources.artifacts
+        print(f"application database: {resources.app_db.describe()}")
+        with resources.app_db.connect(autocommit=True) as conn:
+            existing = customer_store.count_customers(conn)
+            if not existing or args.reset:
+                loaded = customer_store.load_customers(conn, population.customers(args.customers), replace=True)
+                print(f"loaded {loaded:,} demo customers")
+            else:
+                print(f"using the {existing:,} customers already in the table (--reset to start over)")
+        source = resources.datasets.credit_applications()
+        print(f"credit training data: {source or 'generated (no BankCaseStudyData.csv under DATASETS_DIR)'}")
+
+    from definitions import defs
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    job = defs.resolve_job_def("credit_pipeline_job")
+    print("materialising credit_pipeline_job ...")
+    result = job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        detail = failure.step_failure_data.error.message.strip() if failure and failure.step_failure_data.error else ""
+        print(f"the run failed: {detail or 'see the run in the Dagster UI'}", file=sys.stderr)
+        return 1
+
+    def metadata(asset: str) -> dict:
+        events = result.asset_materializations_for_node(asset)
+        return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()} if events else {}
+
+    model, updates, decisions = metadata("credit_model"), metadata("customer_updates"), metadata("limit_decisions")
+    eligible = metadata("eligible_customers")
+    checks = [(e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
+    batch = updates.get("batch_id", "")
+    print()
+    print(f"run {result.run_id} succeeded")
+    print(f"  model {model.get('model_version')}: validation AUC {model.get('validation_auc', 0):.3f}, "
+          f"Gini {model.get('validation_gini', 0):.3f}")
+    print(f"  {eligible.get('eligible', 0):,} eligible customers, {decisions.get('approved', 0):,} approved, "
+          f"{decisions.get('declined', 0):,} declined; {updates.get('updated', 0):,} customers updated, "
+          f"{updates.get('already_applied', 0):,} already applied")
+    print("  checks: " + ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in checks))
+    if not eligible.get("eligible"):
+        print("  (no customer was eligible: every customer already has a decision; `mldp demo --reset` starts over)")
+    print()
+    print("where to look:")
+    print(f"  artifacts          {artifacts.uri('credit')}")
+    print(f"  batch results      {artifacts.uri(f'credit/batches/{batch}/results.json')}")
+    print(f"  batch evaluations  {artifacts.uri(f'credit/batches/{batch}/evaluations.json')}")
+    print(f"  model version      {model.get('model_uri')}")
+    print("  database           mldp psql -c \"select decision, count(*) from credit_limit_audit group by 1\"")
+    print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000; runs are kept in {home})")
+    return 0 if all(ok for _name, ok in checks) else 1
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from resources.dagster_instance import prepare_dagster_home
+
+    home = prepare_dagster_home(_settings())
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+               *args.dagster_args]
+    print(f"DAGSTER_HOME={home}")
+    return subprocess.call(command, env=env, cwd=PROJECT_ROOT)
+
+
+def cmd_psql(args: argparse.Namespace) -> int:
+    from resources.postgres import psql_binary
+
+    with open_resources(_settings()) as resources:
+        return subprocess.call([str(psql_binary()), resources.app_db.conninfo(), *args.psql_args])
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from resources.postgres import embedded_server_status, stop_embedded_server
+
+    settings = _settings()
+    if settings.database_url:
+        print("DATABASE_URL is set: the application database is external; no embedded server is used")
+        return 0
+    if args.action == "stop":
+        stopped = stop_embedded_server(settings.embedded_postgres_dir)
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    print(embedded_server_status(settings.embedded_postgres_dir))
+    return 0
+
+
+def cmd_readonly_check(args: argparse.Namespace) -> int:
+    with open_resources(_settings()) as resources:
+        readonly = resources.readonly_db
+        report = readonly.test_connection()
+    print(f"connected to {readonly.describe()}: PostgreSQL {report.server_version}, database {report.database}, "
+          f"user {report.user}")
+    print(f"  transactions read-only: {report.transaction_read_only}; write privilege on any table: "
+          f"{report.can_write_any_table}")
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mldp", description="ML data platform on Dagster")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="load demo data if needed and materialise the whole credit pipeline")
+    demo.add_argument("--customers", type=int, default=2_000, help="demo customers to generate (default 2,000)")
+    demo.add_argument("--reset", action="store_true", help="replace the customers table with fresh demo data")
+    demo.set_defaults(func=cmd_demo)
+
+    seed = commands.add_parser("seed-customers", help="generate demo customers into the application database")
+    seed.add_argument("--count", type=int, default=2_000)
+    seed.add_argument("--seed", type=int, default=42)
+    seed.add_argument("--table", default="customers")
+    seed.add_argument("--replace", action="store_true", help="replace existing rows")
+    seed.set_defaults(func=cmd_seed_customers)
+
+    dev = commands.add_parser("dev", help="run `dagster dev` on this project with a persistent DAGSTER_HOME")
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER)
+    dev.set_defaults(func=cmd_dev)
+
+    psql = commands.add_parser("psql", help="psql on the application database (the embedded server by default)")
+    psql.add_argument("psql_args", nargs=argparse.REMAINDER)
+    psql.set_defaults(func=cmd_psql)
+
+    services = commands.add_parser("services", help="status or stop of the embedded PostgreSQL server")
+    services.add_argument("action", choices=["status", "stop"])
+    services.set_defaults(func=cmd_services)
+
+    readonly = commands.add_parser("readonly-check", help="connect through the read-only resource and report")
+    readonly.set_defaults(func=cmd_readonly_check)
+    return parser
+
+
+PASS_THROUGH = {"psql": cmd_psql, "dev": cmd_dev}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASS_THROUGH:
+        # everything after the command belongs to psql / dagster dev, options included
+        key = "psql_args" if argv[0] == "psql" else "dagster_args"
+        return PASS_THROUGH[argv[0]](argparse.Namespace(**{key: argv[1:]}))
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per outside system; `resources.settings` chooses the implementations from the environment."""

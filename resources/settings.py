@@ -1,0 +1,193 @@
+"""The one place that reads the environment.
+
+Every outside system sits behind a resource with a local and an AWS-capable implementation; which one
+is used is decided here, from environment variables, and nowhere else. The README lists every variable.
+Values that carry credentials (database URLs) are handed to Dagster as ``dg.EnvVar`` so the UI shows the
+variable's name, never its value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or contradicts another one; the message names the variable."""
+
+
+def _default_data_dir() -> Path:
+    # An editable install keeps its state beside the code (git-ignored `.data/`); a packaged install has
+    # no project folder to write into, so it uses the current directory instead.
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / ".data"
+    return Path.cwd() / ".data"
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """Settings resolved from the environment (see README, "Environment variables")."""
+
+    data_dir: Path
+    datasets_dir: Path
+    database_url: str | None = None
+    readonly_database_url: str | None = None
+    readonly_secret_id: str | None = None
+    readonly_role: str = "mldp_readonly"
+    artifacts_uri: str = ""
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    sagemaker_backend: str = "local"
+    sagemaker_role_arn: str | None = None
+    sagemaker_instance_type: str = "ml.m5.xlarge"
+    sagemaker_framework_version: str = "2.8.0"
+    sagemaker_inference_framework_version: str = "2.6.0"
+    sagemaker_py_version: str = "py312"
+    sagemaker_training_image: str | None = None
+    sagemaker_inference_image: str | None = None
+    sagemaker_max_wait_seconds: int = 3600
+    dagster_home: Path | None = None
+    dagster_pg_url: str | None = None
+    # True when read from this process's environment: credentials are then passed as dg.EnvVar, so the
+    # Dagster UI shows the variable's name instead of its value.
+    from_process_env: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformSettings:
+        from_process_env = env is None
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        data_dir = Path(get("DATA_DIR") or _default_data_dir()).expanduser().resolve()
+        datasets_dir = Path(get("DATASETS_DIR") or PROJECT_ROOT.parent / "shared" / "datasets").expanduser()
+        backend = (get("SAGEMAKER_BACKEND") or "local").lower()
+        if backend not in ("local", "aws"):
+            raise ConfigurationError(f"SAGEMAKER_BACKEND must be 'local' or 'aws', not {backend!r}")
+        artifacts_uri = get("ARTIFACTS_URI") or str(data_dir / "artifacts")
+        if backend == "aws" and not artifacts_uri.startswith("s3://"):
+            raise ConfigurationError(
+                "SAGEMAKER_BACKEND=aws needs ARTIFACTS_URI=s3://bucket/prefix: SageMaker jobs read their "
+                f"channels from S3 and write models there (ARTIFACTS_URI is {artifacts_uri!r})"
+            )
+        if backend == "aws" and not get("SAGEMAKER_ROLE_ARN"):
+            raise ConfigurationError("SAGEMAKER_BACKEND=aws needs SAGEMAKER_ROLE_ARN (the jobs' execution role)")
+        if get("READONLY_DATABASE_URL") and get("READONLY_DATABASE_SECRET_ID"):
+            raise ConfigurationError("set READONLY_DATABASE_URL or READONLY_DATABASE_SECRET_ID, not both")
+        max_wait = get("SAGEMAKER_MAX_WAIT_SECONDS") or "3600"
+        if not max_wait.isdigit():
+            raise ConfigurationError(f"SAGEMAKER_MAX_WAIT_SECONDS must be a whole number of seconds, not {max_wait!r}")
+        return cls(
+            data_dir=data_dir,
+            datasets_dir=datasets_dir,
+            database_url=get("DATABASE_URL"),
+            readonly_database_url=get("READONLY_DATABASE_URL"),
+            readonly_secret_id=get("READONLY_DATABASE_SECRET_ID"),
+            readonly_role=get("READONLY_ROLE") or "mldp_readonly",
+            artifacts_uri=artifacts_uri,
+            aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
+            aws_endpoint_url=get("AWS_ENDPOINT_URL"),
+            sagemaker_backend=backend,
+            sagemaker_role_arn=get("SAGEMAKER_ROLE_ARN"),
+            sagemaker_instance_type=get("SAGEMAKER_INSTANCE_TYPE") or "ml.m5.xlarge",
+            sagemaker_framework_version=get("SAGEMAKER_FRAMEWORK_VERSION") or "2.8.0",
+            sagemaker_inference_framework_version=get("SAGEMAKER_INFERENCE_FRAMEWORK_VERSION") or "2.6.0",
+            sagemaker_py_version=get("SAGEMAKER_PY_VERSION") or "py312",
+            sagemaker_training_image=get("SAGEMAKER_TRAINING_IMAGE"),
+            sagemaker_inference_image=get("SAGEMAKER_INFERENCE_IMAGE"),
+            sagemaker_max_wait_seconds=int(max_wait),
+            dagster_home=Path(get("DAGSTER_HOME")).expanduser() if get("DAGSTER_HOME") else None,
+            dagster_pg_url=get("DAGSTER_PG_URL"),
+            from_process_env=from_process_env,
+        )
+
+    @property
+    def credit_dataset_path(self) -> Path:
+        return self.datasets_dir / "credit" / "BankCaseStudyData.csv"
+
+    @property
+    def sagemaker_work_dir(self) -> Path:
+        return self.data_dir / "sagemaker"
+
+    @property
+    def embedded_postgres_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+
+def build_resources(settings: PlatformSettings | None = None) -> dict[str, object]:
+    """The Dagster resources for these settings: local implementations unless AWS is configured."""
+    import dagster as dg
+    from dagster_aws.s3 import S3Resource
+    from dagster_aws.secretsmanager import SecretsManagerResource
+
+    from resources.artifacts import LocalArtifactStore, S3ArtifactStore, parse_artifacts_uri
+    from resources.datasets import ReferenceDatasets
+    from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
+    from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
+    from resources.sagemaker import SageMakerResource
+
+    settings = settings or PlatformSettings.from_env()
+    aws = {"region_name": settings.aws_region, "endpoint_url": settings.aws_endpoint_url}
+
+    def secret(name: str, value: str):
+        return dg.EnvVar(name) if settings.from_process_env else value
+
+    if settings.database_url:
+        app_db = ExternalPostgresDatabase(url=secret("DATABASE_URL", settings.database_url))
+    else:
+        app_db = EmbeddedPostgresDatabase(data_dir=str(settings.embedded_postgres_dir))
+
+    if settings.readonly_database_url:
+        readonly_db = ReadOnlyUrlDatabase(url=secret("READONLY_DATABASE_URL", settings.readonly_database_url))
+    elif settings.readonly_secret_id:
+        readonly_db = SecretsManagerReadOnlyDatabase(
+            secret_id=settings.readonly_secret_id, secretsmanager=SecretsManagerResource(**aws)
+        )
+    else:
+        readonly_db = ProvisionedReadOnlyDatabase(primary=app_db, role=settings.readonly_role)
+
+    kind, location, prefix = parse_artifacts_uri(settings.artifacts_uri)
+    if kind == "s3":
+        artifacts = S3ArtifactStore(bucket=location, prefix=prefix, s3=S3Resource(**aws))
+    else:
+        artifacts = LocalArtifactStore(root=str(Path(location).expanduser().resolve()))
+
+    sagemaker = SageMakerResource(
+        artifacts=artifacts,
+        backend=settings.sagemaker_backend,
+        work_dir=str(settings.sagemaker_work_dir),
+        role_arn=settings.sagemaker_role_arn,
+        instance_type=settings.sagemaker_instance_type,
+        framework_version=settings.sagemaker_framework_version,
+        inference_framework_version=settings.sagemaker_inference_framework_version,
+        py_version=settings.sagemaker_py_version,
+        training_image=settings.sagemaker_training_image,
+        inference_image=settings.sagemaker_inference_image,
+        max_wait_seconds=settings.sagemaker_max_wait_seconds,
+        **aws,
+    )
+    return {
+        "app_db": app_db,
+        "readonly_db": readonly_db,
+        "artifacts": artifacts,
+        "sagemaker": sagemaker,
+        "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
+    }
+
+
+@contextmanager
+def open_resources(settings: PlatformSettings | None = None) -> Iterator[object]:
+    """The resources initialised for use outside a Dagster run (CLI, notebooks): credentials resolved, nested
+    resources wired. Attributes are the resource keys: ``with open_resources() as r: r.readonly_db.query(...)``.
+    """
+    import dagster as dg
+
+    with dg.build_resources(build_resources(settings)) as resources:
+        yield resources

@@ -1,0 +1,112 @@
+"""Shared test fixtures: one embedded PostgreSQL server per session (a database per test module), moto's
+server mode for AWS APIs, and artifact stores on a temporary folder or on moto's S3.
+
+Real parts only: the embedded server is the same PostgreSQL 18 + pgvector the project runs on, and boto3
+talks HTTP to moto's server exactly as it would to AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from resources.artifacts import LocalArtifactStore, S3ArtifactStore
+from resources.postgres import EmbeddedPostgresDatabase, embedded_server, stop_embedded_server
+from resources.settings import PROJECT_ROOT
+
+REGION = "us-east-1"
+SHARED_DATASETS = Path(os.environ.get("DATASETS_DIR") or PROJECT_ROOT.parent / "shared" / "datasets")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """The real reference data sets when present (tests that need them skip, saying why, otherwise)."""
+    return SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def pg_data_dir(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("pg")
+    yield base
+    stop_embedded_server(base / "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_data_dir):
+    """The session's embedded PostgreSQL server."""
+    return embedded_server(pg_data_dir / "postgres")
+
+
+@pytest.fixture(scope="module")
+def app_db(pg_server, pg_data_dir, request) -> EmbeddedPostgresDatabase:
+    """A fresh database on the session server for each test module."""
+    name = "t_" + re.sub(r"\W", "_", request.module.__name__.rsplit(".", 1)[-1])[:40] + "_" + uuid.uuid4().hex[:6]
+    return EmbeddedPostgresDatabase(data_dir=str(pg_data_dir / "postgres"), database=name)
+
+
+@pytest.fixture(scope="session")
+def aws_credentials():
+    """Fake credentials for boto3; moto accepts any."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION})
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_credentials) -> str:
+    """moto in server mode on 127.0.0.1; returns its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto(moto_server) -> str:
+    """moto's endpoint with every service's state reset before the test."""
+    request = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request).read()
+    return moto_server
+
+
+@pytest.fixture
+def boto_client(moto):
+    import boto3
+
+    def make(service: str):
+        return boto3.client(service, region_name=REGION, endpoint_url=moto)
+
+    return make
+
+
+@pytest.fixture
+def local_artifacts(tmp_path) -> LocalArtifactStore:
+    return LocalArtifactStore(root=str(tmp_path / "artifacts"))
+
+
+@pytest.fixture
+def s3_artifacts(moto, boto_client) -> S3ArtifactStore:
+    from dagster_aws.s3 import S3Resource
+
+    boto_client("s3").create_bucket(Bucket="ml-artifacts")
+    return S3ArtifactStore(bucket="ml-artifacts", prefix="platform", s3=S3Resource(region_name=REGION, endpoint_url=moto))

@@ -1,0 +1,53 @@
+"""The README's first command: `mldp demo` on a fresh data folder, and again (re-running is safe)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resources.postgres import stop_embedded_server
+
+
+def mldp(*args, env):
+    return subprocess.run([str(Path(sys.executable).with_name("mldp")), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture
+def env(tmp_path, datasets_dir):
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "DATABASE_URL", "READONLY_DATABASE_URL", "READONLY_DATABASE_SECRET_ID", "ARTIFACTS_URI", "SAGEMAKER_BACKEND",
+        "DAGSTER_HOME", "DAGSTER_PG_URL")}
+    env.update({"DATA_DIR": str(tmp_path / "data"), "DATASETS_DIR": str(datasets_dir)})
+    yield env
+    stop_embedded_server(tmp_path / "data" / "postgres")
+
+
+def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
+    first = mldp("demo", "--customers", "800", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "loaded 800 demo customers" in first.stdout
+    assert re.search(r"run \S+ succeeded", first.stdout)
+    assert "checks: decisions_follow_policy passed" in first.stdout
+    results_uri = re.search(r"batch results\s+(file://\S+)", first.stdout).group(1)
+    results = json.loads(Path(results_uri[len("file://"):]).read_text())
+    assert results["updated"] > 0 and results["status"] == "Succeeded"
+    assert (tmp_path / "data" / "dagster_home" / "dagster.yaml").exists()
+    # the run is recorded in the persistent instance the UI reads
+    assert list((tmp_path / "data" / "dagster_home").rglob("*.db"))
+
+    second = mldp("demo", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "using the 800 customers already in the table" in second.stdout
+    assert "no customer was eligible" in second.stdout
+
+    status = mldp("services", "status", env=env)
+    assert "embedded PostgreSQL: stopped" in status.stdout  # the demo's exit stopped the server it started
+    check = mldp("readonly-check", env=env)
+    assert check.returncode == 0 and "user mldp_readonly" in check.stdout
+    psql = mldp("psql", "-At", "-c", "select count(*) from credit_limit_audit", env=env)
+    assert int(psql.stdout.strip()) == results["updated"]

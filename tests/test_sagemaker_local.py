@@ -1,0 +1,142 @@
+"""The local SageMaker backend: script-mode training and batch transform in subprocesses, same contract as AWS."""
+
+import json
+import tarfile
+import textwrap
+
+import pytest
+
+from resources.sagemaker import MetricDefinition, SageMakerJobError, SageMakerResource
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import argparse, json, os, pathlib, sys
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lr", type=float)
+    args, _ = parser.parse_known_args()
+    if os.environ["SM_HPS"] and json.loads(os.environ["SM_HPS"]).get("fail") == "yes":
+        pathlib.Path(os.environ["SM_OUTPUT_DIR"], "failure").write_text("ValueError: the data is bad on line 3")
+        sys.exit(1)
+    seen = {k: v for k, v in os.environ.items() if k.startswith("SM_")}
+    channel = pathlib.Path(os.environ["SM_CHANNEL_TRAIN"])
+    rows = sum(len(p.read_text().splitlines()) for p in channel.glob("*.csv"))
+    model_dir = pathlib.Path(os.environ["SM_MODEL_DIR"])
+    (model_dir / "model.json").write_text(json.dumps({"epochs": args.epochs, "lr": args.lr, "rows": rows, "env": seen}))
+    pathlib.Path(os.environ["SM_OUTPUT_DATA_DIR"], "report.txt").write_text("ok")
+    print(f"epoch 1 loss=0.9"); print(f"epoch 2 loss=0.4")
+    print(f"validation:rmse={0.25}")
+    """
+)
+
+INFERENCE_SCRIPT = textwrap.dedent(
+    """
+    import json, pathlib
+    def model_fn(model_dir):
+        return json.loads((pathlib.Path(model_dir) / "model.json").read_text())
+    def input_fn(body, content_type):
+        assert content_type == "text/csv"
+        return [line.split(",") for line in body.decode().splitlines()]
+    def predict_fn(rows, model):
+        if any(r[1] == "boom" for r in rows):
+            raise ValueError("cannot score 'boom'")
+        return [(r[0], float(r[1]) * model["lr"]) for r in rows]
+    def output_fn(prediction, accept):
+        return "".join(f"{i},{v}\\n" for i, v in prediction)
+    """
+)
+
+
+@pytest.fixture
+def code_dir(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text(TRAIN_SCRIPT)
+    (code / "inference.py").write_text(INFERENCE_SCRIPT)
+    return code
+
+
+@pytest.fixture
+def sagemaker(local_artifacts, tmp_path):
+    local_artifacts.write_text("data/train/part-0.csv", "a,1\nb,2\nc,3\n")
+    return SageMakerResource(artifacts=local_artifacts, backend="local", work_dir=str(tmp_path / "jobs"))
+
+
+def train(sagemaker, code_dir, name="job-1", **hps):
+    return sagemaker.train(
+        job_name=name, source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
+        hyperparameters={"epochs": 3, "lr": 0.5, **hps}, output_prefix="training",
+        tags={"MODEL_DB_SYNC": "true"}, metric_definitions=[MetricDefinition("validation:rmse", r"validation:rmse=([0-9.]+)")],
+    )
+
+
+def test_training_follows_the_script_mode_contract(sagemaker, code_dir, local_artifacts, tmp_path):
+    job = train(sagemaker, code_dir)
+    assert job.status == "Completed" and job.metrics == {"validation:rmse": 0.25}
+    model = json.loads((tmp_path / "jobs/training/job-1/model/model.json").read_text())
+    assert (model["epochs"], model["lr"], model["rows"]) == (3, 0.5, 3)  # hyperparameters as --name value
+    env = model["env"]
+    assert json.loads(env["SM_HPS"]) == {"epochs": "3", "lr": "0.5"}
+    assert env["SM_CHANNEL_TRAIN"].endswith("input/data/train")
+    assert env["SM_MODEL_DIR"].endswith("job-1/model") and env["SM_OUTPUT_DATA_DIR"].endswith("output/data")
+    assert json.loads(env["SM_CHANNELS"]) == ["train"]
+    # model.tar.gz where SageMaker puts it: <output path>/<job>/output/model.tar.gz
+    assert job.model_data_uri == local_artifacts.uri("training/job-1/output/model.tar.gz")
+    with tarfile.open(local_artifacts.local_path("training/job-1/output/model.tar.gz")) as tar:
+        assert tar.getnames() == ["model.json"]
+    assert local_artifacts.exists("training/job-1/output/output.tar.gz")
+    assert job.input_channels == {"train": local_artifacts.uri("data/train")}
+
+
+def test_failed_training_reports_the_scripts_reason_and_is_recorded(sagemaker, code_dir):
+    with pytest.raises(SageMakerJobError, match=r"training job job-bad ended Failed: .*the data is bad on line 3"):
+        train(sagemaker, code_dir, name="job-bad", fail="yes")
+    [failed] = sagemaker.list_training_jobs(status="Failed")
+    assert failed.name == "job-bad" and "line 3" in failed.failure_reason
+
+
+def test_jobs_are_listed_newest_first_with_tags_and_names_are_unique(sagemaker, code_dir):
+    train(sagemaker, code_dir, name="job-a")
+    train(sagemaker, code_dir, name="job-b")
+    jobs = sagemaker.list_training_jobs()
+    assert [j.name for j in jobs] == ["job-b", "job-a"]
+    assert jobs[0].tags == {"MODEL_DB_SYNC": "true"} and jobs[0].hyperparameters == {"epochs": "3", "lr": "0.5"}
+    assert sagemaker.describe_training_job("job-a").metrics == {"validation:rmse": 0.25}
+    with pytest.raises(SageMakerJobError, match="already exists"):
+        train(sagemaker, code_dir, name="job-a")
+
+
+def test_invalid_names_and_missing_channels(sagemaker, code_dir):
+    with pytest.raises(ValueError, match="invalid SageMaker job name"):
+        train(sagemaker, code_dir, name="bad_name")
+    with pytest.raises(FileNotFoundError, match="training channel 'train': no files under"):
+        sagemaker.train(job_name="job-x", source_dir=code_dir, entry_point="train.py", channels={"train": "nothing"},
+                        hyperparameters={}, output_prefix="training")
+
+
+def test_batch_transform_splits_lines_into_payloads_and_assembles_outputs(sagemaker, code_dir, local_artifacts):
+    job = train(sagemaker, code_dir)
+    model_key = local_artifacts.key_from_uri(job.model_data_uri)
+    rows = "".join(f"c{i},{i}\n" for i in range(3000))
+    local_artifacts.write_text("batch/in/part-0.csv", rows)
+    local_artifacts.write_text("batch/in/sub/part-1.csv", "z,10\n")
+    result = sagemaker.batch_transform(
+        job_name="score-1", source_dir=code_dir, entry_point="inference.py", model_data_key=model_key,
+        input_prefix="batch/in", output_prefix="batch/out", max_payload_mb=0.01,  # ~10 KB: several payloads
+    )
+    assert result.output_keys == ["batch/out/part-0.csv.out", "batch/out/sub/part-1.csv.out"]
+    out = local_artifacts.read_text("batch/out/part-0.csv.out").splitlines()
+    assert len(out) == 3000 and out[0] == "c0,0.0" and out[-1] == "c2999,1499.5"
+    assert local_artifacts.read_text("batch/out/sub/part-1.csv.out") == "z,5.0\n"
+
+
+def test_batch_transform_failure_names_the_file_and_records(sagemaker, code_dir, local_artifacts):
+    job = train(sagemaker, code_dir)
+    local_artifacts.write_text("bad/in/part-7.csv", "a,1\nb,boom\n")
+    with pytest.raises(SageMakerJobError, match=r"part-7\.csv, records 1-2: ValueError: cannot score 'boom'"):
+        sagemaker.batch_transform(
+            job_name="score-bad", source_dir=code_dir, entry_point="inference.py",
+            model_data_key=local_artifacts.key_from_uri(job.model_data_uri),
+            input_prefix="bad/in", output_prefix="bad/out",
+        )
+    assert local_artifacts.list("bad/out/") == []

@@ -1,0 +1,82 @@
+"""Implementations are chosen from the environment in one place; bad settings fail with the variable's name."""
+
+import dagster as dg
+import pytest
+
+from resources.artifacts import LocalArtifactStore, S3ArtifactStore
+from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
+from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
+from resources.settings import ConfigurationError, PlatformSettings, build_resources
+
+
+def resources_for(env):
+    return build_resources(PlatformSettings.from_env(env))
+
+
+def test_defaults_are_all_local(tmp_path):
+    res = resources_for({"DATA_DIR": str(tmp_path)})
+    assert isinstance(res["app_db"], EmbeddedPostgresDatabase)
+    assert res["app_db"].data_dir == str(tmp_path / "postgres")
+    assert isinstance(res["readonly_db"], ProvisionedReadOnlyDatabase)
+    assert isinstance(res["artifacts"], LocalArtifactStore)
+    assert res["artifacts"].root == str(tmp_path / "artifacts")
+    assert res["sagemaker"].backend == "local"
+
+
+def test_aws_settings_select_aws_implementations(tmp_path):
+    res = resources_for({
+        "DATA_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql+psycopg://app:pw@db.example:5432/bank",
+        "READONLY_DATABASE_SECRET_ID": "prod/replica",
+        "ARTIFACTS_URI": "s3://ml-artifacts/platform/dev",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
+        "SAGEMAKER_BACKEND": "aws",
+        "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",
+    })
+    assert isinstance(res["app_db"], ExternalPostgresDatabase)
+    assert res["app_db"].describe() == "postgresql://app:***@db.example:5432/bank"
+    assert isinstance(res["readonly_db"], SecretsManagerReadOnlyDatabase)
+    assert res["readonly_db"].secretsmanager.region_name == "eu-west-1"
+    artifacts = res["artifacts"]
+    assert isinstance(artifacts, S3ArtifactStore)
+    assert (artifacts.bucket, artifacts.prefix) == ("ml-artifacts", "platform/dev")
+    assert artifacts.s3.endpoint_url == "http://127.0.0.1:5000"
+    assert res["sagemaker"].backend == "aws" and res["sagemaker"].role_arn.endswith("role/sm")
+
+
+def test_readonly_url_is_used_when_given(tmp_path):
+    res = resources_for({"DATA_DIR": str(tmp_path), "READONLY_DATABASE_URL": "postgresql://ro:secret@replica/bank"})
+    assert isinstance(res["readonly_db"], ReadOnlyUrlDatabase)
+    assert "secret" not in res["readonly_db"].describe()
+
+
+def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:pw@db.example/bank")
+    settings = PlatformSettings.from_env()
+    assert settings.from_process_env
+    defs = dg.Definitions(resources=build_resources(settings))
+    # the UI shows the variable's name; the value is only read when a run starts
+    assert isinstance(defs.resources["app_db"].url, dg.EnvVar)
+    assert defs.resources["app_db"].url.env_var_name == "DATABASE_URL"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"SAGEMAKER_BACKEND": "cloud"}, "SAGEMAKER_BACKEND must be 'local' or 'aws'"),
+        ({"SAGEMAKER_BACKEND": "aws", "SAGEMAKER_ROLE_ARN": "arn"}, "needs ARTIFACTS_URI=s3://"),
+        ({"SAGEMAKER_BACKEND": "aws", "ARTIFACTS_URI": "s3://b/p"}, "needs SAGEMAKER_ROLE_ARN"),
+        ({"READONLY_DATABASE_URL": "postgresql://x", "READONLY_DATABASE_SECRET_ID": "s"}, "not both"),
+        ({"SAGEMAKER_MAX_WAIT_SECONDS": "soon"}, "SAGEMAKER_MAX_WAIT_SECONDS"),
+    ],
+)
+def test_contradictory_settings_name_the_variable(env, message, tmp_path):
+    with pytest.raises(ConfigurationError, match=message):
+        PlatformSettings.from_env({"DATA_DIR": str(tmp_path), **env})
+
+
+def test_unsupported_artifact_scheme(tmp_path):
+    with pytest.raises(ValueError, match="only s3:// URIs and local paths"):
+        resources_for({"DATA_DIR": str(tmp_path), "ARTIFACTS_URI": "gs://bucket/x"})

@@ -1,0 +1,127 @@
+"""`dagster dev` loads the code location; the asset graph is read and a materialisation launched through GraphQL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from credit_assets import customer_store, population
+from resources.dagster_instance import prepare_dagster_home
+from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server
+from resources.settings import PROJECT_ROOT, PlatformSettings
+from tests.conftest import free_port
+
+ASSET_GRAPH = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName } }"
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+RUN_STATUS = """query Status($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status } } }"""
+CHECKS = """
+query Checks($runId: ID!) {
+  runOrError(runId: $runId) { ... on Run { assetCheckSelection { name } } }
+  assetNodes(assetKeys: [{path: ["customer_updates"]}]) {
+    assetMaterializations(limit: 1) { runId metadataEntries { label ... on IntMetadataEntry { intValue } } }
+  }
+}"""
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    assert "errors" not in payload, payload
+    return payload["data"]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path, datasets_dir):
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "DATA_DIR": str(data_dir), "DATASETS_DIR": str(datasets_dir),
+           "DAGSTER_HOME": str(tmp_path / "home")}
+    for key in ("DATABASE_URL", "READONLY_DATABASE_URL", "READONLY_DATABASE_SECRET_ID", "ARTIFACTS_URI",
+                "SAGEMAKER_BACKEND", "DAGSTER_PG_URL"):
+        env.pop(key, None)
+    prepare_dagster_home(PlatformSettings.from_env(env))
+    db = EmbeddedPostgresDatabase(data_dir=str(data_dir / "postgres"))
+    with db.connect() as conn:
+        customer_store.load_customers(conn, population.customers(500, seed=12), replace=True)
+    port = free_port()
+    log = open(tmp_path / "dagster-dev.log", "w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+    def log_tail() -> str:
+        log.flush()
+        return (tmp_path / "dagster-dev.log").read_text()[-4000:]
+
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5).read()
+            if graphql(port, ASSET_GRAPH)["assetNodes"]:
+                break
+        except (OSError, AssertionError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"dagster dev did not come up:\n{log_tail()}")
+        time.sleep(1)
+    yield port, db, log_tail
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+    stop_embedded_server(data_dir / "postgres")
+
+
+def test_ui_shows_the_graph_and_materialises_the_credit_pipeline(dagster_dev):
+    port, db, log_tail = dagster_dev
+    nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(port, ASSET_GRAPH)["assetNodes"]}
+    assert {("credit_scores",), ("customer_updates",), ("customers",)} <= set(nodes)
+    assert {tuple(d["path"]) for d in nodes[("credit_scores",)]["dependencyKeys"]} == {
+        ("eligible_customers",), ("credit_model",)}
+    assert nodes[("limit_decisions",)]["groupName"] == "credit"
+
+    launched = graphql(port, LAUNCH, {"params": {
+        "selector": {"repositoryLocationName": "ml_data_platform", "repositoryName": "__repository__",
+                     "jobName": "credit_pipeline_job"},
+        "runConfigData": {},
+    }})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + 300
+    status = None
+    while time.monotonic() < deadline:
+        status = graphql(port, RUN_STATUS, {"runId": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", f"run {run_id} ended {status}:\n{log_tail()}"
+    data = graphql(port, CHECKS, {"runId": run_id})
+    [materialization] = data["assetNodes"][0]["assetMaterializations"]
+    assert materialization["runId"] == run_id
+    updated = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}["updated"]
+    with db.connect() as conn:
+        audited = conn.execute("SELECT count(*) FROM credit_limit_audit WHERE dagster_run_id = %s::uuid", (run_id,)).fetchone()[0]
+    assert updated == audited > 0
