@@ -196,9 +196,6 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
     customer_store.check_customers_columns(set(columns["column_name"]) if not columns.empty else set(), table)
     statement, params = customer_store.eligible_query(table, config.min_current_score, config.max_current_limit)
     frame = readonly_db.query(statement, params)
-    if frame.empty:
-        frame = pd.DataFrame(columns=["customer_id", "application_date", "current_score", "current_limit",
-                                      *customer_store.FEATURE_COLUMNS])
     valid, skipped_counts, skipped = customer_store.split_invalid_limits(frame)
     batch_id = context.run.run_id
     uri = artifacts.write_parquet(

@@ -100,6 +100,18 @@ def boto_client(moto):
 
 
 @pytest.fixture
+def code_dir(tmp_path) -> Path:
+    """A script-mode source folder with train.py and inference.py (see tests/sagemaker_scripts.py)."""
+    from tests.sagemaker_scripts import INFERENCE_SCRIPT, TRAIN_SCRIPT
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text(TRAIN_SCRIPT)
+    (code / "inference.py").write_text(INFERENCE_SCRIPT)
+    return code
+
+
+@pytest.fixture
 def local_artifacts(tmp_path) -> LocalArtifactStore:
     return LocalArtifactStore(root=str(tmp_path / "artifacts"))
 

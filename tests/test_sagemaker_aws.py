@@ -11,19 +11,9 @@ import tarfile
 import pytest
 
 from resources.sagemaker import SageMakerJobError, SageMakerResource, failure_message
-from tests.test_sagemaker_local import INFERENCE_SCRIPT, TRAIN_SCRIPT
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312"
-
-
-@pytest.fixture
-def code_dir(tmp_path):
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text(TRAIN_SCRIPT)
-    (code / "inference.py").write_text(INFERENCE_SCRIPT)
-    return code
 
 
 @pytest.fixture
