@@ -11,7 +11,6 @@ downstream file carries it, and the write-back is idempotent per batch.
 """
 
 
-import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from credit_assets import customer_store, training_data
+from credit_assets import customer_store, scoring, training_data
 from credit_assets.model_code import scorecard
 from credit_assets.policy import APPROVED, LimitPolicy, decide_limits
 from resources.artifacts import ArtifactStore, join_key
@@ -221,23 +220,6 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
     )
 
 
-def _read_transform_output(artifacts: ArtifactStore, keys: list[str]) -> pd.DataFrame:
-    frames = [
-        pd.read_csv(io.BytesIO(artifacts.read_bytes(key)), header=None, names=["customer_id", "probability", "new_score"],
-                    dtype={"customer_id": "int64", "probability": "float64", "new_score": "int64"})
-        for key in keys
-    ]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["customer_id", "probability", "new_score"])
-
-
-def unknown_category_reasons(features: pd.DataFrame, preprocessing: dict) -> pd.Series:
-    """Per row, why it cannot be scored (an unseen category value), or NA."""
-    reasons = pd.Series(pd.NA, index=features.index, dtype="string")
-    for name, mask in scorecard.unknown_categories(features, preprocessing).items():
-        reasons[mask & reasons.isna()] = f"unknown {name} value"
-    return reasons
-
-
 @dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"})
 def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResource,
                   artifacts: ArtifactStore) -> dg.MaterializeResult:
@@ -253,21 +235,15 @@ def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResourc
     preprocessing = json.loads(read_verified(artifacts, MODEL_PREFIX, manifest, scorecard.PREPROCESSING_FILE))
     read_verified(artifacts, MODEL_PREFIX, manifest, "model.tar.gz")  # fail here, clearly, if it is corrupt
 
-    features = eligible.rename(columns={scorecard.column_for(f): f for f in scorecard.FEATURES})
-    reasons = unknown_category_reasons(features, preprocessing)
-    skipped_counts = {str(k): int(v) for k, v in reasons.value_counts().items()}
-    scorable = features[reasons.isna()]
+    scorable, skipped_counts = scoring.scorable_customers(eligible, preprocessing)
     prefix = batch_prefix(batch_id)
     input_prefix, output_prefix = join_key(prefix, "transform-input"), join_key(prefix, "transform-output")
     job_name = None
-    if scorable.empty:
-        scored = pd.DataFrame(columns=["customer_id", "probability", "new_score"])
-    else:
+    scored = scoring.read_transform_output([])
+    if not scorable.empty:
         artifacts.delete_prefix(input_prefix + "/")
-        for part, start in enumerate(range(0, len(scorable), TRANSFORM_PART_ROWS)):
-            chunk = scorable.iloc[start:start + TRANSFORM_PART_ROWS][["customer_id", *scorecard.FEATURES]]
-            artifacts.write_bytes(join_key(input_prefix, f"part-{part:05d}.csv"),
-                                  chunk.to_csv(header=False, index=False).encode())
+        for name, data in scoring.transform_input(scorable, TRANSFORM_PART_ROWS):
+            artifacts.write_bytes(join_key(input_prefix, name), data)
         job_name = f"credit-score-{new_version(context.run.run_id)}"
         job = sagemaker.batch_transform(
             job_name=job_name, source_dir=MODEL_CODE_DIR, entry_point="inference.py",
@@ -276,16 +252,8 @@ def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResourc
             tags={"project": "credit-limit-increase", "batch_id": batch_id, "model_version": version},
             log=context.log.debug,
         )
-        scored = _read_transform_output(artifacts, [k for k in job.output_keys if k.endswith(".out")])
-    duplicated = scored["customer_id"].duplicated()
-    missing = set(scorable["customer_id"]) - set(scored["customer_id"])
-    if duplicated.any() or missing or len(scored) != len(scorable):
-        raise RuntimeError(
-            f"batch transform output does not match its input: {len(scorable):,} customers sent, {len(scored):,} "
-            f"scores back, {int(duplicated.sum())} duplicated, {len(missing)} missing"
-            + (f" (e.g. customer {min(missing)})" if missing else "")
-        )
-    scores = scorable[["customer_id", "current_score", "current_limit"]].merge(scored, on="customer_id", how="inner")
+        scored = scoring.read_transform_output([artifacts.read_bytes(k) for k in job.output_keys if k.endswith(".out")])
+    scores = scoring.attach_scores(scorable, scored)
     uri = artifacts.write_parquet(
         SCORES_KEY, scores,
         metadata={"batch_id": batch_id, "model_version": version, "skipped": json.dumps(skipped_counts),

@@ -93,3 +93,21 @@ def test_bad_training_files_name_file_column_and_line(tmp_path):
     bad.to_csv(labels, index=False)
     with pytest.raises(training_data.TrainingDataError, match=r"labels\.csv, line 2: Final_Decision must be"):
         training_data.read_bank_applications(labels)
+
+
+def test_scores_must_come_back_exactly_once_per_customer():
+    import pandas as pd
+
+    from credit_assets import scoring
+
+    sent = pd.DataFrame({"customer_id": [1, 2, 3], "current_score": [610, 620, 630], "current_limit": [1000] * 3})
+    back = pd.DataFrame({"customer_id": [3, 1, 2], "probability": [0.1, 0.2, 0.3], "new_score": [600, 610, 620]})
+    joined = scoring.attach_scores(sent, back)
+    assert joined.set_index("customer_id").loc[3, "new_score"] == 600
+    with pytest.raises(scoring.ScoringOutputError, match=r"3 customers sent, 2 scores back, 0 duplicated, 1 missing"):
+        scoring.attach_scores(sent, back.iloc[:2])
+    with pytest.raises(scoring.ScoringOutputError, match="1 duplicated"):
+        scoring.attach_scores(sent, pd.concat([back, back.iloc[:1]]))
+    parts = list(scoring.transform_input(sent.assign(**{f: 1 for f in scorecard.FEATURES}), part_rows=2))
+    assert [name for name, _ in parts] == ["part-00000.csv", "part-00001.csv"]
+    assert parts[1][1].decode().startswith("3,1,")
