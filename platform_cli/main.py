@@ -37,6 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from credit_assets import customer_store, population
+    from platform_cli import demo
     from resources.dagster_instance import prepare_dagster_home
 
     settings = _settings()
@@ -44,59 +45,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open_resources(settings) as resources:
         artifacts = resources.artifacts
         print(f"application database: {resources.app_db.describe()}")
-        with resources.app_db.connect(autocommit=True) as conn:
-            existing = customer_store.count_customers(conn)
-            if not existing or args.reset:
-                loaded = customer_store.load_customers(conn, population.customers(args.customers), replace=True)
-                print(f"loaded {loaded:,} demo customers")
-            else:
-                print(f"using the {existing:,} customers already in the table (--reset to start over)")
-        source = resources.datasets.credit_applications()
-        print(f"credit training data: {source or 'generated (no BankCaseStudyData.csv under DATASETS_DIR)'}")
+        if args.workflow in ("all", "credit"):
+            with resources.app_db.connect(autocommit=True) as conn:
+                existing = customer_store.count_customers(conn)
+                if not existing or args.reset:
+                    loaded = customer_store.load_customers(conn, population.customers(args.customers), replace=True)
+                    print(f"loaded {loaded:,} demo customers")
+                else:
+                    print(f"using the {existing:,} customers already in the table (--reset to start over)")
+            source = resources.datasets.credit_applications()
+            print(f"credit training data: {source or 'generated (no BankCaseStudyData.csv under DATASETS_DIR)'}")
+        if args.workflow in ("all", "recsys"):
+            print(f"recommender source: {resources.source_db.describe()}")
 
     from definitions import defs
 
     instance = dg.DagsterInstance.from_config(str(home))
-    job = defs.resolve_job_def("credit_pipeline_job")
-    print("materialising credit_pipeline_job ...")
-    result = job.execute_in_process(
-        instance=instance,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-    )
-    if not result.success:
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        detail = failure.step_failure_data.error.message.strip() if failure and failure.step_failure_data.error else ""
-        print(f"the run failed: {detail or 'see the run in the Dagster UI'}", file=sys.stderr)
-        return 1
-
-    def metadata(asset: str) -> dict:
-        events = result.asset_materializations_for_node(asset)
-        return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()} if events else {}
-
-    model, updates, decisions = metadata("credit_model"), metadata("customer_updates"), metadata("limit_decisions")
-    eligible = metadata("eligible_customers")
-    checks = [(e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
-    batch = updates.get("batch_id", "")
-    print()
-    print(f"run {result.run_id} succeeded")
-    print(f"  model {model.get('model_version')}: validation AUC {model.get('validation_auc', 0):.3f}, "
-          f"Gini {model.get('validation_gini', 0):.3f}")
-    print(f"  {eligible.get('eligible', 0):,} eligible customers, {decisions.get('approved', 0):,} approved, "
-          f"{decisions.get('declined', 0):,} declined; {updates.get('updated', 0):,} customers updated, "
-          f"{updates.get('already_applied', 0):,} already applied")
-    print("  checks: " + ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in checks))
-    if not eligible.get("eligible"):
-        print("  (no customer was eligible: every customer already has a decision; `mldp demo --reset` starts over)")
-    print()
-    print("where to look:")
-    print(f"  artifacts          {artifacts.uri('credit')}")
-    print(f"  batch results      {artifacts.uri(f'credit/batches/{batch}/results.json')}")
-    print(f"  batch evaluations  {artifacts.uri(f'credit/batches/{batch}/evaluations.json')}")
-    print(f"  model version      {model.get('model_uri')}")
-    print("  database           mldp psql -c \"select decision, count(*) from credit_limit_audit group by 1\"")
+    ok = True
+    if args.workflow in ("all", "credit"):
+        result = demo.run_job(defs, "credit_pipeline_job", instance)
+        ok = result.success and demo.credit_summary(result, artifacts) and ok
+    if args.workflow in ("all", "recsys"):
+        result = demo.run_job(defs, "recsys_pipeline_job", instance)
+        ok = result.success and demo.recsys_summary(result, artifacts) and ok
+    print("\nwhere to look:")
+    print(f"  artifacts          {artifacts.uri()}")
     print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000; runs are kept in {home})")
-    return 0 if all(ok for _name, ok in checks) else 1
+    return 0 if ok else 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -147,9 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mldp", description="ML data platform on Dagster")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="load demo data if needed and materialise the whole credit pipeline")
+    demo = commands.add_parser("demo", help="load demo data if needed and materialise the workflows")
     demo.add_argument("--customers", type=int, default=2_000, help="demo customers to generate (default 2,000)")
     demo.add_argument("--reset", action="store_true", help="replace the customers table with fresh demo data")
+    demo.add_argument("--workflow", choices=["all", "credit", "recsys"], default="all",
+                      help="which pipelines to run (default: all)")
     demo.set_defaults(func=cmd_demo)
 
     seed = commands.add_parser("seed-customers", help="generate demo customers into the application database")

@@ -1,7 +1,25 @@
 """Recommender: ratings training data, the two-tower model, pgvector embeddings and streaming enrichment."""
 
-from __future__ import annotations
-
 import dagster as dg
 
-defs = dg.Definitions()
+from recsys_assets.assets import (
+    item_embeddings,
+    ratings_training_data,
+    ratings_training_data_not_empty,
+    recsys_catalog,
+    recsys_model,
+    source_customers,
+    source_products,
+    source_ratings,
+    user_embeddings,
+)
+from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_training_job
+from recsys_assets.sensors import model_artifacts_sensor
+
+defs = dg.Definitions(
+    assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,
+            item_embeddings, user_embeddings],
+    asset_checks=[ratings_training_data_not_empty],
+    jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job],
+    sensors=[model_artifacts_sensor],
+)

@@ -286,19 +286,19 @@ class S3ArtifactStore(ArtifactStore):
             raise
 
     def iter_objects(self, prefix: str = "") -> Iterator[dict]:
-        """Raw S3 object summaries under `prefix` (keys relative to the store's prefix)."""
-        full_prefix = (self.prefix.strip("/") + "/" if self.prefix.strip("/") else "") + prefix
-        paginator = self._client().get_paginator("list_objects_v2")
-        strip = len(self.prefix.strip("/")) + 1 if self.prefix.strip("/") else 0
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
-            for obj in page.get("Contents", []):
-                yield {**obj, "Key": obj["Key"][strip:]}
+        """Raw S3 object summaries under `prefix` (keys relative to the store's prefix), listed with
+        dagster-aws's `get_objects` (every page, no key-order or timestamp cursor)."""
+        from dagster_aws.s3.sensor import get_objects
+
+        root = self.prefix.strip("/")
+        full_prefix = f"{root}/{prefix}" if root else prefix
+        strip = len(root) + 1 if root else 0
+        for obj in get_objects(self.bucket, prefix=full_prefix, client=self._client()):
+            yield {**obj, "Key": obj["Key"][strip:]}
 
     def list(self, prefix: str = "") -> list[ArtifactInfo]:
-        return [
-            ArtifactInfo(obj["Key"], int(obj["Size"]), obj["LastModified"])
-            for obj in self.iter_objects(prefix)
-        ]
+        found = [ArtifactInfo(obj["Key"], int(obj["Size"]), obj["LastModified"]) for obj in self.iter_objects(prefix)]
+        return sorted(found, key=lambda info: info.key)
 
     def delete(self, keys: Iterable[str]) -> int:
         keys = list(keys)

@@ -39,6 +39,8 @@ class PlatformSettings:
     readonly_database_url: str | None = None
     readonly_secret_id: str | None = None
     readonly_role: str = "mldp_readonly"
+    source_database_url: str | None = None
+    embeddings_retention: int = 2
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
@@ -84,6 +86,9 @@ class PlatformSettings:
         max_wait = get("SAGEMAKER_MAX_WAIT_SECONDS") or "3600"
         if not max_wait.isdigit():
             raise ConfigurationError(f"SAGEMAKER_MAX_WAIT_SECONDS must be a whole number of seconds, not {max_wait!r}")
+        retention = get("EMBEDDINGS_RETENTION") or "2"
+        if not retention.isdigit():
+            raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
         return cls(
             data_dir=data_dir,
             datasets_dir=datasets_dir,
@@ -91,6 +96,8 @@ class PlatformSettings:
             readonly_database_url=get("READONLY_DATABASE_URL"),
             readonly_secret_id=get("READONLY_DATABASE_SECRET_ID"),
             readonly_role=get("READONLY_ROLE") or "mldp_readonly",
+            source_database_url=get("SOURCE_DATABASE_URL"),
+            embeddings_retention=int(retention),
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
@@ -129,9 +136,11 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 
     from resources.artifacts import LocalArtifactStore, S3ArtifactStore, parse_artifacts_uri
     from resources.datasets import ReferenceDatasets
+    from resources.pgvector import PgVectorStore
     from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
     from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
     from resources.sagemaker import SageMakerResource
+    from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
 
     settings = settings or PlatformSettings.from_env()
     aws = {"region_name": settings.aws_region, "endpoint_url": settings.aws_endpoint_url}
@@ -173,12 +182,21 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         max_wait_seconds=settings.sagemaker_max_wait_seconds,
         **aws,
     )
+    if settings.source_database_url:
+        source_db = SqlSourceDatabase(source_url=secret("SOURCE_DATABASE_URL", settings.source_database_url))
+    else:  # demo classicmodels in the embedded server, even when the application database is external
+        embedded = app_db if isinstance(app_db, EmbeddedPostgresDatabase) else EmbeddedPostgresDatabase(
+            data_dir=str(settings.embedded_postgres_dir))
+        source_db = EmbeddedClassicModels(primary=embedded)
+
     return {
         "app_db": app_db,
         "readonly_db": readonly_db,
         "artifacts": artifacts,
         "sagemaker": sagemaker,
         "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
+        "source_db": source_db,
+        "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention),
     }
 
 

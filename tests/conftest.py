@@ -122,3 +122,50 @@ def s3_artifacts(moto, boto_client) -> S3ArtifactStore:
 
     boto_client("s3").create_bucket(Bucket="ml-artifacts")
     return S3ArtifactStore(bucket="ml-artifacts", prefix="platform", s3=S3Resource(region_name=REGION, endpoint_url=moto))
+
+
+# --- MariaDB / MySQL ---------------------------------------------------------------------------------------
+
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+def mysql_connection(database: str | None = None, **extra):
+    import pymysql
+
+    return pymysql.connect(**MYSQL, database=database, charset="utf8mb4", autocommit=True, **extra)
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    """The MariaDB server on 127.0.0.1:3306. Under CI it must be there; elsewhere its absence skips."""
+    import pymysql
+
+    try:
+        mysql_connection().close()
+    except pymysql.err.OperationalError as exc:
+        message = f"MariaDB/MySQL is not reachable on 127.0.0.1:3306 as root without password: {exc}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return MYSQL
+
+
+@pytest.fixture(scope="session")
+def classicmodels_mysql(mariadb, datasets_dir):
+    """The real classicmodels dump plus the lab's ratings table, in a database of its own; yields its URL."""
+    dump = datasets_dir / "classicmodels" / "mysqlsampledatabase.sql"
+    ratings_csv = datasets_dir / "classicmodels" / "ratings_ml_training_dataset.csv"
+    if not dump.exists() or not ratings_csv.exists():
+        pytest.skip(f"the classicmodels reference files are not present under {datasets_dir / 'classicmodels'}")
+    from pymysql.constants import CLIENT
+
+    from tests.mysql_support import create_ratings_table, load_dump
+
+    name = f"classicmodels_test_{uuid.uuid4().hex[:8]}"
+    with mysql_connection(client_flag=CLIENT.MULTI_STATEMENTS) as conn:
+        load_dump(conn, dump, name)
+    with mysql_connection(name) as conn:
+        create_ratings_table(conn, ratings_csv)
+    yield f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+    with mysql_connection() as conn:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")

@@ -9,6 +9,13 @@ EXPECTED_EDGES = {
     "limit_decisions": {"credit_scores"},
     "customer_updates": {"limit_decisions"},
 }
+RECSYS_EDGES = {
+    "ratings_training_data": {"classicmodels/ratings", "classicmodels/customers", "classicmodels/products"},
+    "recsys_catalog": {"classicmodels/customers", "classicmodels/products"},
+    "recsys_model": {"ratings_training_data", "recsys_catalog"},
+    "item_embeddings": {"recsys_model"},
+    "user_embeddings": {"recsys_model"},
+}
 
 
 def load_defs():
@@ -20,7 +27,8 @@ def load_defs():
 def test_definitions_load_and_validate():
     defs = load_defs()
     dg.Definitions.validate_loadable(defs)
-    assert set(defs.resources) >= {"app_db", "readonly_db", "artifacts", "sagemaker", "datasets"}
+    assert set(defs.resources) >= {"app_db", "readonly_db", "artifacts", "sagemaker", "datasets", "source_db",
+                                   "pgvector"}
 
 
 def test_credit_lineage():
@@ -32,6 +40,20 @@ def test_credit_lineage():
     assert not customers.is_materializable  # the bank's table is an external source
     for asset in EXPECTED_EDGES:
         assert graph.get(dg.AssetKey(asset)).group_name == "credit"
+
+
+def test_recsys_lineage_and_sensor():
+    defs = load_defs()
+    graph = defs.resolve_asset_graph()
+    for asset, parents in RECSYS_EDGES.items():
+        node = graph.get(dg.AssetKey(asset))
+        assert {p.to_user_string() for p in node.parent_keys} == parents, asset
+        assert node.group_name == "recsys"
+    sensor = defs.resolve_sensor_def("model_artifacts_sensor")
+    assert sensor.job_name == "embeddings_load_job"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    for job in ("recsys_training_job", "embeddings_load_job", "recsys_pipeline_job"):
+        assert defs.resolve_job_def(job) is not None
 
 
 def test_jobs_and_checks():

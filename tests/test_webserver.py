@@ -95,17 +95,9 @@ def dagster_dev(tmp_path, datasets_dir):
     stop_embedded_server(data_dir / "postgres")
 
 
-def test_ui_shows_the_graph_and_materialises_the_credit_pipeline(dagster_dev):
-    port, db, log_tail = dagster_dev
-    nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(port, ASSET_GRAPH)["assetNodes"]}
-    assert {("credit_scores",), ("customer_updates",), ("customers",)} <= set(nodes)
-    assert {tuple(d["path"]) for d in nodes[("credit_scores",)]["dependencyKeys"]} == {
-        ("eligible_customers",), ("credit_model",)}
-    assert nodes[("limit_decisions",)]["groupName"] == "credit"
-
+def launch_and_wait(port: int, job: str, log_tail) -> str:
     launched = graphql(port, LAUNCH, {"params": {
-        "selector": {"repositoryLocationName": "ml_data_platform", "repositoryName": "__repository__",
-                     "jobName": "credit_pipeline_job"},
+        "selector": {"repositoryLocationName": "ml_data_platform", "repositoryName": "__repository__", "jobName": job},
         "runConfigData": {},
     }})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
@@ -117,7 +109,19 @@ def test_ui_shows_the_graph_and_materialises_the_credit_pipeline(dagster_dev):
         if status in ("SUCCESS", "FAILURE", "CANCELED"):
             break
         time.sleep(2)
-    assert status == "SUCCESS", f"run {run_id} ended {status}:\n{log_tail()}"
+    assert status == "SUCCESS", f"{job} run {run_id} ended {status}:\n{log_tail()}"
+    return run_id
+
+
+def test_ui_shows_the_graph_and_materialises_both_pipelines(dagster_dev):
+    port, db, log_tail = dagster_dev
+    nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(port, ASSET_GRAPH)["assetNodes"]}
+    assert {("credit_scores",), ("customer_updates",), ("customers",)} <= set(nodes)
+    assert {tuple(d["path"]) for d in nodes[("credit_scores",)]["dependencyKeys"]} == {
+        ("eligible_customers",), ("credit_model",)}
+    assert nodes[("limit_decisions",)]["groupName"] == "credit"
+
+    run_id = launch_and_wait(port, "credit_pipeline_job", log_tail)
     data = graphql(port, CHECKS, {"runId": run_id})
     [materialization] = data["assetNodes"][0]["assetMaterializations"]
     assert materialization["runId"] == run_id
@@ -125,3 +129,9 @@ def test_ui_shows_the_graph_and_materialises_the_credit_pipeline(dagster_dev):
     with db.connect() as conn:
         audited = conn.execute("SELECT count(*) FROM credit_limit_audit WHERE dagster_run_id = %s::uuid", (run_id,)).fetchone()[0]
     assert updated == audited > 0
+
+    recsys_run = launch_and_wait(port, "recsys_pipeline_job", log_tail)
+    with db.connect() as conn:
+        loaded = conn.execute("SELECT version, rows FROM embedding_versions WHERE logical_table = 'item_emb' "
+                              "AND status = 'active'").fetchone()
+    assert loaded is not None and loaded[0].endswith(recsys_run[:8]) and loaded[1] > 0

@@ -1,0 +1,211 @@
+"""Recommender batch pipeline as software-defined assets.
+
+Reference: the recommender lab. A Glue Spark job joins MySQL `classicmodels` ratings, customers and
+products into training data partitioned by customer; a data scientist trains a model and publishes 32-d
+item and user embeddings, the model and its scalers to an ml-artifacts bucket; the embeddings are imported
+into PostgreSQL + pgvector tables used for recommendations. Here:
+
+    classicmodels/{ratings,customers,products} -> ratings_training_data -> recsys_model -> item_embeddings
+                       {customers,products}    -> recsys_catalog ------^              -> user_embeddings
+
+`item_embeddings` / `user_embeddings` load any complete version under ``ml-artifacts/``, ours or one a
+data scientist dropped there (`model_artifacts_sensor` requests the loads).
+"""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from recsys_assets import embeddings, ratings_etl
+from recsys_assets.model_code import two_tower
+from resources.artifacts import ArtifactStore, join_key
+from resources.metadata import markdown_mapping
+from resources.model_versions import new_version, publish_version
+from resources.pgvector import PgVectorStore
+from resources.sagemaker import MetricDefinition, SageMakerResource
+from resources.source_db import SourceDatabase
+
+GROUP = "recsys"
+MODEL_CODE_DIR = Path(__file__).with_name("model_code")
+TRAINING_PREFIX = "ratings_ml_training"
+CATALOG_PREFIX = "recsys/catalog"
+METRIC_DEFINITIONS = [
+    MetricDefinition(name, rf"metric {name}=([0-9.eE+-]+)")
+    for name in ("validation_rmse", "validation_ndcg_at_5", "popularity_ndcg_at_5", "item_mean_baseline_rmse")
+]
+
+source_ratings = dg.AssetSpec(["classicmodels", "ratings"], group_name=GROUP, kinds={"mysql"},
+                              description="`ratings (customerNumber, productCode, productRating)` in the source.")
+source_customers = dg.AssetSpec(["classicmodels", "customers"], group_name=GROUP, kinds={"mysql"},
+                                description="The classicmodels `customers` table.")
+source_products = dg.AssetSpec(["classicmodels", "products"], group_name=GROUP, kinds={"mysql"},
+                               description="The classicmodels `products` table.")
+
+
+class RatingsEtlConfig(dg.Config):
+    chunk_rows: int = 50_000
+
+
+def source_column_names(source_db: SourceDatabase) -> dict[str, dict[str, str]]:
+    return ratings_etl.resolve_columns({t: source_db.table_columns(t) for t in ratings_etl.REQUIRED_COLUMNS})
+
+
+@dg.asset(group_name=GROUP, deps=[source_ratings, source_customers, source_products], kinds={"sql", "parquet"})
+def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlConfig, source_db: SourceDatabase,
+                          artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """The lab's ratings join as Parquet under ``ratings_ml_training/``, hive-partitioned by customernumber.
+
+    Streamed through a server-side cursor in chunks (memory does not grow with the table); a rerun
+    replaces the previous output completely, and ``_manifest.json`` lists exactly the current files.
+    """
+    statement = ratings_etl.join_statement(source_column_names(source_db))
+    manifest = ratings_etl.write_partitioned(
+        source_db.stream(statement, config.chunk_rows), artifacts, TRAINING_PREFIX, context.run.run_id[:8],
+        source_db.describe(),
+    )
+    context.log.info(f"{manifest['rows']:,} ratings of {manifest['customers']} customers written")
+    return dg.MaterializeResult(
+        metadata={
+            "rows": manifest["rows"],
+            "customers": manifest["customers"],
+            "products": manifest["products"],
+            "rating_histogram": dg.MetadataValue.md(markdown_mapping(manifest["rating_histogram"], "rating", "count")),
+            "files": len(manifest["files"]),
+            "stale_files_removed": manifest["stale_files_removed"],
+            "fingerprint": manifest["fingerprint"],
+            "source": manifest["source"],
+            "uri": dg.MetadataValue.path(artifacts.uri(TRAINING_PREFIX)),
+        }
+    )
+
+
+@dg.asset_check(asset=ratings_training_data, blocking=True)
+def ratings_training_data_not_empty(artifacts: ArtifactStore) -> dg.AssetCheckResult:
+    """There are ratings to train on (an empty ratings table stops the pipeline here, not in training)."""
+    manifest = artifacts.read_json(join_key(TRAINING_PREFIX, ratings_etl.MANIFEST))
+    passed = manifest["rows"] > 0
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={"rows": manifest["rows"], "customers": manifest["customers"]},
+        description=None if passed else "the source's ratings table is empty: there is nothing to train on",
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[source_customers, source_products], kinds={"sql", "parquet"})
+def recsys_catalog(source_db: SourceDatabase, artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """Every product's and customer's tower features, so that all of them get embeddings (not only those
+    with ratings): ``recsys/catalog/products.parquet`` and ``customers.parquet``."""
+    products, customers = ratings_etl.catalog_frames(source_db)
+    artifacts.write_parquet(join_key(CATALOG_PREFIX, "products.parquet"), products)
+    artifacts.write_parquet(join_key(CATALOG_PREFIX, "customers.parquet"), customers)
+    return dg.MaterializeResult(metadata={"products": len(products), "customers": len(customers),
+                                          "uri": dg.MetadataValue.path(artifacts.uri(CATALOG_PREFIX))})
+
+
+class RecsysModelConfig(dg.Config):
+    embedding_dim: int = 32
+    hidden: int = 64
+    epochs: int = 300
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    validation_fraction: float = 0.2
+    seed: int = 7
+
+
+@dg.asset(group_name=GROUP, deps=[ratings_training_data, recsys_catalog], kinds={"torch", "sagemaker"})
+def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, sagemaker: SageMakerResource,
+                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """The two-tower recommender, trained as a SageMaker script-mode job (``recsys_assets/model_code``) and
+    published in the lab's layout under ``ml-artifacts/<version>/``: embeddings CSVs, ``model/``, JSON
+    scalers, and ``manifest.json`` last (version, dimension, row counts, metrics, data fingerprint)."""
+    data = artifacts.read_json(join_key(TRAINING_PREFIX, ratings_etl.MANIFEST))
+    version = new_version(context.run.run_id)
+    hyperparameters = config.model_dump()
+    job = sagemaker.train(
+        job_name=f"recsys-model-{version}", source_dir=MODEL_CODE_DIR, entry_point="train.py",
+        channels={"train": TRAINING_PREFIX, "catalog": CATALOG_PREFIX}, hyperparameters=hyperparameters,
+        output_prefix="sagemaker/training",
+        tags={"project": "recommender", "model_version": version, "dagster_run_id": context.run.run_id},
+        metric_definitions=METRIC_DEFINITIONS, log=context.log.debug,
+    )
+    model_dir = Path(job.model_dir)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    files = {path.relative_to(model_dir).as_posix(): path for path in sorted(model_dir.rglob("*")) if path.is_file()}
+    manifest = publish_version(artifacts, embeddings.ARTIFACTS_PREFIX, version, files, {
+        "model": "two-tower",
+        "dimension": config.embedding_dim,
+        "rows": {"item_embeddings": metrics["item_embeddings"], "user_embeddings": metrics["user_embeddings"]},
+        "metrics": metrics,
+        "training_data": {"uri": artifacts.uri(TRAINING_PREFIX), "fingerprint": data["fingerprint"], "rows": data["rows"]},
+        "training_job": job.name,
+        "hyperparameters": hyperparameters,
+        "sagemaker_model_data_uri": job.model_data_uri,
+    })
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": version,
+            "validation_rmse": metrics["validation_rmse"],
+            "item_mean_baseline_rmse": metrics["item_mean_baseline_rmse"],
+            "validation_ndcg_at_5": metrics["validation_ndcg_at_5"],
+            "popularity_ndcg_at_5": metrics["popularity_ndcg_at_5"],
+            "item_embeddings": metrics["item_embeddings"],
+            "user_embeddings": metrics["user_embeddings"],
+            "training_job": job.name,
+            "files": len(manifest["files"]),
+            "uri": dg.MetadataValue.path(artifacts.uri(embeddings.version_prefix(version))),
+        }
+    )
+
+
+class EmbeddingsVersionConfig(dg.Config):
+    """Which ``ml-artifacts/<version>`` to load; empty: the newest complete version."""
+
+    version: str = ""
+
+
+def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pgvector: PgVectorStore,
+          relative: str, table: str) -> dg.MaterializeResult:
+    available = embeddings.complete_versions(artifacts)
+    if not available:
+        raise embeddings.EmbeddingsFileError(
+            f"no complete model version under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)} (a version needs "
+            "manifest.json listing files that are all present)")
+    version = config.version or embeddings.newest(available).version
+    if version not in available:
+        raise embeddings.EmbeddingsFileError(
+            f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)}")
+    manifest = available[version].manifest
+    rows = embeddings.read_embeddings(artifacts, version, manifest, relative)
+    report = pgvector.load_embeddings(table, rows, int(manifest.get("dimension") or rows.dimension), version=version)
+    context.log.info(f"{table}: version {version} live with {report.rows:,} rows"
+                     + (" (already live, nothing to do)" if report.skipped else ""))
+    return dg.MaterializeResult(
+        metadata={
+            "version": version,
+            "rows": report.rows,
+            "dimension": report.dimension,
+            "load_seconds": report.load_seconds,
+            "index_seconds": report.index_seconds,
+            "swap_seconds": report.swap_seconds,
+            "previous_version": report.previous_version or "",
+            "dropped_tables": dg.MetadataValue.json(report.dropped_tables),
+            "already_live": report.skipped,
+            "source": rows.source,
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"}, pool="recsys_embeddings")
+def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
+                    pgvector: PgVectorStore) -> dg.MaterializeResult:
+    """``item_emb (id varchar primary key, embedding vector(32))`` with an HNSW cosine index, loaded from a
+    model version's ``embeddings/item_embeddings.csv`` by staging and swap."""
+    return _load(context, config, artifacts, pgvector, embeddings.ITEM_FILE, pgvector.item_table)
+
+
+@dg.asset(group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"}, pool="recsys_embeddings")
+def user_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
+                    pgvector: PgVectorStore) -> dg.MaterializeResult:
+    """``user_emb (id int primary key, embedding vector(32))``, loaded like `item_embeddings`."""
+    return _load(context, config, artifacts, pgvector, embeddings.USER_FILE, pgvector.user_table)

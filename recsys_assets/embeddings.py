@@ -1,0 +1,206 @@
+"""Embeddings files in the lab's layout and their validation.
+
+A model version lives under ``ml-artifacts/<version>/``::
+
+    embeddings/item_embeddings.csv   id,embedding   (embedding as pgvector text "[x1,...,x32]")
+    embeddings/user_embeddings.csv
+    model/best_model.pth             state_dict, loaded with weights_only=True
+    model/model_config.json
+    scalers/*.json                   feature scaling as JSON (no pickle)
+    manifest.json                    written last: version, dimension, row counts, metrics, files
+
+A version a data scientist publishes by hand in this layout loads as well: its manifest needs ``files``
+(a list of paths or a mapping to ``{"sha256", "bytes"}``); ``dimension`` and ``rows`` are checked when
+given. Every problem in a CSV is reported with the file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
+from resources.model_versions import MANIFEST, sha256_hex
+
+ARTIFACTS_PREFIX = "ml-artifacts"
+ITEM_FILE = "embeddings/item_embeddings.csv"
+USER_FILE = "embeddings/user_embeddings.csv"
+ROW_KEYS = {ITEM_FILE: "item_embeddings", USER_FILE: "user_embeddings"}
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class EmbeddingsFileError(ValueError):
+    """An embeddings file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class EmbeddingRows:
+    """Parsed embeddings: ids (str or int64) and an (n, dim) float32 matrix, with where they came from."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.vectors.shape[1]) if self.vectors.ndim == 2 else 0
+
+
+def parse_embeddings_csv(data: bytes, source: str, *, dimension: int | None = None,
+                         integer_ids: bool = False) -> EmbeddingRows:
+    """Parse ``id,embedding`` lines; the embedding may be quoted or not (``1,"[0.1,...]"`` or ``1,[0.1,...]``).
+
+    Fails on the first problem, naming the file and line: a bad header, a missing or duplicate id, an
+    unparsable or non-finite number, a vector of the wrong dimension.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EmbeddingsFileError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    lines = text.splitlines()
+    if not lines or lines[0].strip().replace('"', "").replace(" ", "").lower() != "id,embedding":
+        raise EmbeddingsFileError(f"{source}, line 1: expected the header 'id,embedding'")
+    ids: list = []
+    numbers: list[str] = []
+    line_of: dict = {}
+    width = dimension
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        identifier, sep, vector = line.partition(",")
+        identifier = identifier.strip().strip('"')
+        vector = vector.strip().strip('"').strip()
+        if not sep or not identifier:
+            raise EmbeddingsFileError(f"{source}, line {number}: expected 'id,embedding'")
+        if integer_ids:
+            try:
+                identifier = int(identifier)
+            except ValueError:
+                raise EmbeddingsFileError(f"{source}, line {number}: id {identifier!r} is not an integer") from None
+        if identifier in line_of:
+            raise EmbeddingsFileError(
+                f"{source}, line {number}: duplicate id {identifier!r} (first on line {line_of[identifier]})")
+        line_of[identifier] = number
+        if not (vector.startswith("[") and vector.endswith("]")):
+            raise EmbeddingsFileError(f"{source}, line {number}: embedding is not a vector like [x1,...,xn]")
+        parts = vector[1:-1].split(",")
+        if width is None:
+            width = len(parts)
+        if len(parts) != width:
+            raise EmbeddingsFileError(
+                f"{source}, line {number}: embedding has {len(parts)} values, expected dimension {width}")
+        ids.append(identifier)
+        numbers.extend(parts)
+    try:
+        flat = np.array(numbers, dtype=np.float64)
+    except ValueError:
+        bad = _first_bad_number(numbers, width or 1)
+        raise EmbeddingsFileError(f"{source}, line {_line(line_of, ids, bad[0])}: unparsable value {bad[1]!r}") from None
+    matrix = flat.reshape(len(ids), width or 0) if ids else np.zeros((0, width or 0))
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise EmbeddingsFileError(f"{source}, line {_line(line_of, ids, row)}: embedding contains NaN or infinity")
+    if np.abs(matrix).max(initial=0) > np.finfo(np.float32).max:
+        row = int(np.argmax(np.abs(matrix).max(axis=1)))
+        raise EmbeddingsFileError(f"{source}, line {_line(line_of, ids, row)}: value out of float32 range")
+    id_array = np.array(ids, dtype=np.int64 if integer_ids else object)
+    return EmbeddingRows(ids=id_array, vectors=matrix.astype(np.float32), source=source)
+
+
+def _first_bad_number(numbers: list[str], width: int) -> tuple[int, str]:
+    for index, value in enumerate(numbers):
+        try:
+            float(value)
+        except ValueError:
+            return index // width, value.strip()
+    return 0, ""
+
+
+def _line(line_of: Mapping, ids: list, row: int) -> int:
+    return line_of[ids[row]]
+
+
+# --- versions in the artifact store ---------------------------------------------------------------------
+
+
+def version_prefix(version: str) -> str:
+    return join_key(ARTIFACTS_PREFIX, version)
+
+
+def listed_files(manifest: Mapping[str, Any]) -> dict[str, dict]:
+    """The manifest's files as {relative path: {sha256?, bytes?}} (a plain list is accepted)."""
+    files = manifest.get("files")
+    if isinstance(files, list):
+        return {str(name): {} for name in files}
+    if isinstance(files, dict):
+        return {str(name): (entry if isinstance(entry, dict) else {}) for name, entry in files.items()}
+    return {}
+
+
+@dataclass(frozen=True)
+class CompleteVersion:
+    version: str
+    manifest: dict[str, Any]
+    published_at: datetime  # when its last file (manifest or listed) was written: when it became complete
+
+
+def complete_versions(store: ArtifactStore) -> dict[str, CompleteVersion]:
+    """Versions under ``ml-artifacts/`` whose manifest is present and lists files that are all present.
+
+    Decided from one listing of the prefix, whatever order the files were written in.
+    """
+    prefix = ARTIFACTS_PREFIX + "/"
+    present: dict[str, dict[str, datetime]] = {}
+    for info in store.list(prefix):
+        version, _, relative = info.key[len(prefix):].partition("/")
+        if relative:
+            present.setdefault(version, {})[relative] = info.last_modified
+    complete = {}
+    for version, files in sorted(present.items()):
+        if MANIFEST not in files or not _VERSION.match(version):
+            continue
+        try:
+            manifest = store.read_json(join_key(prefix, version, MANIFEST))
+        except (ValueError, ArtifactNotFoundError):
+            continue  # unreadable (still being written, or broken): not complete
+        if not isinstance(manifest, dict):
+            continue
+        listed = listed_files(manifest)
+        if listed and set(listed) <= set(files) and ITEM_FILE in listed and USER_FILE in listed:
+            completed_at = max(files[name] for name in {*listed, MANIFEST})
+            complete[version] = CompleteVersion(version, manifest, completed_at)
+    return complete
+
+
+def newest(versions: Mapping[str, CompleteVersion]) -> CompleteVersion:
+    """The version that became complete most recently."""
+    return max(versions.values(), key=lambda v: (v.published_at, v.version))
+
+
+def read_embeddings(store: ArtifactStore, version: str, manifest: Mapping[str, Any], relative: str) -> EmbeddingRows:
+    """One embeddings file of a version, checked against its manifest (checksum, dimension, row count)."""
+    key = join_key(version_prefix(version), relative)
+    uri = store.uri(key)
+    try:
+        data = store.read_bytes(key)
+    except ArtifactNotFoundError:
+        raise EmbeddingsFileError(f"{uri}: listed in the manifest of version {version} but missing") from None
+    entry = listed_files(manifest).get(relative, {})
+    if entry.get("sha256") and sha256_hex(data) != entry["sha256"]:
+        raise EmbeddingsFileError(f"{uri}: content does not match the SHA-256 in the manifest (corrupt or replaced)")
+    dimension = manifest.get("dimension")
+    rows = parse_embeddings_csv(data, uri, dimension=int(dimension) if dimension else None,
+                                integer_ids=relative == USER_FILE)
+    expected = (manifest.get("rows") or {}).get(ROW_KEYS.get(relative, ""))
+    if expected is not None and len(rows) != int(expected):
+        raise EmbeddingsFileError(f"{uri}: {len(rows)} rows, but the manifest of version {version} says {expected}")
+    return rows

@@ -1,0 +1,29 @@
+"""Jobs of the recommender workflow."""
+
+import dagster as dg
+
+from recsys_assets.assets import item_embeddings, ratings_training_data, recsys_catalog, recsys_model, user_embeddings
+
+recsys_training_job = dg.define_asset_job(
+    "recsys_training_job",
+    selection=dg.AssetSelection.assets(ratings_training_data, recsys_catalog, recsys_model),
+    description="Extract the ratings training data and the catalogue, train and publish the two-tower model.",
+)
+embeddings_load_job = dg.define_asset_job(
+    "embeddings_load_job",
+    selection=dg.AssetSelection.assets(item_embeddings, user_embeddings),
+    description="Load a model version's item and user embeddings into the pgvector tables (staging and swap).",
+)
+recsys_pipeline_job = dg.define_asset_job(
+    "recsys_pipeline_job",
+    selection=dg.AssetSelection.groups("recsys"),
+    description="The whole recommender batch pipeline, from the source tables to the embeddings tables.",
+)
+
+
+def embeddings_run_config(version: str) -> dg.RunConfig:
+    """Run config that pins both embeddings tables to one model version."""
+    from recsys_assets.assets import EmbeddingsVersionConfig
+
+    return dg.RunConfig({"item_embeddings": EmbeddingsVersionConfig(version=version),
+                         "user_embeddings": EmbeddingsVersionConfig(version=version)})

@@ -1,0 +1,411 @@
+"""pgvector tables of item and user embeddings in the application PostgreSQL, loaded by staging-and-swap
+and queried for nearest neighbours.
+
+Loading (`load_embeddings`): COPY (FORMAT BINARY) into a new table, validate it in SQL (rows, duplicate
+ids, dimension), build the primary key and the HNSW index (cosine), then swap names in one short
+transaction, so readers see the old table or the new one, never an empty or partial one. The replaced
+table is kept for `rollback` (``retention`` versions), and every load is recorded in ``embedding_versions``.
+
+Queries: `similar_items` (cosine distance, ascending, the item itself excluded) and
+`recommend_for_embedding` (cosine similarity, descending, with exclusions), each with a batched form that
+answers many queries in one round trip. Filtering never silently returns fewer than k rows while enough
+items exist: with pgvector >= 0.8 the HNSW scan is iterative (``hnsw.iterative_scan``); older servers get
+an over-fetch; catalogues under ``exact_scan_below`` rows are scanned exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import psycopg
+from psycopg import sql
+from pydantic import PrivateAttr
+
+from resources.postgres import PostgresDatabase
+
+REGISTRY = "embedding_versions"
+_SEPARATOR = "\x1f"  # joins a query's excluded ids into one text value
+_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_PGCOPY_TRAILER = struct.pack("!h", -1)
+
+
+class EmbeddingsLoadError(ValueError):
+    """The embeddings cannot be loaded as given; the live table is untouched."""
+
+
+class UnknownItemError(KeyError):
+    """An item id that the embeddings table does not hold."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    table: str
+    version: str
+    rows: int
+    dimension: int
+    physical_table: str
+    load_seconds: float
+    index_seconds: float
+    swap_seconds: float
+    previous_version: str | None
+    dropped_tables: list[str]
+    skipped: bool = False
+
+
+def encode_copy_binary(ids: np.ndarray, vectors: np.ndarray, integer_ids: bool) -> bytes:
+    """The rows in PostgreSQL's binary COPY format: (id int4|varchar, embedding vector), vectorised."""
+    n, dim = vectors.shape
+    vec_body = np.empty((n, 4 + 4 * dim), dtype=np.uint8)
+    vec_body[:, :4] = np.frombuffer(struct.pack("!HH", dim, 0), dtype=np.uint8)
+    vec_body[:, 4:] = vectors.astype(">f4").view(np.uint8).reshape(n, 4 * dim)
+    vec_len = struct.pack("!i", 4 + 4 * dim)
+    if integer_ids:
+        fixed = np.empty((n, 2 + 4 + 4 + 4 + len(vec_body[0])), dtype=np.uint8)
+        fixed[:, 0:2] = np.frombuffer(struct.pack("!h", 2), dtype=np.uint8)
+        fixed[:, 2:6] = np.frombuffer(struct.pack("!i", 4), dtype=np.uint8)
+        fixed[:, 6:10] = ids.astype(">i4").view(np.uint8).reshape(n, 4)
+        fixed[:, 10:14] = np.frombuffer(vec_len, dtype=np.uint8)
+        fixed[:, 14:] = vec_body
+        return _PGCOPY_HEADER + fixed.tobytes() + _PGCOPY_TRAILER
+    parts = [_PGCOPY_HEADER]
+    field_count = struct.pack("!h", 2)
+    for identifier, body in zip(ids, vec_body):
+        encoded = str(identifier).encode("utf-8")
+        parts.append(field_count + struct.pack("!i", len(encoded)) + encoded + vec_len + body.tobytes())
+    parts.append(_PGCOPY_TRAILER)
+    return b"".join(parts)
+
+
+def physical_name(table: str, version: str) -> str:
+    """A table name for one loaded version (PostgreSQL identifiers hold at most 63 bytes)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", version.lower()).strip("_")
+    name = f"{table}__v_{slug}"
+    if len(name) > 63:
+        import hashlib
+
+        name = f"{table}__v_{hashlib.sha1(version.encode()).hexdigest()[:16]}"
+    return name
+
+
+class PgVectorStore(dg.ConfigurableResource):
+    """Embeddings tables and nearest-neighbour queries on the application database."""
+
+    db: PostgresDatabase
+    item_table: str = "item_emb"
+    user_table: str = "user_emb"
+    retention: int = 2
+    ef_search: int = 100
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    exact_scan_below: int = 10_000
+
+    _conn: psycopg.Connection | None = PrivateAttr(default=None)
+    _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
+    _pgvector_version: tuple[int, ...] = PrivateAttr(default=(0,))
+    _row_counts: dict = PrivateAttr(default_factory=dict)
+    _registry_ready: bool = PrivateAttr(default=False)
+
+    # --- connection ------------------------------------------------------------------------------------
+
+    def connection(self) -> psycopg.Connection:
+        """One connection per resource, with the vector type registered once, after CREATE EXTENSION."""
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                version = self.db.ensure_vector_extension()
+                self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+                conn = self.db.connect(autocommit=True, register_vector=True)
+                conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(self.ef_search)))
+                if self.iterative_scan:
+                    conn.execute("SET hnsw.iterative_scan = strict_order")
+                self._conn = conn
+                self._row_counts.clear()
+            return self._conn
+
+    @property
+    def iterative_scan(self) -> bool:
+        return self._pgvector_version >= (0, 8)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def teardown_after_execution(self, context) -> None:
+        self.close()
+
+    # --- loading ---------------------------------------------------------------------------------------
+
+    def _ensure_registry(self, conn: psycopg.Connection) -> None:
+        if self._registry_ready:
+            return
+        try:
+            self._create_registry(conn)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+            pass  # created by a concurrent step at the same moment
+        self._registry_ready = True
+
+    def _create_registry(self, conn: psycopg.Connection) -> None:
+        conn.execute(
+            f"""
+            CREATE TABLE IF NOT EXISTS {REGISTRY} (
+                logical_table text NOT NULL,
+                version text NOT NULL,
+                physical_table text NOT NULL,
+                rows integer NOT NULL,
+                dimension integer NOT NULL,
+                status text NOT NULL CHECK (status IN ('active', 'previous', 'dropped')),
+                loaded_at timestamptz NOT NULL DEFAULT now(),
+                load_seconds double precision,
+                index_seconds double precision,
+                PRIMARY KEY (logical_table, version)
+            )
+            """
+        )
+
+    def active_version(self, table: str) -> str | None:
+        conn = self.connection()
+        self._ensure_registry(conn)
+        row = conn.execute(
+            f"SELECT version FROM {REGISTRY} WHERE logical_table = %s AND status = 'active'", (table,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def versions(self, table: str) -> list[dict]:
+        conn = self.connection()
+        self._ensure_registry(conn)
+        cur = conn.execute(
+            f"SELECT version, physical_table, rows, dimension, status, loaded_at FROM {REGISTRY} "
+            "WHERE logical_table = %s ORDER BY loaded_at DESC", (table,))
+        return [dict(zip([c.name for c in cur.description], row)) for row in cur.fetchall()]
+
+    def load_embeddings(self, table: str, rows, dim: int, *, version: str, expected_rows: int | None = None,
+                        force: bool = False) -> LoadReport:
+        """Replace `table` by `rows` (ids and an (n, dim) matrix) for `version`, by staging and swap.
+
+        Raises `EmbeddingsLoadError` (live table untouched) on a dimension mismatch, non-finite values,
+        duplicate or missing ids, or a row count other than `expected_rows`.
+        """
+        ids, vectors = np.asarray(rows.ids), np.asarray(rows.vectors, dtype=np.float32)
+        source = getattr(rows, "source", table)
+        if vectors.ndim != 2 or vectors.shape[1] != dim:
+            raise EmbeddingsLoadError(f"{source}: vectors have dimension {vectors.shape[-1]}, expected {dim}")
+        if len(ids) != len(vectors):
+            raise EmbeddingsLoadError(f"{source}: {len(ids)} ids for {len(vectors)} vectors")
+        if expected_rows is not None and len(ids) != expected_rows:
+            raise EmbeddingsLoadError(f"{source}: {len(ids)} rows, expected {expected_rows}")
+        if not np.isfinite(vectors).all():
+            raise EmbeddingsLoadError(f"{source}: row {int(np.argmin(np.isfinite(vectors).all(axis=1)))} has NaN or infinity")
+        integer_ids = np.issubdtype(ids.dtype, np.integer)
+        id_type = sql.SQL("integer" if integer_ids else "varchar")
+        conn = self.connection()
+        with self._lock:
+            self._ensure_registry(conn)
+            if not force and self.active_version(table) == version:
+                active = self.versions(table)[0]
+                return LoadReport(table, version, active["rows"], active["dimension"], active["physical_table"],
+                                  0.0, 0.0, 0.0, None, [], skipped=True)
+            staging = physical_name(table, version)
+            started = time.perf_counter()
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
+            conn.execute(sql.SQL("CREATE TABLE {} (id {} NOT NULL, embedding vector({}) NOT NULL)").format(
+                sql.Identifier(staging), id_type, sql.Literal(dim)))
+            try:
+                with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
+                        sql.Identifier(staging))) as copy:
+                    copy.write(encode_copy_binary(ids, vectors, integer_ids))
+                count, distinct, wrong_dims = conn.execute(
+                    sql.SQL("SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE vector_dims(embedding) <> %s) "
+                            "FROM {}").format(sql.Identifier(staging)), (dim,)).fetchone()
+                if count != len(ids) or distinct != count or wrong_dims:
+                    raise EmbeddingsLoadError(
+                        f"{source}: staging holds {count} rows ({count - distinct} duplicate ids, {wrong_dims} of the "
+                        f"wrong dimension) for {len(ids)} given")
+                load_seconds = time.perf_counter() - started
+                started = time.perf_counter()
+                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(sql.Identifier(staging)))
+                conn.execute(sql.SQL(
+                    "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
+                ).format(sql.Identifier(f"{staging}_hnsw"), sql.Identifier(staging), sql.Literal(self.hnsw_m),
+                         sql.Literal(self.hnsw_ef_construction)))
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staging)))
+                index_seconds = time.perf_counter() - started
+            except (EmbeddingsLoadError, psycopg.Error):
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
+                raise
+            started = time.perf_counter()
+            previous = self._swap(conn, table, staging, version, len(ids), dim, load_seconds, index_seconds)
+            swap_seconds = time.perf_counter() - started
+            dropped = self._apply_retention(conn, table)
+            self._row_counts.pop(table, None)
+        return LoadReport(table, version, len(ids), dim, staging, round(load_seconds, 3), round(index_seconds, 3),
+                          round(swap_seconds, 4), previous, dropped)
+
+    def _swap(self, conn, table, staging, version, rows, dim, load_seconds, index_seconds) -> str | None:
+        """Put `staging` in place of `table` in one short transaction; the old table keeps its versioned name."""
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '30s'")
+            active = conn.execute(
+                f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' FOR UPDATE",
+                (table,)).fetchone()
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+            if exists:
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+                parked = active[1] if active else physical_name(table, f"unregistered-{int(time.time())}")
+                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(parked)))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(table)))
+            conn.execute(f"UPDATE {REGISTRY} SET status = 'previous' WHERE logical_table = %s AND status = 'active'",
+                         (table,))
+            conn.execute(
+                f"""INSERT INTO {REGISTRY} (logical_table, version, physical_table, rows, dimension, status,
+                                            load_seconds, index_seconds)
+                    VALUES (%s, %s, %s, %s, %s, 'active', %s, %s)
+                    ON CONFLICT (logical_table, version) DO UPDATE SET physical_table = EXCLUDED.physical_table,
+                        rows = EXCLUDED.rows, dimension = EXCLUDED.dimension, status = 'active', loaded_at = now(),
+                        load_seconds = EXCLUDED.load_seconds, index_seconds = EXCLUDED.index_seconds""",
+                (table, version, staging, rows, dim, load_seconds, index_seconds))
+        return active[0] if active else None
+
+    def _apply_retention(self, conn, table: str) -> list[str]:
+        """Drop replaced tables beyond the newest `retention` ones."""
+        old = conn.execute(
+            f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
+            "ORDER BY loaded_at DESC OFFSET %s", (table, self.retention)).fetchall()
+        dropped = []
+        for version, physical in old:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
+                conn.execute(f"UPDATE {REGISTRY} SET status = 'dropped' WHERE logical_table = %s AND version = %s",
+                             (table, version))
+            dropped.append(physical)
+        return dropped
+
+    def rollback(self, table: str) -> str:
+        """Make the most recently replaced version live again (one short transaction); returns it."""
+        conn = self.connection()
+        self._ensure_registry(conn)
+        with self._lock, conn.transaction():
+            active = conn.execute(
+                f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' FOR UPDATE",
+                (table,)).fetchone()
+            previous = conn.execute(
+                f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
+                "ORDER BY loaded_at DESC LIMIT 1", (table,)).fetchone()
+            if active is None or previous is None:
+                raise EmbeddingsLoadError(f"{table}: no previous version to roll back to")
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(active[1])))
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(previous[1]), sql.Identifier(table)))
+            conn.execute(f"UPDATE {REGISTRY} SET status = 'previous', loaded_at = now() - interval '1 microsecond' "
+                         "WHERE logical_table = %s AND version = %s", (table, active[0]))
+            conn.execute(f"UPDATE {REGISTRY} SET status = 'active', loaded_at = now() "
+                         "WHERE logical_table = %s AND version = %s", (table, previous[0]))
+            self._row_counts.pop(table, None)
+        return previous[0]
+
+    # --- queries ---------------------------------------------------------------------------------------
+
+    def row_count(self, table: str) -> int:
+        with self._lock:
+            if table not in self._row_counts:
+                self._row_counts[table] = self.connection().execute(
+                    sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+            return self._row_counts[table]
+
+    def _run(self, statement: sql.Composable, params: dict, table: str) -> list[tuple]:
+        """Run a kNN query: exactly (no index) for small tables, else through HNSW."""
+        conn = self.connection()
+        exact = self.row_count(table) < self.exact_scan_below
+        with self._lock, conn.transaction():
+            if exact:
+                conn.execute("SET LOCAL enable_indexscan = off")
+            return conn.execute(statement, params).fetchall()
+
+    def _fetch_limit(self, k: int, excluded: int) -> int:
+        # without iterative scans the index returns at most ef_search candidates before filtering
+        return k if self.iterative_scan else k + excluded
+
+    def similar_items(self, product_code: str, k: int = 5) -> list[tuple[str, float]]:
+        """The k items closest to `product_code` by cosine distance, nearest first, itself excluded."""
+        result = self.similar_items_batch([product_code], k)[0]
+        if result is None:
+            raise UnknownItemError(product_code)
+        return result
+
+    def similar_items_batch(self, product_codes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]] | None]:
+        """`similar_items` for many items in one round trip; None where an item is unknown."""
+        if not product_codes:
+            return []
+        table = sql.Identifier(self.item_table)
+        statement = sql.SQL(
+            """
+            SELECT q.ord, r.id, r.distance
+            FROM unnest(%(codes)s::text[]) WITH ORDINALITY AS q(code, ord)
+            JOIN {table} AS src ON src.id = q.code
+            CROSS JOIN LATERAL (
+                SELECT e.id, e.embedding <=> src.embedding AS distance
+                FROM {table} AS e
+                WHERE e.id <> q.code
+                ORDER BY e.embedding <=> src.embedding
+                LIMIT %(limit)s
+            ) AS r
+            ORDER BY q.ord, r.distance
+            """
+        ).format(table=table)
+        rows = self._run(statement, {"codes": list(product_codes), "limit": self._fetch_limit(k, 1)}, self.item_table)
+        results: list[list | None] = [None] * len(product_codes)
+        for ordinal, identifier, distance in rows:
+            bucket = results[ordinal - 1]
+            if bucket is None:
+                bucket = results[ordinal - 1] = []
+            if len(bucket) < k:
+                bucket.append((identifier, float(distance)))
+        return results
+
+    def recommend_for_embedding(self, vector, k: int = 5, exclude_ids: Sequence[str] = ()) -> list[tuple[str, float]]:
+        """The k items most similar to `vector` (cosine similarity, highest first), minus `exclude_ids`."""
+        return self.recommend_batch([vector], k, [exclude_ids])[0]
+
+    def recommend_batch(self, vectors, k: int = 5,
+                        exclude_ids: Sequence[Sequence[str]] | None = None) -> list[list[tuple[str, float]]]:
+        """`recommend_for_embedding` for many vectors in one round trip."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(vectors) == 0:
+            return []
+        excludes = [[str(x) for x in ex] for ex in (exclude_ids or [()] * len(vectors))]
+        if any(_SEPARATOR in x for ex in excludes for x in ex):
+            raise ValueError("item ids must not contain the unit separator character")
+        table = sql.Identifier(self.item_table)
+        statement = sql.SQL(
+            """
+            WITH q AS (
+                SELECT ord, embedding, string_to_array(excluded, chr(31)) AS excluded
+                FROM unnest(%(vectors)s::vector[], %(excludes)s::text[]) WITH ORDINALITY AS q(embedding, excluded, ord)
+            )
+            SELECT q.ord, r.id, r.score
+            FROM q CROSS JOIN LATERAL (
+                SELECT e.id, 1 - (e.embedding <=> q.embedding) AS score
+                FROM {table} AS e
+                WHERE e.id <> ALL(q.excluded)
+                ORDER BY e.embedding <=> q.embedding
+                LIMIT %(limit)s
+            ) AS r
+            ORDER BY q.ord, r.score DESC
+            """
+        ).format(table=table)
+        literal_vectors = ["[" + ",".join(map(repr, map(float, v))) + "]" for v in vectors]
+        params = {"vectors": literal_vectors, "excludes": [_SEPARATOR.join(ex) for ex in excludes],
+                  "limit": self._fetch_limit(k, max((len(e) for e in excludes), default=0))}
+        rows = self._run(statement, params, self.item_table)
+        results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
+        for ordinal, identifier, score in rows:
+            if len(results[ordinal - 1]) < k:
+                results[ordinal - 1].append((identifier, float(score)))
+        return results

@@ -1,0 +1,78 @@
+"""`model_artifacts_sensor`: each complete version requested exactly once, on a local folder and on S3."""
+
+import json
+
+import dagster as dg
+import pytest
+
+import recsys_assets as recsys
+from recsys_assets.embeddings import ITEM_FILE, USER_FILE
+from resources.pgvector import PgVectorStore
+from tests.test_embeddings_files import publish
+
+
+def tick(artifacts, cursor=None):
+    with dg.build_sensor_context(cursor=cursor, resources={"artifacts": artifacts}) as context:
+        result = recsys.model_artifacts_sensor(context)
+    return result, result.cursor
+
+
+def requested(result) -> list[str]:
+    return [r.tags["model_version"] for r in result.run_requests or []]
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request):
+    return request.getfixturevalue(f"{request.param}_artifacts")
+
+
+def test_each_complete_version_once_whatever_the_upload_order(store):
+    result, cursor = tick(store)
+    assert requested(result) == [] and result.skip_reason  # nothing there yet
+    publish(store, "20260101-000000-bbbbbbbb")
+    result, cursor = tick(store, cursor)
+    assert requested(result) == ["20260101-000000-bbbbbbbb"]
+    assert [r.run_key for r in result.run_requests] == ["embeddings-20260101-000000-bbbbbbbb"]
+    assert result.run_requests[0].run_config["ops"]["item_embeddings"]["config"]["version"] == "20260101-000000-bbbbbbbb"
+
+    result, cursor = tick(store, cursor)
+    assert requested(result) == []  # an unchanged bucket requests nothing
+
+    # half-uploaded: the manifest is there but one file it lists is not -> wait
+    publish(store, "20260101-000000-aaaaaaaa", skip=(USER_FILE,))
+    result, cursor = tick(store, cursor)
+    assert requested(result) == []
+    # it completes later; its key sorts before the version already seen, and it is still not skipped
+    store.write_text(f"ml-artifacts/20260101-000000-aaaaaaaa/{USER_FILE}", "id,embedding\n1,[1,2,3,4]\n")
+    result, cursor = tick(store, cursor)
+    assert requested(result) == ["20260101-000000-aaaaaaaa"]
+
+    # a restart: a new evaluation with the stored cursor replays nothing
+    result, cursor = tick(store, json.loads(json.dumps(cursor)))
+    assert requested(result) == []
+    assert set(json.loads(cursor)["requested"]) == {"20260101-000000-aaaaaaaa", "20260101-000000-bbbbbbbb"}
+
+
+def test_files_without_a_manifest_or_unlisted_layout_are_not_versions(store):
+    store.write_text(f"ml-artifacts/loose/{ITEM_FILE}", "id,embedding\n")
+    store.write_text("ml-artifacts/readme.txt", "not a version")
+    publish(store, "only-items", manifest_files=[ITEM_FILE])
+    result, _cursor = tick(store)
+    assert requested(result) == []
+
+
+def test_a_requested_run_loads_that_version(local_artifacts, app_db):
+    publish(local_artifacts, "hand-made-1", items=4, users=3, rows={"item_embeddings": 4, "user_embeddings": 3})
+    result, _cursor = tick(local_artifacts)
+    [request] = result.run_requests
+    pgvector = PgVectorStore(db=app_db)
+    outcome = dg.materialize(
+        [recsys.recsys_model, recsys.item_embeddings, recsys.user_embeddings],
+        selection=dg.AssetSelection.assets(recsys.item_embeddings, recsys.user_embeddings),
+        resources={"artifacts": local_artifacts, "pgvector": pgvector, "sagemaker": None},
+        run_config=request.run_config,
+    )
+    assert outcome.success
+    assert pgvector.active_version("item_emb") == "hand-made-1" and pgvector.active_version("user_emb") == "hand-made-1"
+    assert pgvector.row_count("item_emb") == 4 and pgvector.row_count("user_emb") == 3
+    pgvector.close()

@@ -1,0 +1,184 @@
+"""The pgvector resource: staging-and-swap loads, rollback, retention, and nearest-neighbour queries checked
+against exact numpy search."""
+
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from recsys_assets.embeddings import EmbeddingRows
+from resources.pgvector import EmbeddingsLoadError, PgVectorStore, UnknownItemError, encode_copy_binary
+
+
+def item_rows(n, dim=32, seed=0, prefix="S"):
+    ids = np.array([f"{prefix}{i:05d}" for i in range(n)], dtype=object)
+    return EmbeddingRows(ids, np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32), "test")
+
+
+def exact_neighbours(rows, query, k, exclude=()):
+    unit = rows.vectors / np.linalg.norm(rows.vectors, axis=1, keepdims=True)
+    distance = 1 - unit @ (query / np.linalg.norm(query))
+    order = [i for i in np.argsort(distance, kind="stable") if rows.ids[i] not in set(exclude)]
+    return [(rows.ids[i], float(distance[i])) for i in order[:k]]
+
+
+@pytest.fixture(scope="module")
+def store(app_db):
+    store = PgVectorStore(db=app_db, exact_scan_below=500, retention=1)
+    yield store
+    store.close()
+
+
+def count(store, table):
+    return store.connection().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_binary_copy_encoding_round_trips(store):
+    rows = item_rows(3, dim=4)
+    users = EmbeddingRows(np.array([103, 112], dtype=np.int64), rows.vectors[:2], "u")
+    assert encode_copy_binary(users.ids, users.vectors, True).startswith(b"PGCOPY\n\xff\r\n\x00")
+    store.load_embeddings("enc_items", rows, 4, version="v1")
+    store.load_embeddings("enc_users", users, 4, version="v1")
+    conn = store.connection()
+    got = dict(conn.execute("SELECT id, embedding FROM enc_items").fetchall())
+    assert np.allclose(got["S00001"].to_numpy(), rows.vectors[1])
+    assert conn.execute("SELECT pg_typeof(id)::text FROM enc_users LIMIT 1").fetchone()[0] == "integer"
+    assert sorted(r[0] for r in conn.execute("SELECT id FROM enc_users").fetchall()) == [103, 112]
+
+
+def test_swap_keeps_previous_versions_for_rollback_and_applies_retention(store):
+    first, second, third = item_rows(50, seed=1), item_rows(60, seed=2), item_rows(70, seed=3)
+    store.load_embeddings("swap_emb", first, 32, version="v1")
+    report = store.load_embeddings("swap_emb", second, 32, version="v2")
+    assert (report.previous_version, report.rows, count(store, "swap_emb")) == ("v1", 60, 60)
+    again = store.load_embeddings("swap_emb", second, 32, version="v2")
+    assert again.skipped  # the same version twice changes nothing
+    report = store.load_embeddings("swap_emb", third, 32, version="v3")
+    assert report.dropped_tables == ["swap_emb__v_v1"]  # retention 1: only v2 is kept besides v3
+    assert store.rollback("swap_emb") == "v2"
+    assert count(store, "swap_emb") == 60 and store.active_version("swap_emb") == "v2"
+    statuses = {v["version"]: v["status"] for v in store.versions("swap_emb")}
+    assert statuses == {"v2": "active", "v3": "previous", "v1": "dropped"}
+    index = store.connection().execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'swap_emb' AND indexdef LIKE '%hnsw%'").fetchone()[0]
+    assert "vector_cosine_ops" in index
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: EmbeddingRows(r.ids, r.vectors[:, :16], r.source), "dimension 16, expected 32"),
+        (lambda r: EmbeddingRows(r.ids, np.where(np.arange(32) == 3, np.nan, r.vectors).astype(np.float32), r.source),
+         "NaN or infinity"),
+        (lambda r: EmbeddingRows(np.concatenate([r.ids[:-1], r.ids[:1]]), r.vectors, r.source), "1 duplicate ids"),
+    ],
+)
+def test_bad_loads_leave_the_live_table_untouched(store, mutate, message):
+    good = item_rows(40, seed=4)
+    store.load_embeddings("guarded_emb", good, 32, version="good")
+    with pytest.raises(EmbeddingsLoadError, match=message):
+        store.load_embeddings("guarded_emb", mutate(item_rows(40, seed=5)), 32, version="bad")
+    with pytest.raises(EmbeddingsLoadError, match="40 rows, expected 41"):
+        store.load_embeddings("guarded_emb", item_rows(40, seed=5), 32, version="short", expected_rows=41)
+    assert store.active_version("guarded_emb") == "good" and count(store, "guarded_emb") == 40
+    leftovers = store.connection().execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'guarded_emb__v_%'").fetchone()[0]
+    assert leftovers == 0  # failed staging tables are dropped
+
+
+def test_readers_never_see_an_empty_or_partial_table(store):
+    store.load_embeddings("live_emb", item_rows(3000, seed=6), 32, version="r0")
+    seen, errors, stop = [], [], threading.Event()
+
+    def reader():
+        with store.db.connect(autocommit=True) as conn:
+            while not stop.is_set():
+                try:
+                    seen.append(conn.execute("SELECT count(*) FROM live_emb").fetchone()[0])
+                except psycopg.Error as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i, n in enumerate((4000, 3500, 5000), start=1):
+            store.load_embeddings("live_emb", item_rows(n, seed=10 + i), 32, version=f"r{i}")
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert set(seen) <= {3000, 4000, 3500, 5000} and len(seen) > 10
+
+
+@pytest.fixture(scope="module")
+def catalogue(store):
+    """2,000 items through HNSW (above exact_scan_below) and 200 scanned exactly."""
+    large, small = item_rows(2000, seed=21), item_rows(200, seed=22, prefix="P")
+    store.load_embeddings("item_emb", large, 32, version="big")
+    small_store = store.model_copy(update={"item_table": "small_emb"})
+    small_store.load_embeddings("small_emb", small, 32, version="small")
+    yield store, large, small_store, small
+    small_store.close()
+
+
+def recall(got, expected):
+    return len({g[0] for g in got} & {e[0] for e in expected}) / len(expected)
+
+
+def test_similar_items_exclude_the_item_and_match_exact_search(catalogue):
+    store, large, small_store, small = catalogue
+    recalls = []
+    for i in range(0, 2000, 100):
+        got = store.similar_items(large.ids[i], 10)
+        assert len(got) == 10 and large.ids[i] not in {g[0] for g in got}
+        assert [d for _, d in got] == sorted(d for _, d in got)
+        recalls.append(recall(got, exact_neighbours(large, large.vectors[i], 10, exclude=[large.ids[i]])))
+    assert np.mean(recalls) >= 0.95
+    exact = small_store.similar_items(small.ids[7], 5)  # small catalogue: exact scan, exact answer
+    expected = exact_neighbours(small, small.vectors[7], 5, exclude=[small.ids[7]])
+    assert [g[0] for g in exact] == [e[0] for e in expected]
+    assert np.allclose([g[1] for g in exact], [e[1] for e in expected], atol=1e-5)
+    with pytest.raises(UnknownItemError):
+        store.similar_items("nope", 5)
+
+
+def test_recommendations_with_exclusions_return_k_rows(catalogue):
+    store, large, small_store, small = catalogue
+    query = large.vectors[5] + 0.1
+    best = exact_neighbours(large, query, 60)
+    excluded = [identifier for identifier, _ in best[:50]]  # the 50 nearest items are off limits
+    got = store.recommend_for_embedding(query, 5, exclude_ids=excluded)
+    assert len(got) == 5 and not {g[0] for g in got} & set(excluded)
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+    assert recall(got, best[50:55]) >= 0.8
+    all_but_three = list(small.ids[3:])
+    left = small_store.recommend_for_embedding(small.vectors[0], 5, exclude_ids=all_but_three)
+    expected = exact_neighbours(small, small.vectors[0], 5, exclude=all_but_three)
+    assert len(left) == 3 and [g[0] for g in left] == [e[0] for e in expected]  # 3 items left: 3 rows, not 5
+
+
+def test_batched_queries_answer_like_single_ones(catalogue):
+    store, large, _small_store, _small = catalogue
+    codes = list(large.ids[:20]) + ["missing"]
+    batch = store.similar_items_batch(codes, 5)
+    assert batch[-1] is None
+    for code, answer in zip(codes[:20], batch[:20]):
+        assert [a[0] for a in answer] == [s[0] for s in store.similar_items(code, 5)]
+    vectors = large.vectors[:10]
+    excludes = [[large.ids[i]] for i in range(10)]
+    batched = store.recommend_batch(vectors, 5, excludes)
+    for i in range(10):
+        assert batched[i] == store.recommend_for_embedding(vectors[i], 5, excludes[i])
+        assert large.ids[i] not in {b[0] for b in batched[i]}
+
+
+def test_vector_type_is_registered_once_per_connection(store):
+    conn = store.connection()
+    assert store.connection() is conn
+    value = conn.execute("SELECT '[1,2]'::vector").fetchone()[0]
+    assert value.to_list() == [1.0, 2.0]
+    assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == "strict_order"
+    started = time.perf_counter()
+    store.close()
+    assert store.connection() is not conn and time.perf_counter() - started < 5

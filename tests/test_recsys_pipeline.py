@@ -1,0 +1,118 @@
+"""The recommender graph end to end: source -> training data -> two-tower model -> pgvector tables."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+import recsys_assets as recsys
+from recsys_assets.embeddings import ITEM_FILE, USER_FILE, complete_versions, read_embeddings
+from recsys_assets.model_code import two_tower
+from resources.artifacts import LocalArtifactStore
+from resources.pgvector import PgVectorStore
+from resources.sagemaker import SageMakerResource
+from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
+
+ALL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data,
+       recsys.ratings_training_data_not_empty, recsys.recsys_catalog, recsys.recsys_model, recsys.item_embeddings,
+       recsys.user_embeddings]
+
+
+def resources_for(app_db, root, source):
+    artifacts = LocalArtifactStore(root=str(root / "artifacts"))
+    return {
+        "source_db": source,
+        "artifacts": artifacts,
+        "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(root / "sagemaker")),
+        "pgvector": PgVectorStore(db=app_db),
+    }
+
+
+def metadata(result, asset):
+    return {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node(asset)[-1].metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def demo_run(app_db, tmp_path_factory):
+    root = tmp_path_factory.mktemp("recsys")
+    resources = resources_for(app_db, root, EmbeddedClassicModels(primary=app_db, database="classicmodels_demo_test"))
+    result = dg.materialize(ALL, resources=resources)
+    yield result, resources
+    resources["pgvector"].close()
+
+
+def test_the_whole_graph_materialises_on_demo_data(demo_run):
+    result, resources = demo_run
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    model = metadata(result, "recsys_model")
+    version = model["model_version"]
+    # the model learns the demo data's structure: better than the popularity and item-mean baselines
+    assert model["validation_ndcg_at_5"] > model["popularity_ndcg_at_5"]
+    assert model["validation_rmse"] < model["item_mean_baseline_rmse"]
+    artifacts = resources["artifacts"]
+    keys = {i.key.split("/", 2)[2] for i in artifacts.list(f"ml-artifacts/{version}/")}
+    assert keys == {ITEM_FILE, USER_FILE, "model/best_model.pth", "model/model_config.json",
+                    "scalers/user_features.json", "scalers/item_features.json", "metrics.json", "manifest.json"}
+    manifest = artifacts.read_json(f"ml-artifacts/{version}/manifest.json")
+    assert manifest["dimension"] == 32 and manifest["rows"] == {"item_embeddings": 110, "user_embeddings": 122}
+    assert manifest["training_data"]["fingerprint"] == metadata(result, "ratings_training_data")["fingerprint"]
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+    for asset, rows in (("item_embeddings", 110), ("user_embeddings", 122)):
+        meta = metadata(result, asset)
+        assert (meta["version"], meta["rows"], meta["dimension"]) == (version, rows, 32)
+    pgvector = resources["pgvector"]
+    assert pgvector.active_version("item_emb") == version
+    code = pgvector.connection().execute("SELECT id FROM item_emb ORDER BY id LIMIT 1").fetchone()[0]
+    similar = pgvector.similar_items(code, 5)
+    assert len(similar) == 5 and code not in [s[0] for s in similar]
+
+
+def test_published_user_tower_reproduces_the_user_embeddings(demo_run, tmp_path):
+    result, resources = demo_run
+    artifacts = resources["artifacts"]
+    version = metadata(result, "recsys_model")["model_version"]
+    for name in (two_tower.MODEL_FILE, two_tower.CONFIG_FILE, two_tower.USER_SCALER_FILE):
+        artifacts.download_file(f"ml-artifacts/{version}/{name}", tmp_path / name)
+    tower = two_tower.UserTower.load(tmp_path)  # torch.load(..., weights_only=True) inside
+    catalog = artifacts.read_parquet("recsys/catalog/customers.parquet").sort_values("customernumber")
+    published = read_embeddings(artifacts, version, complete_versions(artifacts)[version].manifest, USER_FILE)
+    computed = tower.embed(catalog)
+    assert np.allclose(computed, published.vectors, atol=1e-5)
+    # a new customer from an unseen city and country still gets a unit-length embedding
+    stranger = tower.embed(pd.DataFrame({"city": ["Pasadena"], "country": ["Atlantis"], "creditlimit": [59811]}))
+    assert stranger.shape == (1, 32) and abs(float(np.linalg.norm(stranger)) - 1) < 1e-5
+
+
+def test_a_bad_embeddings_file_fails_naming_file_and_line_and_leaves_tables_live(demo_run):
+    result, resources = demo_run
+    artifacts, pgvector = resources["artifacts"], resources["pgvector"]
+    live = pgvector.active_version("item_emb")
+    good = artifacts.read_text(f"ml-artifacts/{live}/{ITEM_FILE}").splitlines()
+    broken = good[:3] + [good[3].replace("[", "[0.5,", 1)] + good[4:]  # line 4 gets 33 values
+    version = "hand-broken-1"
+    artifacts.write_text(f"ml-artifacts/{version}/{ITEM_FILE}", "\n".join(broken) + "\n")
+    artifacts.write_text(f"ml-artifacts/{version}/{USER_FILE}", artifacts.read_text(f"ml-artifacts/{live}/{USER_FILE}"))
+    artifacts.write_json(f"ml-artifacts/{version}/manifest.json",
+                         {"dimension": 32, "files": [ITEM_FILE, USER_FILE], "rows": {"item_embeddings": 110}})
+    outcome = dg.materialize(ALL, resources=resources, raise_on_error=False,
+                             selection=dg.AssetSelection.assets(recsys.item_embeddings),
+                             run_config=dg.RunConfig({"item_embeddings": recsys.assets.EmbeddingsVersionConfig(version=version)}))
+    failure = next(e for e in outcome.all_events if e.is_step_failure).step_failure_data.error
+    message = failure.message + (failure.cause.message if failure.cause else "")
+    assert f"hand-broken-1/{ITEM_FILE}, line 4: embedding has 33 values, expected dimension 32" in message
+    assert pgvector.active_version("item_emb") == live and pgvector.row_count("item_emb") == 110
+
+
+def test_real_classicmodels_from_mariadb(classicmodels_mysql, app_db, tmp_path):
+    resources = resources_for(app_db, tmp_path, SqlSourceDatabase(source_url=classicmodels_mysql))
+    resources["pgvector"] = PgVectorStore(db=app_db, item_table="item_emb_real", user_table="user_emb_real")
+    result = dg.materialize(ALL, resources=resources)
+    try:
+        assert metadata(result, "ratings_training_data")["rows"] == 2532
+        model = metadata(result, "recsys_model")
+        assert metadata(result, "item_embeddings")["rows"] == 110  # every product of the catalogue
+        assert metadata(result, "user_embeddings")["rows"] == 122
+        assert 0 < model["validation_rmse"] < 2 and 0 < model["validation_ndcg_at_5"] <= 1
+        assert 0 < model["popularity_ndcg_at_5"] <= 1
+    finally:
+        resources["pgvector"].close()
