@@ -18,7 +18,6 @@ from pathlib import Path
 import dagster as dg
 
 from recsys_assets import embeddings, ratings_etl
-from recsys_assets.model_code import two_tower
 from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import markdown_mapping
 from resources.model_versions import new_version, publish_version
@@ -56,14 +55,13 @@ def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlC
                           artifacts: ArtifactStore) -> dg.MaterializeResult:
     """The lab's ratings join as Parquet under ``ratings_ml_training/``, hive-partitioned by customernumber.
 
-    Streamed through a server-side cursor in chunks (memory does not grow with the table); a rerun
-    replaces the previous output completely, and ``_manifest.json`` lists exactly the current files.
+    Ratings are streamed through a server-side cursor in chunks and joined to the customers and products
+    tables in memory (memory does not grow with the ratings); a rerun replaces the previous output
+    completely, and ``_manifest.json`` lists exactly the current files.
     """
-    statement = ratings_etl.join_statement(source_column_names(source_db))
-    manifest = ratings_etl.write_partitioned(
-        source_db.stream(statement, config.chunk_rows), artifacts, TRAINING_PREFIX, context.run.run_id[:8],
-        source_db.describe(),
-    )
+    chunks = ratings_etl.joined_chunks(source_db, source_column_names(source_db), config.chunk_rows)
+    manifest = ratings_etl.write_partitioned(chunks, artifacts, TRAINING_PREFIX, context.run.run_id[:8],
+                                             source_db.describe())
     context.log.info(f"{manifest['rows']:,} ratings of {manifest['customers']} customers written")
     return dg.MaterializeResult(
         metadata={
@@ -96,7 +94,7 @@ def ratings_training_data_not_empty(artifacts: ArtifactStore) -> dg.AssetCheckRe
 def recsys_catalog(source_db: SourceDatabase, artifacts: ArtifactStore) -> dg.MaterializeResult:
     """Every product's and customer's tower features, so that all of them get embeddings (not only those
     with ratings): ``recsys/catalog/products.parquet`` and ``customers.parquet``."""
-    products, customers = ratings_etl.catalog_frames(source_db)
+    products, customers = ratings_etl.dimension_frames(source_db)
     artifacts.write_parquet(join_key(CATALOG_PREFIX, "products.parquet"), products)
     artifacts.write_parquet(join_key(CATALOG_PREFIX, "customers.parquet"), customers)
     return dg.MaterializeResult(metadata={"products": len(products), "customers": len(customers),

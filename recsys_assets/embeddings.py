@@ -16,6 +16,7 @@ given. Every problem in a CSV is reported with the file and line.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
 from resources.model_versions import MANIFEST, sha256_hex
@@ -69,7 +71,7 @@ def parse_embeddings_csv(data: bytes, source: str, *, dimension: int | None = No
     if not lines or lines[0].strip().replace('"', "").replace(" ", "").lower() != "id,embedding":
         raise EmbeddingsFileError(f"{source}, line 1: expected the header 'id,embedding'")
     ids: list = []
-    numbers: list[str] = []
+    inner: list[str] = []
     line_of: dict = {}
     width = dimension
     for number, line in enumerate(lines[1:], start=2):
@@ -91,42 +93,47 @@ def parse_embeddings_csv(data: bytes, source: str, *, dimension: int | None = No
         line_of[identifier] = number
         if not (vector.startswith("[") and vector.endswith("]")):
             raise EmbeddingsFileError(f"{source}, line {number}: embedding is not a vector like [x1,...,xn]")
-        parts = vector[1:-1].split(",")
+        values = vector.count(",") + 1
         if width is None:
-            width = len(parts)
-        if len(parts) != width:
+            width = values
+        if values != width:
             raise EmbeddingsFileError(
-                f"{source}, line {number}: embedding has {len(parts)} values, expected dimension {width}")
+                f"{source}, line {number}: embedding has {values} values, expected dimension {width}")
         ids.append(identifier)
-        numbers.extend(parts)
-    try:
-        flat = np.array(numbers, dtype=np.float64)
-    except ValueError:
-        bad = _first_bad_number(numbers, width or 1)
-        raise EmbeddingsFileError(f"{source}, line {_line(line_of, ids, bad[0])}: unparsable value {bad[1]!r}") from None
-    matrix = flat.reshape(len(ids), width or 0) if ids else np.zeros((0, width or 0))
+        inner.append(vector[1:-1])
+    matrix = _parse_matrix(inner, width or 0, source, [line_of[i] for i in ids])
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
         row = int(np.argmin(finite))
-        raise EmbeddingsFileError(f"{source}, line {_line(line_of, ids, row)}: embedding contains NaN or infinity")
+        raise EmbeddingsFileError(f"{source}, line {line_of[ids[row]]}: embedding contains NaN or infinity")
     if np.abs(matrix).max(initial=0) > np.finfo(np.float32).max:
         row = int(np.argmax(np.abs(matrix).max(axis=1)))
-        raise EmbeddingsFileError(f"{source}, line {_line(line_of, ids, row)}: value out of float32 range")
+        raise EmbeddingsFileError(f"{source}, line {line_of[ids[row]]}: value out of float32 range")
     id_array = np.array(ids, dtype=np.int64 if integer_ids else object)
     return EmbeddingRows(ids=id_array, vectors=matrix.astype(np.float32), source=source)
 
 
-def _first_bad_number(numbers: list[str], width: int) -> tuple[int, str]:
-    for index, value in enumerate(numbers):
-        try:
-            float(value)
-        except ValueError:
-            return index // width, value.strip()
-    return 0, ""
-
-
-def _line(line_of: Mapping, ids: list, row: int) -> int:
-    return line_of[ids[row]]
+def _parse_matrix(rows: list[str], width: int, source: str, lines: list[int]) -> np.ndarray:
+    """The comma-separated rows as an (n, width) float64 matrix, parsed by pandas' C reader."""
+    if not rows:
+        return np.zeros((0, width))
+    try:
+        frame = pd.read_csv(io.StringIO("\n".join(rows)), header=None, dtype=np.float64, engine="c",
+                            na_filter=False, skipinitialspace=True)
+        matrix = frame.to_numpy()
+    except ValueError:
+        matrix = None
+    if matrix is not None and matrix.shape == (len(rows), width):
+        return matrix
+    # slow path: Python's float() (which also reads nan/inf, checked by the caller) to find the bad value
+    parsed = np.empty((len(rows), width))
+    for row, text in enumerate(rows):
+        for column, value in enumerate(text.split(",")):
+            try:
+                parsed[row, column] = float(value)
+            except ValueError:
+                raise EmbeddingsFileError(f"{source}, line {lines[row]}: unparsable value {value.strip()!r}") from None
+    return parsed
 
 
 # --- versions in the artifact store ---------------------------------------------------------------------

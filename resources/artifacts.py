@@ -60,8 +60,15 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
         """The full URI of `key` (``file:///...`` or ``s3://bucket/...``)."""
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes) -> str:
-        """Store `data` at `key` atomically; returns the URI."""
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> str:
+        """Store `data` at `key` atomically; returns the URI.
+
+        ``durable=False`` skips the per-object flush to stable storage for bulk writes that end with one
+        `sync()` before their commit marker (a manifest) is written.
+        """
+
+    def sync(self) -> None:
+        """Make every write so far durable (a no-op where each write already is)."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
@@ -174,19 +181,23 @@ class LocalArtifactStore(ArtifactStore):
         """Where `key` lives on disk (local store only)."""
         return self._path(key)
 
-    def write_bytes(self, key: str, data: bytes) -> str:
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> str:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
         return self.uri(key)
+
+    def sync(self) -> None:
+        os.sync()
 
     def read_bytes(self, key: str) -> bytes:
         try:
@@ -264,8 +275,8 @@ class S3ArtifactStore(ArtifactStore):
         base = f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
         return f"{base}/{clean_key(key)}" if key else base
 
-    def write_bytes(self, key: str, data: bytes) -> str:
-        self._client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> str:
+        self._client().put_object(Bucket=self.bucket, Key=self._key(key), Body=data)  # durable once acknowledged
         return self.uri(key)
 
     def read_bytes(self, key: str) -> bytes:

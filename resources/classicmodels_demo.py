@@ -149,7 +149,7 @@ def generate_ratings(raters: pd.DataFrame, products_frame: pd.DataFrame, per_rat
                      rng: np.random.Generator) -> pd.DataFrame:
     """1-5 ratings by each rater for `per_rater` distinct products, with learnable structure."""
     region_of = {p[3]: p[4] for p in PLACES}
-    region = np.array([region_of.get(country, 0) for country in raters["country"]])
+    region = np.array([region_of.get(country, 0) for country in raters["country"]], dtype=np.int64)
     line_index = products_frame["productLine"].map({ln: i for i, ln in enumerate(PRODUCT_LINES)}).to_numpy()
     price = products_frame["MSRP"].to_numpy(dtype=float)
     price_z = (price - price.mean()) / (price.std() or 1.0)

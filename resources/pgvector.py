@@ -8,9 +8,10 @@ table is kept for `rollback` (``retention`` versions), and every load is recorde
 
 Queries: `similar_items` (cosine distance, ascending, the item itself excluded) and
 `recommend_for_embedding` (cosine similarity, descending, with exclusions), each with a batched form that
-answers many queries in one round trip. Filtering never silently returns fewer than k rows while enough
-items exist: with pgvector >= 0.8 the HNSW scan is iterative (``hnsw.iterative_scan``); older servers get
-an over-fetch; catalogues under ``exact_scan_below`` rows are scanned exactly.
+answers many queries in one round trip. Exclusions never silently return fewer than k rows while enough
+items exist: k + len(excluded) nearest rows are fetched and filtered, and the HNSW scan is iterative
+(``hnsw.iterative_scan``, pgvector >= 0.8) so it can return more than ``ef_search`` rows (older servers get
+a raised ``ef_search`` instead); catalogues under ``exact_scan_below`` rows are scanned exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from pydantic import PrivateAttr
 from resources.postgres import PostgresDatabase
 
 REGISTRY = "embedding_versions"
-_SEPARATOR = "\x1f"  # joins a query's excluded ids into one text value
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _PGCOPY_TRAILER = struct.pack("!h", -1)
 
@@ -64,13 +64,13 @@ def encode_copy_binary(ids: np.ndarray, vectors: np.ndarray, integer_ids: bool) 
     n, dim = vectors.shape
     vec_body = np.empty((n, 4 + 4 * dim), dtype=np.uint8)
     vec_body[:, :4] = np.frombuffer(struct.pack("!HH", dim, 0), dtype=np.uint8)
-    vec_body[:, 4:] = vectors.astype(">f4").view(np.uint8).reshape(n, 4 * dim)
+    vec_body[:, 4:] = np.ascontiguousarray(vectors, dtype=">f4").view(np.uint8).reshape(n, 4 * dim)
     vec_len = struct.pack("!i", 4 + 4 * dim)
     if integer_ids:
         fixed = np.empty((n, 2 + 4 + 4 + 4 + len(vec_body[0])), dtype=np.uint8)
         fixed[:, 0:2] = np.frombuffer(struct.pack("!h", 2), dtype=np.uint8)
         fixed[:, 2:6] = np.frombuffer(struct.pack("!i", 4), dtype=np.uint8)
-        fixed[:, 6:10] = ids.astype(">i4").view(np.uint8).reshape(n, 4)
+        fixed[:, 6:10] = np.ascontiguousarray(ids, dtype=">i4").view(np.uint8).reshape(n, 4)
         fixed[:, 10:14] = np.frombuffer(vec_len, dtype=np.uint8)
         fixed[:, 14:] = vec_body
         return _PGCOPY_HEADER + fixed.tobytes() + _PGCOPY_TRAILER
@@ -101,9 +101,9 @@ class PgVectorStore(dg.ConfigurableResource):
     item_table: str = "item_emb"
     user_table: str = "user_emb"
     retention: int = 2
-    ef_search: int = 100
+    ef_search: int = 40
     hnsw_m: int = 16
-    hnsw_ef_construction: int = 64
+    hnsw_ef_construction: int = 128
     exact_scan_below: int = 10_000
 
     _conn: psycopg.Connection | None = PrivateAttr(default=None)
@@ -320,52 +320,60 @@ class PgVectorStore(dg.ConfigurableResource):
             return self._row_counts[table]
 
     def _run(self, statement: sql.Composable, params: dict, table: str) -> list[tuple]:
-        """Run a kNN query: exactly (no index) for small tables, else through HNSW."""
+        """Run a kNN query: exactly (index scans off) for small tables, else through HNSW."""
         conn = self.connection()
-        exact = self.row_count(table) < self.exact_scan_below
-        with self._lock, conn.transaction():
-            if exact:
-                conn.execute("SET LOCAL enable_indexscan = off")
+        with self._lock:
+            if self.row_count(table) < self.exact_scan_below:
+                with conn.transaction():
+                    conn.execute("SET LOCAL enable_indexscan = off")
+                    return conn.execute(statement, params).fetchall()
+            if not self.iterative_scan and params["limit"] > self.ef_search:
+                with conn.transaction():  # an HNSW scan returns at most ef_search rows
+                    conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(params["limit"])))
+                    return conn.execute(statement, params).fetchall()
             return conn.execute(statement, params).fetchall()
 
-    def _fetch_limit(self, k: int, excluded: int) -> int:
-        # without iterative scans the index returns at most ef_search candidates before filtering
-        return k if self.iterative_scan else k + excluded
+    # Exclusions are applied after fetching k + len(excluded) nearest rows rather than in a WHERE clause:
+    # the HNSW scan stays a plain ordered scan (the cheapest kind), and the iterative scan lets it return
+    # more rows than ef_search when asked to.
+
+    def _limit(self, k: int, excluded: int) -> int:
+        return k + excluded
 
     def similar_items(self, product_code: str, k: int = 5) -> list[tuple[str, float]]:
         """The k items closest to `product_code` by cosine distance, nearest first, itself excluded."""
-        result = self.similar_items_batch([product_code], k)[0]
-        if result is None:
+        statement = sql.SQL(
+            "SELECT id, embedding <=> (SELECT embedding FROM {t} WHERE id = %(code)s) AS distance FROM {t} "
+            "ORDER BY embedding <=> (SELECT embedding FROM {t} WHERE id = %(code)s) LIMIT %(limit)s"
+        ).format(t=sql.Identifier(self.item_table))
+        rows = self._run(statement, {"code": product_code, "limit": self._limit(k, 1)}, self.item_table)
+        if not rows or rows[0][1] is None:
             raise UnknownItemError(product_code)
-        return result
+        return [(identifier, float(distance)) for identifier, distance in rows if identifier != product_code][:k]
 
     def similar_items_batch(self, product_codes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]] | None]:
         """`similar_items` for many items in one round trip; None where an item is unknown."""
         if not product_codes:
             return []
-        table = sql.Identifier(self.item_table)
         statement = sql.SQL(
             """
             SELECT q.ord, r.id, r.distance
             FROM unnest(%(codes)s::text[]) WITH ORDINALITY AS q(code, ord)
-            JOIN {table} AS src ON src.id = q.code
+            JOIN {t} AS src ON src.id = q.code
             CROSS JOIN LATERAL (
-                SELECT e.id, e.embedding <=> src.embedding AS distance
-                FROM {table} AS e
-                WHERE e.id <> q.code
-                ORDER BY e.embedding <=> src.embedding
-                LIMIT %(limit)s
+                SELECT e.id, e.embedding <=> src.embedding AS distance FROM {t} AS e
+                ORDER BY e.embedding <=> src.embedding LIMIT %(limit)s
             ) AS r
             ORDER BY q.ord, r.distance
             """
-        ).format(table=table)
-        rows = self._run(statement, {"codes": list(product_codes), "limit": self._fetch_limit(k, 1)}, self.item_table)
+        ).format(t=sql.Identifier(self.item_table))
+        rows = self._run(statement, {"codes": list(product_codes), "limit": self._limit(k, 1)}, self.item_table)
         results: list[list | None] = [None] * len(product_codes)
         for ordinal, identifier, distance in rows:
             bucket = results[ordinal - 1]
             if bucket is None:
                 bucket = results[ordinal - 1] = []
-            if len(bucket) < k:
+            if identifier != product_codes[ordinal - 1] and len(bucket) < k:
                 bucket.append((identifier, float(distance)))
         return results
 
@@ -379,33 +387,24 @@ class PgVectorStore(dg.ConfigurableResource):
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(vectors) == 0:
             return []
-        excludes = [[str(x) for x in ex] for ex in (exclude_ids or [()] * len(vectors))]
-        if any(_SEPARATOR in x for ex in excludes for x in ex):
-            raise ValueError("item ids must not contain the unit separator character")
-        table = sql.Identifier(self.item_table)
+        excludes = [set(map(str, ex)) for ex in (exclude_ids or [()] * len(vectors))]
         statement = sql.SQL(
             """
-            WITH q AS (
-                SELECT ord, embedding, string_to_array(excluded, chr(31)) AS excluded
-                FROM unnest(%(vectors)s::vector[], %(excludes)s::text[]) WITH ORDINALITY AS q(embedding, excluded, ord)
-            )
             SELECT q.ord, r.id, r.score
-            FROM q CROSS JOIN LATERAL (
-                SELECT e.id, 1 - (e.embedding <=> q.embedding) AS score
-                FROM {table} AS e
-                WHERE e.id <> ALL(q.excluded)
-                ORDER BY e.embedding <=> q.embedding
-                LIMIT %(limit)s
+            FROM unnest(%(vectors)s::vector[]) WITH ORDINALITY AS q(embedding, ord)
+            CROSS JOIN LATERAL (
+                SELECT e.id, 1 - (e.embedding <=> q.embedding) AS score FROM {t} AS e
+                ORDER BY e.embedding <=> q.embedding LIMIT %(limit)s
             ) AS r
             ORDER BY q.ord, r.score DESC
             """
-        ).format(table=table)
+        ).format(t=sql.Identifier(self.item_table))
         literal_vectors = ["[" + ",".join(map(repr, map(float, v))) + "]" for v in vectors]
-        params = {"vectors": literal_vectors, "excludes": [_SEPARATOR.join(ex) for ex in excludes],
-                  "limit": self._fetch_limit(k, max((len(e) for e in excludes), default=0))}
-        rows = self._run(statement, params, self.item_table)
+        limit = self._limit(k, max((len(e) for e in excludes), default=0))
+        rows = self._run(statement, {"vectors": literal_vectors, "limit": limit}, self.item_table)
         results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         for ordinal, identifier, score in rows:
-            if len(results[ordinal - 1]) < k:
-                results[ordinal - 1].append((identifier, float(score)))
+            bucket = results[ordinal - 1]
+            if identifier not in excludes[ordinal - 1] and len(bucket) < k:
+                bucket.append((identifier, float(score)))
         return results

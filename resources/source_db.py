@@ -57,16 +57,47 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
         except sa.exc.OperationalError as exc:
             raise SourceDatabaseError(f"cannot reach the source database {self.describe()}: {exc.orig}") from None
 
-    def stream(self, statement: sa.Executable, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
-        """The statement's rows in DataFrames of at most `chunk_rows`, through a server-side cursor."""
+    def stream(self, statement: sa.Select, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+        """The statement's rows in DataFrames of at most `chunk_rows`, through a server-side cursor.
+
+        PyMySQL and psycopg cursors are used directly (SQLAlchemy's row objects would double the cost of
+        reading); other drivers go through SQLAlchemy's ``stream_results``.
+        """
+        engine = self.engine()
         try:
-            with self.engine().connect() as conn:
+            if engine.dialect.driver in ("pymysql", "psycopg"):
+                yield from self._stream_raw(engine, statement, chunk_rows)
+                return
+            with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(statement)
                 columns = list(result.keys())
                 for rows in result.partitions(chunk_rows):
+                    yield pd.DataFrame.from_records([tuple(row) for row in rows], columns=columns)
+        except (sa.exc.OperationalError, sa.exc.DBAPIError) as exc:
+            raise SourceDatabaseError(f"cannot read from the source database {self.describe()}: "
+                                      f"{getattr(exc, 'orig', exc)}") from None
+
+    @staticmethod
+    def _stream_raw(engine: sa.Engine, statement: sa.Select, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        text = str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        columns = [column.name for column in statement.selected_columns]
+        raw = engine.raw_connection()
+        try:
+            if engine.dialect.driver == "pymysql":
+                import pymysql.cursors
+
+                cursor = raw.driver_connection.cursor(pymysql.cursors.SSCursor)  # unbuffered: rows stay on the server
+            else:
+                cursor = raw.driver_connection.cursor(name="mldp_source_stream")  # a named (server-side) cursor
+                cursor.itersize = chunk_rows
+            try:
+                cursor.execute(text)
+                while rows := cursor.fetchmany(chunk_rows):
                     yield pd.DataFrame.from_records(rows, columns=columns)
-        except sa.exc.OperationalError as exc:
-            raise SourceDatabaseError(f"cannot read from the source database {self.describe()}: {exc.orig}") from None
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
 
     def dialect(self) -> str:
         return self.engine().dialect.name
