@@ -31,6 +31,9 @@ from resources.readonly import ReadOnlyDatabase
 from resources.sagemaker import MetricDefinition, SageMakerResource
 
 GROUP = "credit"
+# One scoring batch at a time: the batch's files have fixed keys, and the instance limits each pool to one
+# run (deploy/dagster.*.yaml), so overlapping runs queue instead of overwriting each other's batch.
+SCORING_POOL = "credit_batch"
 MODEL_CODE_DIR = Path(__file__).with_name("model_code")
 TRAINING_DATA_PREFIX = "credit/training_data"
 TRAINING_DATA_POINTER = "credit/training_data/current.json"
@@ -181,7 +184,7 @@ class EligibilityConfig(dg.Config):
     customers_table: str = "customers"
 
 
-@dg.asset(group_name=GROUP, deps=[customers], kinds={"postgres", "pandas"})
+@dg.asset(group_name=GROUP, deps=[customers], kinds={"postgres", "pandas"}, pool=SCORING_POOL)
 def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityConfig, readonly_db: ReadOnlyDatabase,
                        artifacts: ArtifactStore) -> dg.MaterializeResult:
     """Customers up for a credit-limit review, read through the read-only role / replica.
@@ -220,7 +223,7 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
     )
 
 
-@dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"})
+@dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"}, pool=SCORING_POOL)
 def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResource,
                   artifacts: ArtifactStore) -> dg.MaterializeResult:
     """New scorecard points and decline probability for each eligible customer, from the newest model.
@@ -252,7 +255,8 @@ def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResourc
             tags={"project": "credit-limit-increase", "batch_id": batch_id, "model_version": version},
             log=context.log.debug,
         )
-        scored = scoring.read_transform_output([artifacts.read_bytes(k) for k in job.output_keys if k.endswith(".out")])
+        scored = scoring.read_transform_output(
+            [(artifacts.uri(k), artifacts.read_bytes(k)) for k in job.output_keys if k.endswith(".out")])
     scores = scoring.attach_scores(scorable, scored)
     uri = artifacts.write_parquet(
         SCORES_KEY, scores,
@@ -274,51 +278,6 @@ def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResourc
     )
 
 
-class LimitPolicyConfig(dg.Config):
-    """The limit-increase rule's thresholds (reference defaults)."""
-
-    approve_min_score: int = 650
-    low_limit_threshold: int = 5_000
-    low_limit_increase_pct: int = 50
-    high_limit_increase_pct: int = 25
-    max_limit: int = 20_000
-
-
-@dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"})
-def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig,
-                    artifacts: ArtifactStore) -> dg.MaterializeResult:
-    """APPROVED / DECLINED with the new limit and the reason, per scored customer (the reference's rule)."""
-    scores = artifacts.read_parquet(SCORES_KEY)
-    upstream = artifacts.parquet_metadata(SCORES_KEY)
-    policy = LimitPolicy(**config.model_dump())
-    decisions = decide_limits(scores, policy)
-    uri = artifacts.write_parquet(
-        DECISIONS_KEY, decisions,
-        metadata={"batch_id": upstream["batch_id"], "model_version": upstream["model_version"],
-                  "policy": json.dumps(policy.as_dict())},
-    )
-    approved = decisions["decision"] == APPROVED
-    increase = (decisions["new_limit"] - decisions["current_limit"])[approved]
-    return dg.MaterializeResult(
-        metadata={
-            "batch_id": upstream["batch_id"],
-            "decisions": len(decisions),
-            "approved": int(approved.sum()),
-            "declined": int((~approved).sum()),
-            "approval_rate": float(approved.mean()) if len(decisions) else 0.0,
-            "total_limit_increase": int(increase.sum()),
-            "policy": dg.MetadataValue.json(policy.as_dict()),
-            "preview": dg.MetadataValue.md(markdown_table(
-                decisions[["customer_id", "new_score", "current_limit", "new_limit", "decision", "reason"]])),
-            "uri": dg.MetadataValue.path(uri),
-        }
-    )
-
-
-class WriteBackConfig(dg.Config):
-    customers_table: str = "customers"
-
-
 def evaluation_summary(decisions: pd.DataFrame, batch_id: str, model_version: str, policy: dict) -> dict:
     """The reference's evaluations.json: what the batch decided, in numbers."""
     approved = decisions["decision"] == APPROVED
@@ -337,7 +296,51 @@ def evaluation_summary(decisions: pd.DataFrame, batch_id: str, model_version: st
     }
 
 
-@dg.asset(group_name=GROUP, deps=[limit_decisions], kinds={"postgres"})
+class LimitPolicyConfig(dg.Config):
+    """The limit-increase rule's thresholds (reference defaults)."""
+
+    approve_min_score: int = 650
+    low_limit_threshold: int = 5_000
+    low_limit_increase_pct: int = 50
+    high_limit_increase_pct: int = 25
+    max_limit: int = 20_000
+
+
+@dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"}, pool=SCORING_POOL)
+def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig,
+                    artifacts: ArtifactStore) -> dg.MaterializeResult:
+    """APPROVED / DECLINED with the new limit and the reason, per scored customer (the reference's rule)."""
+    scores = artifacts.read_parquet(SCORES_KEY)
+    upstream = artifacts.parquet_metadata(SCORES_KEY)
+    policy = LimitPolicy(**config.model_dump())
+    decisions = decide_limits(scores, policy)
+    uri = artifacts.write_parquet(
+        DECISIONS_KEY, decisions,
+        metadata={"batch_id": upstream["batch_id"], "model_version": upstream["model_version"],
+                  "policy": json.dumps(policy.as_dict())},
+    )
+    summary = evaluation_summary(decisions, upstream["batch_id"], upstream["model_version"], policy.as_dict())
+    return dg.MaterializeResult(
+        metadata={
+            "batch_id": upstream["batch_id"],
+            "decisions": summary["customers_scored"],
+            "approved": summary["approved"],
+            "declined": summary["declined"],
+            "approval_rate": summary["approval_rate"],
+            "total_limit_increase": summary["total_limit_increase"],
+            "policy": dg.MetadataValue.json(policy.as_dict()),
+            "preview": dg.MetadataValue.md(markdown_table(
+                decisions[["customer_id", "new_score", "current_limit", "new_limit", "decision", "reason"]])),
+            "uri": dg.MetadataValue.path(uri),
+        }
+    )
+
+
+class WriteBackConfig(dg.Config):
+    customers_table: str = "customers"
+
+
+@dg.asset(group_name=GROUP, deps=[limit_decisions], kinds={"postgres"}, pool=SCORING_POOL)
 def customer_updates(context: dg.AssetExecutionContext, config: WriteBackConfig, app_db: PostgresDatabase,
                      artifacts: ArtifactStore) -> dg.MaterializeResult:
     """The batch's decisions written to the customers table on the primary, with an append-only audit row

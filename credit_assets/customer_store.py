@@ -91,34 +91,46 @@ def create_customers_table(cur: psycopg.Cursor, table: str = "customers") -> Non
     )
 
 
-def create_audit_table(cur: psycopg.Cursor) -> None:
-    """The append-only audit of applied decisions; UPDATE and DELETE are rejected by a trigger."""
-    cur.execute(
-        f"""
-        CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
-            batch_id uuid NOT NULL,
-            customer_id bigint NOT NULL,
-            old_score integer,
-            new_score integer NOT NULL,
-            old_limit integer NOT NULL,
-            new_limit integer NOT NULL,
-            decision text NOT NULL,
-            reason text NOT NULL,
-            probability double precision,
-            model_version text NOT NULL,
-            dagster_run_id uuid NOT NULL,
-            decided_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (batch_id, customer_id)
-        );
-        CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            RAISE EXCEPTION '{AUDIT_TABLE} is append-only (% refused)', TG_OP;
-        END $$;
-        CREATE OR REPLACE TRIGGER {AUDIT_TABLE}_append_only
-            BEFORE UPDATE OR DELETE OR TRUNCATE ON {AUDIT_TABLE}
-            FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
-        """
-    )
+def ensure_audit_table(conn: psycopg.Connection) -> None:
+    """Create the append-only audit table (UPDATE, DELETE and TRUNCATE rejected by a trigger) if it is not
+    there yet: once, in a transaction of its own, never inside a write-back."""
+    was_idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    exists = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s)",
+        (AUDIT_TABLE, f"{AUDIT_TABLE}_append_only"),
+    ).fetchone()[0]
+    if was_idle and not conn.autocommit:
+        conn.commit()  # end the transaction the check opened; the caller's connection stays as it was
+    if exists:
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (AUDIT_TABLE,))  # one creator at a time
+        conn.execute(
+            f"""
+            CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
+                batch_id uuid NOT NULL,
+                customer_id bigint NOT NULL,
+                old_score integer,
+                new_score integer NOT NULL,
+                old_limit integer NOT NULL,
+                new_limit integer NOT NULL,
+                decision text NOT NULL,
+                reason text NOT NULL,
+                probability double precision,
+                model_version text NOT NULL,
+                dagster_run_id uuid NOT NULL,
+                decided_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (batch_id, customer_id)
+            );
+            CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION '{AUDIT_TABLE} is append-only (% refused)', TG_OP;
+            END $$;
+            CREATE OR REPLACE TRIGGER {AUDIT_TABLE}_append_only
+                BEFORE UPDATE OR DELETE OR TRUNCATE ON {AUDIT_TABLE}
+                FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
+            """
+        )
 
 
 def load_customers(conn: psycopg.Connection, frame: pd.DataFrame, table: str = "customers", replace: bool = False) -> int:
@@ -256,8 +268,8 @@ def apply_decisions(
             f"{int(repeated.iloc[0])}); nothing was written"
         )
     target = table_identifier(table)
+    ensure_audit_table(conn)
     with conn.transaction(), conn.cursor() as cur:
-        create_audit_table(cur)
         cur.execute(
             """
             CREATE TEMP TABLE credit_decision_staging (
@@ -312,6 +324,8 @@ def apply_decisions(
                 ).format(target=target, audit=sql.Identifier(AUDIT_TABLE)),
                 {"batch": batch_id},
             ).fetchone()
+            if in_batch > updated:
+                _refuse_changed_decisions(cur, batch_id, model_version)
         else:
             in_batch = updated
     decided = len(decisions)
@@ -325,12 +339,25 @@ def apply_decisions(
     )
 
 
-def audit_summary(conn: psycopg.Connection, batch_id: str) -> dict[str, int]:
-    """Audit rows and distinct customers recorded for a batch (they must be equal)."""
-    rows, customers = conn.execute(
-        sql.SQL("SELECT count(*), count(DISTINCT customer_id) FROM {} WHERE batch_id = %s::uuid").format(
-            sql.Identifier(AUDIT_TABLE)
-        ),
-        (batch_id,),
+def _refuse_changed_decisions(cur: psycopg.Cursor, batch_id: str, model_version: str) -> None:
+    """A batch is written back once: decisions that differ from what its audit already holds are refused
+    (the transaction then rolls back) instead of being counted as applied."""
+    changed = cur.execute(
+        sql.SQL(
+            """
+            SELECT s.customer_id, a.decision, a.new_limit, a.model_version, s.decision, s.new_limit, count(*) OVER ()
+            FROM credit_decision_staging AS s JOIN {audit} AS a ON a.batch_id = %(batch)s AND a.customer_id = s.customer_id
+            WHERE (a.decision, a.new_limit, a.new_score, a.model_version)
+                  IS DISTINCT FROM (s.decision, s.new_limit, s.new_score, %(model)s)
+            ORDER BY s.customer_id LIMIT 1
+            """
+        ).format(audit=sql.Identifier(AUDIT_TABLE)),
+        {"batch": batch_id, "model": model_version},
     ).fetchone()
-    return {"audit_rows": rows, "audit_customers": customers}
+    if changed:
+        customer, old_decision, old_limit, old_model, new_decision, new_limit, count = changed
+        raise DecisionBatchError(
+            f"batch {batch_id} was already written back with other decisions for {count} customer(s) (e.g. "
+            f"customer {customer}: {old_decision} {old_limit} by model {old_model}, now {new_decision} {new_limit} "
+            f"by model {model_version}); nothing was written. Materialize eligible_customers to start a new batch."
+        )

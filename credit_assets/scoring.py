@@ -38,13 +38,16 @@ def transform_input(scorable: pd.DataFrame, part_rows: int) -> Iterator[tuple[st
         yield f"part-{part:05d}.csv", chunk.to_csv(header=False, index=False).encode()
 
 
-def read_transform_output(parts: list[bytes]) -> pd.DataFrame:
-    """inference.py's ``customer_id,probability,score`` lines from every output part."""
-    frames = [
-        pd.read_csv(io.BytesIO(data), header=None, names=OUTPUT_COLUMNS,
-                    dtype={"customer_id": "int64", "probability": "float64", "new_score": "int64"})
-        for data in parts
-    ]
+def read_transform_output(parts: list[tuple[str, bytes]]) -> pd.DataFrame:
+    """inference.py's ``customer_id,probability,score`` lines from every (name, content) output part."""
+    frames = []
+    for name, data in parts:
+        try:
+            frames.append(pd.read_csv(io.BytesIO(data), header=None, names=OUTPUT_COLUMNS,
+                                      dtype={"customer_id": "int64", "probability": "float64", "new_score": "int64"}))
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise ScoringOutputError(f"batch transform output {name} is not customer_id,probability,score CSV: "
+                                     f"{exc}") from None
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OUTPUT_COLUMNS)
 
 

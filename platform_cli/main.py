@@ -88,8 +88,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_psql(args: argparse.Namespace) -> int:
     from resources.postgres import psql_binary
 
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     with open_resources(_settings()) as resources:
-        return subprocess.call([str(psql_binary()), resources.app_db.conninfo(), *args.psql_args])
+        params = conninfo_to_dict(resources.app_db.conninfo())
+        env = dict(os.environ)
+        if params.get("password"):
+            env["PGPASSWORD"] = str(params.pop("password"))  # not on the command line, where `ps` shows it
+        return subprocess.call([str(psql_binary()), make_conninfo(**params), *args.psql_args], env=env)
 
 
 def cmd_services(args: argparse.Namespace) -> int:

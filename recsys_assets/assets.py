@@ -175,7 +175,7 @@ def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pg
             f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)}")
     manifest = available[version].manifest
     rows = embeddings.read_embeddings(artifacts, version, manifest, relative)
-    report = pgvector.load_embeddings(table, rows, int(manifest.get("dimension") or rows.dimension), version=version)
+    report = pgvector.load_embeddings(table, rows, rows.dimension, version=version)  # checked against the manifest
     context.log.info(f"{table}: version {version} live with {report.rows:,} rows"
                      + (" (already live, nothing to do)" if report.skipped else ""))
     return dg.MaterializeResult(

@@ -17,6 +17,7 @@ given. Every problem in a CSV is reported with the file and line.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,39 +159,60 @@ class CompleteVersion:
     version: str
     manifest: dict[str, Any]
     published_at: datetime  # when its last file (manifest or listed) was written: when it became complete
+    signature: str  # changes whenever the manifest or a listed file is replaced
 
 
-def complete_versions(store: ArtifactStore) -> dict[str, CompleteVersion]:
+def complete_versions(store: ArtifactStore, problems: list[str] | None = None) -> dict[str, CompleteVersion]:
     """Versions under ``ml-artifacts/`` whose manifest is present and lists files that are all present.
 
-    Decided from one listing of the prefix, whatever order the files were written in.
+    Decided from one listing of the prefix, whatever order the files were written in. Versions whose
+    manifest cannot be read are left out and described in `problems`.
     """
     prefix = ARTIFACTS_PREFIX + "/"
-    present: dict[str, dict[str, datetime]] = {}
+    present: dict[str, dict[str, tuple[datetime, int]]] = {}
     for info in store.list(prefix):
         version, _, relative = info.key[len(prefix):].partition("/")
         if relative:
-            present.setdefault(version, {})[relative] = info.last_modified
+            present.setdefault(version, {})[relative] = (info.last_modified, info.size)
     complete = {}
     for version, files in sorted(present.items()):
         if MANIFEST not in files or not _VERSION.match(version):
             continue
+        key = join_key(prefix, version, MANIFEST)
         try:
-            manifest = store.read_json(join_key(prefix, version, MANIFEST))
-        except (ValueError, ArtifactNotFoundError):
-            continue  # unreadable (still being written, or broken): not complete
+            manifest = store.read_json(key)
+        except (ValueError, ArtifactNotFoundError) as exc:
+            if problems is not None:
+                problems.append(f"{store.uri(key)} is not readable: {exc}")
+            continue
         if not isinstance(manifest, dict):
+            if problems is not None:
+                problems.append(f"{store.uri(key)} is not a JSON object")
             continue
         listed = listed_files(manifest)
         if listed and set(listed) <= set(files) and ITEM_FILE in listed and USER_FILE in listed:
-            completed_at = max(files[name] for name in {*listed, MANIFEST})
-            complete[version] = CompleteVersion(version, manifest, completed_at)
+            relevant = sorted({*listed, MANIFEST})
+            completed_at = max(files[name][0] for name in relevant)
+            signature = sha256_hex(json.dumps(
+                [manifest, [(name, files[name][1], files[name][0].isoformat()) for name in relevant]],
+                sort_keys=True, default=str).encode())
+            complete[version] = CompleteVersion(version, manifest, completed_at, signature)
     return complete
 
 
 def newest(versions: Mapping[str, CompleteVersion]) -> CompleteVersion:
     """The version that became complete most recently."""
     return max(versions.values(), key=lambda v: (v.published_at, v.version))
+
+
+def manifest_number(section: Mapping[str, Any], field: str, uri: str, prefix: str = "") -> int | None:
+    """A whole number from a manifest, None when absent; a clear error naming the field when malformed."""
+    value = section.get(field) if isinstance(section, Mapping) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise EmbeddingsFileError(f"{uri}: field {prefix}{field} must be a whole number, not {value!r}")
+    return int(value)
 
 
 def read_embeddings(store: ArtifactStore, version: str, manifest: Mapping[str, Any], relative: str) -> EmbeddingRows:
@@ -204,10 +226,11 @@ def read_embeddings(store: ArtifactStore, version: str, manifest: Mapping[str, A
     entry = listed_files(manifest).get(relative, {})
     if entry.get("sha256") and sha256_hex(data) != entry["sha256"]:
         raise EmbeddingsFileError(f"{uri}: content does not match the SHA-256 in the manifest (corrupt or replaced)")
-    dimension = manifest.get("dimension")
-    rows = parse_embeddings_csv(data, uri, dimension=int(dimension) if dimension else None,
-                                integer_ids=relative == USER_FILE)
-    expected = (manifest.get("rows") or {}).get(ROW_KEYS.get(relative, ""))
-    if expected is not None and len(rows) != int(expected):
+    manifest_uri = store.uri(join_key(version_prefix(version), MANIFEST))
+    dimension = manifest_number(manifest, "dimension", manifest_uri)
+    rows = parse_embeddings_csv(data, uri, dimension=dimension, integer_ids=relative == USER_FILE)
+    counts = manifest.get("rows") or {}
+    expected = manifest_number(counts, ROW_KEYS.get(relative, ""), manifest_uri, prefix="rows.")
+    if expected is not None and len(rows) != expected:
         raise EmbeddingsFileError(f"{uri}: {len(rows)} rows, but the manifest of version {version} says {expected}")
     return rows

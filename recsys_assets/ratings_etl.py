@@ -40,10 +40,14 @@ import sqlalchemy as sa
 
 from resources.artifacts import ArtifactStore, join_key
 
+# source column -> output column, per source table
+RATINGS_COLUMNS = {"customerNumber": "customernumber", "productCode": "productcode", "productRating": "productrating"}
+PRODUCT_COLUMNS = {"productCode": "productcode", "productLine": "productline", "productScale": "productscale",
+                   "quantityInStock": "quantityinstock", "buyPrice": "buyprice", "MSRP": "msrp"}
+CUSTOMER_COLUMNS = {"customerNumber": "customernumber", "city": "city", "state": "state", "postalCode": "postalcode",
+                    "country": "country", "creditLimit": "creditlimit"}
 REQUIRED_COLUMNS: dict[str, list[str]] = {
-    "ratings": ["customerNumber", "productCode", "productRating"],
-    "products": ["productCode", "productLine", "productScale", "quantityInStock", "buyPrice", "MSRP"],
-    "customers": ["customerNumber", "city", "state", "postalCode", "country", "creditLimit"],
+    "ratings": list(RATINGS_COLUMNS), "products": list(PRODUCT_COLUMNS), "customers": list(CUSTOMER_COLUMNS),
 }
 PARTITION_COLUMN = "customernumber"
 SCHEMA = pa.schema([
@@ -122,13 +126,6 @@ def _select(names: Mapping[str, Mapping[str, str]], table: str, columns: Mapping
     return sa.select(*(selectable.c[names[table][c]].label(alias) for c, alias in columns.items()))
 
 
-RATINGS_COLUMNS = {"customerNumber": "customernumber", "productCode": "productcode", "productRating": "productrating"}
-PRODUCT_COLUMNS = {"productCode": "productcode", "productLine": "productline", "productScale": "productscale",
-                   "quantityInStock": "quantityinstock", "buyPrice": "buyprice", "MSRP": "msrp"}
-CUSTOMER_COLUMNS = {"customerNumber": "customernumber", "city": "city", "state": "state", "postalCode": "postalcode",
-                    "country": "country", "creditLimit": "creditlimit"}
-
-
 def ratings_statement(names: Mapping[str, Mapping[str, str]]) -> sa.Select:
     """The ratings, ordered by customer so each partition arrives in one piece."""
     statement = _select(names, "ratings", RATINGS_COLUMNS)
@@ -136,19 +133,35 @@ def ratings_statement(names: Mapping[str, Mapping[str, str]]) -> sa.Select:
     return statement.order_by(ratings.customernumber, ratings.productcode)
 
 
-def typed(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns cast to the documented types (DECIMAL -> float64, ids and counts -> int64, text -> str)."""
+def typed(frame: pd.DataFrame, table: str = "ratings") -> pd.DataFrame:
+    """Columns cast to the documented types (DECIMAL -> float64, ids and counts -> int64, text -> str).
+
+    A NULL in an integer column or a value that is not a number fails, naming the table, the column and the
+    row's key.
+    """
     types = {f.name: f.type for f in SCHEMA}
     out = frame.copy()
     for column in out.columns:
         kind = types[column]
-        if pa.types.is_floating(kind):
-            out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
-        elif pa.types.is_integer(kind):
-            out[column] = pd.to_numeric(out[column], errors="raise").astype("int64")
+        if pa.types.is_floating(kind) or pa.types.is_integer(kind):
+            numbers = pd.to_numeric(out[column], errors="coerce")
+            bad = numbers.isna() & (out[column].notna() | pa.types.is_integer(kind))
+            if bad.any():
+                row = out[bad].iloc[0]
+                key = ", ".join(f"{k}={_shown(row[k])}" for k in ("customernumber", "productcode") if k in out.columns)
+                raise SourceSchemaError(
+                    f"source table {table!r}, column {column}: {_shown(row[column])} is not a valid "
+                    f"{'integer' if pa.types.is_integer(kind) else 'number'} (row with {key or 'no key'})")
+            out[column] = numbers.astype("int64" if pa.types.is_integer(kind) else "float64")
         else:
             out[column] = out[column].astype("object").where(out[column].notna(), None)
     return out
+
+
+def _shown(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "NULL"
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def dimension_frames(source, names: Mapping[str, Mapping[str, str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -158,7 +171,7 @@ def dimension_frames(source, names: Mapping[str, Mapping[str, str]] | None = Non
     for table, columns in (("products", PRODUCT_COLUMNS), ("customers", CUSTOMER_COLUMNS)):
         chunks = list(source.stream(_select(names, table, columns)))
         frame = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(columns.values()))
-        frames.append(typed(frame))
+        frames.append(typed(frame, table))
     return frames[0], frames[1]
 
 
@@ -168,7 +181,7 @@ def joined_chunks(source, names: Mapping[str, Mapping[str, str]], chunk_rows: in
     products = products.drop_duplicates("productcode").set_index("productcode")
     customers = customers.drop_duplicates("customernumber").set_index("customernumber")
     for chunk in prefetched(source.stream(ratings_statement(names), chunk_rows)):
-        ratings = typed(chunk)
+        ratings = typed(chunk, "ratings")
         joined = ratings.join(products, on="productcode", how="inner").join(customers, on="customernumber", how="inner")
         yield joined[[f.name for f in SCHEMA]]
 
@@ -180,7 +193,8 @@ def to_arrow(chunk: pd.DataFrame) -> pa.Table:
 
 @dataclass
 class PartitionedWrite:
-    """Writes one run's output under `prefix` and, when finished, removes everything a previous run left.
+    """Writes one run's output under `prefix`: `begin`, `write` chunks, then `finish` (which removes what a
+    previous run left) or `abort` (which removes what this run wrote).
 
     Partition files are encoded and stored by a few threads (Parquet encoding and file I/O release the
     GIL), at most `in_flight` at a time, so memory stays bounded; the content fingerprint is still taken
@@ -234,14 +248,30 @@ class PartitionedWrite:
         self.ratings.update({int(v["values"]): int(v["counts"]) for v in counts.to_pylist()})
         self.products.update(pc.unique(table.column("productcode")).to_pylist())
 
-    def finish(self, source: str) -> dict:
-        """Delete what earlier runs wrote, then write the manifest and ``_SUCCESS`` (last)."""
-        self._settle(0)
+    def begin(self) -> None:
+        """Withdraw ``_SUCCESS``: from here until `finish`, the folder is being rewritten."""
+        self.store.delete([join_key(self.prefix, SUCCESS)])
+
+    def abort(self) -> None:
+        """Remove what this run wrote; the previous run's files and manifest stay as they were (and are
+        marked complete again)."""
+        self._shutdown()
+        self.store.delete(self.files)
+        if self.store.exists(join_key(self.prefix, MANIFEST)):
+            self.store.write_bytes(join_key(self.prefix, SUCCESS), b"")
+
+    def _shutdown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
-        keep = set(self.files) | {join_key(self.prefix, MANIFEST), join_key(self.prefix, SUCCESS)}
-        stale = [info.key for info in self.store.list(self.prefix.rstrip("/") + "/") if info.key not in keep]
-        self.store.delete(stale)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def finish(self, source: str) -> dict:
+        """Make the files durable, write the manifest and ``_SUCCESS``, then delete what earlier runs wrote.
+
+        Readers follow the manifest, which lists exactly this run's files from the moment it is written.
+        """
+        self._settle(0)
+        self._shutdown()
         self.store.sync()
         manifest = {
             "rows": self.rows,
@@ -254,21 +284,28 @@ class PartitionedWrite:
             "source": source,
             "run_tag": self.run_tag,
             "fingerprint": self.content.hexdigest(),
-            "stale_files_removed": len(stale),
         }
         self.store.write_json(join_key(self.prefix, MANIFEST), manifest)
         self.store.write_bytes(join_key(self.prefix, SUCCESS), b"")
-        return manifest
+        keep = set(self.files) | {join_key(self.prefix, MANIFEST), join_key(self.prefix, SUCCESS)}
+        stale = [info.key for info in self.store.list(self.prefix.rstrip("/") + "/") if info.key not in keep]
+        self.store.delete(stale)
+        return {**manifest, "stale_files_removed": len(stale)}
 
 
 def write_partitioned(chunks: Iterable[pd.DataFrame], store: ArtifactStore, prefix: str, run_tag: str,
                       source: str) -> dict:
     """Stream typed `chunks` of join rows (ordered by customer) into hive-partitioned Parquet; memory holds
-    one chunk at a time."""
+    one chunk at a time. On failure this run's files are removed and the previous output stays whole."""
     writer = PartitionedWrite(store, prefix, run_tag)
-    for chunk in chunks:
-        writer.write(to_arrow(chunk))
-    return writer.finish(source)
+    writer.begin()
+    try:
+        for chunk in chunks:
+            writer.write(to_arrow(chunk))
+        return writer.finish(source)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def prefetched(chunks: Iterable[pd.DataFrame], depth: int = 2) -> Iterator[pd.DataFrame]:
@@ -293,6 +330,9 @@ def prefetched(chunks: Iterable[pd.DataFrame], depth: int = 2) -> Iterator[pd.Da
         except BaseException as exc:  # handed to the consumer, raised there
             failure.append(exc)
         finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # releases the source's cursor and connection now, not at garbage collection
             queue.put(done)
 
     thread = threading.Thread(target=produce, name="ratings-prefetch", daemon=True)

@@ -1,9 +1,11 @@
-"""`model_artifacts_sensor`: load each new complete model version's embeddings, exactly once.
+"""`model_artifacts_sensor`: load each new complete model version's embeddings, once per version content.
 
-The cursor is the set of versions already requested, not a key or a timestamp: a version counts once it is
-complete (``manifest.json`` present and every file it lists present), whatever order its files arrived in,
-so a half-uploaded version waits and out-of-order writes are never skipped (the failure modes of key-order
-and ``since_last_modified`` cursors). ``run_key`` makes a replayed tick harmless as well.
+The cursor maps the versions already requested to their signature (a hash of the manifest and of the listed
+files' sizes and times), not a key or a timestamp: a version counts once it is complete (``manifest.json``
+present and every file it lists present), whatever order its files arrived in, so a half-uploaded version
+waits and out-of-order writes are never skipped (the failure modes of key-order and ``since_last_modified``
+cursors). A version republished in place gets a new signature and is requested again; the signature is
+part of the ``run_key``, so a replayed tick requests nothing twice.
 """
 
 import json
@@ -15,28 +17,33 @@ from recsys_assets.jobs import embeddings_load_job, embeddings_run_config
 from resources.artifacts import ArtifactStore
 
 
-def read_cursor(cursor: str | None) -> set[str]:
-    return set(json.loads(cursor)["requested"]) if cursor else set()
+def read_cursor(cursor: str | None) -> dict[str, str]:
+    return dict(json.loads(cursor)["requested"]) if cursor else {}
 
 
 @dg.sensor(job=embeddings_load_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactStore) -> dg.SensorResult:
     """Watches ``ARTIFACTS_URI/ml-artifacts/`` (a folder, or S3 through dagster-aws `get_objects`)."""
     requested = read_cursor(context.cursor)
-    complete = embeddings.complete_versions(artifacts)
-    new = sorted((v for v in complete if v not in requested), key=lambda v: (complete[v].published_at, v))
+    problems: list[str] = []
+    complete = embeddings.complete_versions(artifacts, problems)
+    for problem in problems:
+        context.log.warning(problem)
+    new = sorted((v for v, info in complete.items() if requested.get(v) != info.signature),
+                 key=lambda v: (complete[v].published_at, v))
     if not new:
         return dg.SensorResult(skip_reason=f"no new complete model version ({len(complete)} known)",
                                cursor=context.cursor)
     for version in new:
-        context.log.info(f"new complete model version {version}")
-    # forget versions deleted from the store so the cursor does not grow forever
-    cursor = json.dumps({"requested": sorted((requested & set(complete)) | set(new))})
+        context.log.info(f"{'republished' if version in requested else 'new'} complete model version {version}")
+    # versions deleted from the store are forgotten, so the cursor does not grow forever
+    cursor = {v: sig for v, sig in requested.items() if v in complete}
+    cursor.update({v: complete[v].signature for v in new})
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(run_key=f"embeddings-{version}", run_config=embeddings_run_config(version),
-                          tags={"model_version": version})
+            dg.RunRequest(run_key=f"embeddings-{version}-{complete[version].signature[:12]}",
+                          run_config=embeddings_run_config(version), tags={"model_version": version})
             for version in new
         ],
-        cursor=cursor,
+        cursor=json.dumps({"requested": sorted(cursor.items())}),
     )

@@ -181,20 +181,27 @@ class LocalArtifactStore(ArtifactStore):
         """Where `key` lives on disk (local store only)."""
         return self._path(key)
 
-    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> str:
+    def _replace(self, key: str, fill) -> str:
+        """Write through `fill(temporary path)` beside the target, then rename over it (atomic on POSIX)."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                if durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            fill(temporary)
             os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
         return self.uri(key)
+
+    def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> str:
+        def fill(path: Path) -> None:
+            with open(path, "wb") as handle:
+                handle.write(data)
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+
+        return self._replace(key, fill)
 
     def sync(self) -> None:
         os.sync()
@@ -238,15 +245,7 @@ class LocalArtifactStore(ArtifactStore):
         return count
 
     def upload_file(self, key: str, path: Path) -> str:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        try:
-            shutil.copyfile(path, temporary)
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return self.uri(key)
+        return self._replace(key, lambda temporary: shutil.copyfile(path, temporary))
 
     def download_file(self, key: str, path: Path) -> Path:
         source = self._path(key)
@@ -316,9 +315,14 @@ class S3ArtifactStore(ArtifactStore):
         client = self._client()
         for start in range(0, len(keys), 1000):
             batch = keys[start:start + 1000]
-            client.delete_objects(
+            response = client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True}
             )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise OSError(f"could not delete {len(errors)} object(s) from s3://{self.bucket}, e.g. "
+                              f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip())
         return len(keys)
 
     def upload_file(self, key: str, path: Path) -> str:

@@ -104,15 +104,3 @@ def read_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any]
             f"the manifest records {entry.get('bytes')} bytes with {expected[:12]}..."
         )
     return data
-
-
-def download_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any], directory: Path,
-                      names: list[str] | None = None) -> Path:
-    """Write the verified files of a version into `directory` and return it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in names or list(manifest["files"]):
-        target = directory / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_verified(store, prefix, manifest, name))
-    return directory

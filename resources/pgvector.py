@@ -16,7 +16,9 @@ a raised ``ef_search`` instead); catalogues under ``exact_scan_below`` rows are 
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 import struct
 import threading
 import time
@@ -83,15 +85,38 @@ def encode_copy_binary(ids: np.ndarray, vectors: np.ndarray, integer_ids: bool) 
     return b"".join(parts)
 
 
-def physical_name(table: str, version: str) -> str:
-    """A table name for one loaded version (PostgreSQL identifiers hold at most 63 bytes)."""
-    slug = re.sub(r"[^a-z0-9]+", "_", version.lower()).strip("_")
-    name = f"{table}__v_{slug}"
-    if len(name) > 63:
-        import hashlib
+def staging_name(table: str, version: str) -> str:
+    """A new table name for one load of `version` (unique per attempt; at most 63 bytes)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", version.lower()).strip("_")[:30]
+    return f"{table[:20]}__{slug}_{secrets.token_hex(4)}"
 
-        name = f"{table}__v_{hashlib.sha1(version.encode()).hexdigest()[:16]}"
-    return name
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def check_rows(table: str, source: str, ids: np.ndarray, vectors: np.ndarray, dim: int,
+               expected_rows: int | None) -> bool:
+    """Validate embeddings before any write; returns whether the ids are integers."""
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise EmbeddingsLoadError(f"{source} -> {table}: vectors have dimension {vectors.shape[-1]}, expected {dim}")
+    if len(ids) != len(vectors):
+        raise EmbeddingsLoadError(f"{source} -> {table}: {len(ids)} ids for {len(vectors)} vectors")
+    if expected_rows is not None and len(ids) != expected_rows:
+        raise EmbeddingsLoadError(f"{source} -> {table}: {len(ids)} rows, expected {expected_rows}")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise EmbeddingsLoadError(f"{source} -> {table}: row {row} (id {_plain(ids[row])!r}) has NaN or infinity")
+    unique, counts = np.unique(ids.astype(str), return_counts=True)
+    if (counts > 1).any():
+        raise EmbeddingsLoadError(f"{source} -> {table}: {int((counts > 1).sum())} duplicate ids "
+                                  f"(e.g. {_plain(unique[np.argmax(counts > 1)])!r})")
+    integer_ids = np.issubdtype(ids.dtype, np.integer)
+    if integer_ids and len(ids) and (ids.min() < -(2**31) or ids.max() >= 2**31):
+        bad = ids[(ids < -(2**31)) | (ids >= 2**31)][0]
+        raise EmbeddingsLoadError(f"{source} -> {table}: id {int(bad)} does not fit the table's integer id column")
+    return integer_ids
 
 
 class PgVectorStore(dg.ConfigurableResource):
@@ -163,6 +188,7 @@ class PgVectorStore(dg.ConfigurableResource):
                 dimension integer NOT NULL,
                 status text NOT NULL CHECK (status IN ('active', 'previous', 'dropped')),
                 loaded_at timestamptz NOT NULL DEFAULT now(),
+                content_sha text,
                 load_seconds double precision,
                 index_seconds double precision,
                 PRIMARY KEY (logical_table, version)
@@ -186,38 +212,34 @@ class PgVectorStore(dg.ConfigurableResource):
             "WHERE logical_table = %s ORDER BY loaded_at DESC", (table,))
         return [dict(zip([c.name for c in cur.description], row)) for row in cur.fetchall()]
 
-    def load_embeddings(self, table: str, rows, dim: int, *, version: str, expected_rows: int | None = None,
-                        force: bool = False) -> LoadReport:
+    def load_embeddings(self, table: str, rows, dim: int, *, version: str,
+                        expected_rows: int | None = None) -> LoadReport:
         """Replace `table` by `rows` (ids and an (n, dim) matrix) for `version`, by staging and swap.
 
         Raises `EmbeddingsLoadError` (live table untouched) on a dimension mismatch, non-finite values,
-        duplicate or missing ids, or a row count other than `expected_rows`.
+        duplicate, missing or out-of-range ids, or a row count other than `expected_rows`. Loading the version
+        that is live, with the same content, changes nothing.
         """
         ids, vectors = np.asarray(rows.ids), np.asarray(rows.vectors, dtype=np.float32)
         source = getattr(rows, "source", table)
-        if vectors.ndim != 2 or vectors.shape[1] != dim:
-            raise EmbeddingsLoadError(f"{source}: vectors have dimension {vectors.shape[-1]}, expected {dim}")
-        if len(ids) != len(vectors):
-            raise EmbeddingsLoadError(f"{source}: {len(ids)} ids for {len(vectors)} vectors")
-        if expected_rows is not None and len(ids) != expected_rows:
-            raise EmbeddingsLoadError(f"{source}: {len(ids)} rows, expected {expected_rows}")
-        if not np.isfinite(vectors).all():
-            raise EmbeddingsLoadError(f"{source}: row {int(np.argmin(np.isfinite(vectors).all(axis=1)))} has NaN or infinity")
-        integer_ids = np.issubdtype(ids.dtype, np.integer)
+        integer_ids = check_rows(table, source, ids, vectors, dim, expected_rows)
+        content = hashlib.sha256(ids.astype(np.int64).tobytes() if integer_ids else "\x00".join(map(str, ids)).encode())
+        content.update(np.ascontiguousarray(vectors).tobytes())
+        content_sha = content.hexdigest()
         id_type = sql.SQL("integer" if integer_ids else "varchar")
         conn = self.connection()
         with self._lock:
             self._ensure_registry(conn)
-            if not force and self.active_version(table) == version:
-                active = self.versions(table)[0]
-                return LoadReport(table, version, active["rows"], active["dimension"], active["physical_table"],
-                                  0.0, 0.0, 0.0, None, [], skipped=True)
-            staging = physical_name(table, version)
+            live = conn.execute(
+                f"SELECT version, content_sha, physical_table, rows, dimension FROM {REGISTRY} "
+                "WHERE logical_table = %s AND status = 'active'", (table,)).fetchone()
+            if live and live[0] == version and live[1] == content_sha:
+                return LoadReport(table, version, live[3], live[4], live[2], 0.0, 0.0, 0.0, None, [], skipped=True)
+            staging = staging_name(table, version)
             started = time.perf_counter()
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
-            conn.execute(sql.SQL("CREATE TABLE {} (id {} NOT NULL, embedding vector({}) NOT NULL)").format(
-                sql.Identifier(staging), id_type, sql.Literal(dim)))
             try:
+                conn.execute(sql.SQL("CREATE TABLE {} (id {} NOT NULL, embedding vector({}) NOT NULL)").format(
+                    sql.Identifier(staging), id_type, sql.Literal(dim)))
                 with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
                         sql.Identifier(staging))) as copy:
                     copy.write(encode_copy_binary(ids, vectors, integer_ids))
@@ -226,8 +248,8 @@ class PgVectorStore(dg.ConfigurableResource):
                             "FROM {}").format(sql.Identifier(staging)), (dim,)).fetchone()
                 if count != len(ids) or distinct != count or wrong_dims:
                     raise EmbeddingsLoadError(
-                        f"{source}: staging holds {count} rows ({count - distinct} duplicate ids, {wrong_dims} of the "
-                        f"wrong dimension) for {len(ids)} given")
+                        f"{source} -> {table}: staging holds {count} rows ({count - distinct} duplicate ids, "
+                        f"{wrong_dims} of the wrong dimension) for {len(ids)} given")
                 load_seconds = time.perf_counter() - started
                 started = time.perf_counter()
                 conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(sql.Identifier(staging)))
@@ -237,41 +259,49 @@ class PgVectorStore(dg.ConfigurableResource):
                          sql.Literal(self.hnsw_ef_construction)))
                 conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staging)))
                 index_seconds = time.perf_counter() - started
-            except (EmbeddingsLoadError, psycopg.Error):
+                started = time.perf_counter()
+                previous, replaced = self._swap(conn, table, staging, version, len(ids), dim, content_sha,
+                                                load_seconds, index_seconds)
+                swap_seconds = time.perf_counter() - started
+            except BaseException:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
                 raise
-            started = time.perf_counter()
-            previous = self._swap(conn, table, staging, version, len(ids), dim, load_seconds, index_seconds)
-            swap_seconds = time.perf_counter() - started
-            dropped = self._apply_retention(conn, table)
+            for orphan in replaced:  # an earlier load of this same version, now superseded
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(orphan)))
+            dropped = replaced + self._apply_retention(conn, table)
             self._row_counts.pop(table, None)
         return LoadReport(table, version, len(ids), dim, staging, round(load_seconds, 3), round(index_seconds, 3),
                           round(swap_seconds, 4), previous, dropped)
 
-    def _swap(self, conn, table, staging, version, rows, dim, load_seconds, index_seconds) -> str | None:
-        """Put `staging` in place of `table` in one short transaction; the old table keeps its versioned name."""
+    def _swap(self, conn, table, staging, version, rows, dim, content_sha, load_seconds,
+              index_seconds) -> tuple[str | None, list[str]]:
+        """Put `staging` in place of `table` in one short transaction. The replaced table goes back to the name
+        it was loaded under (kept for rollback); returns (previous version, tables of this version replaced)."""
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '30s'")
             active = conn.execute(
                 f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' FOR UPDATE",
                 (table,)).fetchone()
-            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
-            if exists:
+            same_version = conn.execute(
+                f"SELECT physical_table FROM {REGISTRY} WHERE logical_table = %s AND version = %s AND status <> 'dropped'",
+                (table, version)).fetchone()
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
                 conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
-                parked = active[1] if active else physical_name(table, f"unregistered-{int(time.time())}")
+                parked = active[1] if active else staging_name(table, "unregistered")
                 conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(parked)))
             conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(table)))
             conn.execute(f"UPDATE {REGISTRY} SET status = 'previous' WHERE logical_table = %s AND status = 'active'",
                          (table,))
             conn.execute(
                 f"""INSERT INTO {REGISTRY} (logical_table, version, physical_table, rows, dimension, status,
-                                            load_seconds, index_seconds)
-                    VALUES (%s, %s, %s, %s, %s, 'active', %s, %s)
+                                            content_sha, load_seconds, index_seconds)
+                    VALUES (%s, %s, %s, %s, %s, 'active', %s, %s, %s)
                     ON CONFLICT (logical_table, version) DO UPDATE SET physical_table = EXCLUDED.physical_table,
                         rows = EXCLUDED.rows, dimension = EXCLUDED.dimension, status = 'active', loaded_at = now(),
-                        load_seconds = EXCLUDED.load_seconds, index_seconds = EXCLUDED.index_seconds""",
-                (table, version, staging, rows, dim, load_seconds, index_seconds))
-        return active[0] if active else None
+                        content_sha = EXCLUDED.content_sha, load_seconds = EXCLUDED.load_seconds,
+                        index_seconds = EXCLUDED.index_seconds""",
+                (table, version, staging, rows, dim, content_sha, load_seconds, index_seconds))
+        return (active[0] if active else None), ([same_version[0]] if same_version else [])
 
     def _apply_retention(self, conn, table: str) -> list[str]:
         """Drop replaced tables beyond the newest `retention` ones."""
@@ -337,19 +367,12 @@ class PgVectorStore(dg.ConfigurableResource):
     # the HNSW scan stays a plain ordered scan (the cheapest kind), and the iterative scan lets it return
     # more rows than ef_search when asked to.
 
-    def _limit(self, k: int, excluded: int) -> int:
-        return k + excluded
-
     def similar_items(self, product_code: str, k: int = 5) -> list[tuple[str, float]]:
         """The k items closest to `product_code` by cosine distance, nearest first, itself excluded."""
-        statement = sql.SQL(
-            "SELECT id, embedding <=> (SELECT embedding FROM {t} WHERE id = %(code)s) AS distance FROM {t} "
-            "ORDER BY embedding <=> (SELECT embedding FROM {t} WHERE id = %(code)s) LIMIT %(limit)s"
-        ).format(t=sql.Identifier(self.item_table))
-        rows = self._run(statement, {"code": product_code, "limit": self._limit(k, 1)}, self.item_table)
-        if not rows or rows[0][1] is None:
+        result = self.similar_items_batch([product_code], k)[0]
+        if result is None:
             raise UnknownItemError(product_code)
-        return [(identifier, float(distance)) for identifier, distance in rows if identifier != product_code][:k]
+        return result
 
     def similar_items_batch(self, product_codes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]] | None]:
         """`similar_items` for many items in one round trip; None where an item is unknown."""
@@ -367,7 +390,7 @@ class PgVectorStore(dg.ConfigurableResource):
             ORDER BY q.ord, r.distance
             """
         ).format(t=sql.Identifier(self.item_table))
-        rows = self._run(statement, {"codes": list(product_codes), "limit": self._limit(k, 1)}, self.item_table)
+        rows = self._run(statement, {"codes": list(product_codes), "limit": k + 1}, self.item_table)
         results: list[list | None] = [None] * len(product_codes)
         for ordinal, identifier, distance in rows:
             bucket = results[ordinal - 1]
@@ -400,7 +423,7 @@ class PgVectorStore(dg.ConfigurableResource):
             """
         ).format(t=sql.Identifier(self.item_table))
         literal_vectors = ["[" + ",".join(map(repr, map(float, v))) + "]" for v in vectors]
-        limit = self._limit(k, max((len(e) for e in excludes), default=0))
+        limit = k + max((len(e) for e in excludes), default=0)
         rows = self._run(statement, {"vectors": literal_vectors, "limit": limit}, self.item_table)
         results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         for ordinal, identifier, score in rows:

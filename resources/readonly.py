@@ -45,6 +45,12 @@ from resources.postgres import (
 )
 
 
+# Every session starts with read-only transactions as its default, so even SQL that ends the current
+# transaction ("COMMIT; DELETE ...") runs the next one read-only. The server-side guarantee remains the
+# role's missing write privileges (a replica refuses writes anyway).
+READ_ONLY_SESSION = "-c default_transaction_read_only=on"
+
+
 class SecretConfigurationError(ValueError):
     """The Secrets Manager secret is missing, unreadable or lacks a key; names the secret and key only."""
 
@@ -117,12 +123,16 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
             ).fetchone()
             writable = conn.execute(
                 """
-                SELECT count(*) FROM information_schema.tables t
-                WHERE t.table_schema NOT IN ('pg_catalog', 'information_schema')
-                  AND t.table_type = 'BASE TABLE'
-                  AND (has_table_privilege(quote_ident(t.table_schema) || '.' || quote_ident(t.table_name), 'INSERT')
-                    OR has_table_privilege(quote_ident(t.table_schema) || '.' || quote_ident(t.table_name), 'UPDATE')
-                    OR has_table_privilege(quote_ident(t.table_schema) || '.' || quote_ident(t.table_name), 'DELETE'))
+                SELECT (SELECT count(*) FROM information_schema.tables t
+                        WHERE t.table_schema NOT IN ('pg_catalog', 'information_schema')
+                          AND t.table_type = 'BASE TABLE'
+                          AND (has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'INSERT')
+                            OR has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'UPDATE')
+                            OR has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'DELETE')
+                            OR has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'TRUNCATE')))
+                     + (SELECT count(*) FROM pg_namespace n
+                        WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+                          AND has_schema_privilege(n.oid, 'CREATE'))
                 """
             ).fetchone()[0]
         return ConnectionReport(
@@ -140,7 +150,7 @@ class ReadOnlyUrlDatabase(ReadOnlyDatabase):
     url: str
 
     def _open(self) -> psycopg.Connection:
-        return connect_or_explain(normalize_postgres_url(self.url), describe=self.describe())
+        return connect_or_explain(normalize_postgres_url(self.url), describe=self.describe(), options=READ_ONLY_SESSION)
 
     def describe(self) -> str:
         return f"{redact_url(self.url)} (READONLY_DATABASE_URL)"
@@ -201,7 +211,7 @@ class SecretsManagerReadOnlyDatabase(ReadOnlyDatabase):
             return self._credentials
 
     def _open(self) -> psycopg.Connection:
-        return connect_or_explain(describe=self.describe(), **self._fetch_credentials())
+        return connect_or_explain(describe=self.describe(), options=READ_ONLY_SESSION, **self._fetch_credentials())
 
     def describe(self) -> str:
         return f"the database in Secrets Manager secret {self.secret_id!r}"
@@ -261,7 +271,7 @@ class ProvisionedReadOnlyDatabase(ReadOnlyDatabase):
         params = conninfo_to_dict(self.primary.conninfo())
         params.pop("password", None)
         params["user"] = self.role
-        return connect_or_explain(make_conninfo(**params), describe=self.describe())
+        return connect_or_explain(make_conninfo(**params), describe=self.describe(), options=READ_ONLY_SESSION)
 
     def describe(self) -> str:
         return f"role {self.role!r} on {self.primary.describe()}"

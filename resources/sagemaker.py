@@ -314,8 +314,11 @@ class SageMakerResource(dg.ConfigurableResource):
         args = [item for name, value in hyperparameters.items() for item in (f"--{name}", value)]
         started = _now()
         log(f"local SageMaker training job {job_name}: {entry_point} in {job_dir}")
-        code, lines = self._run_logged([sys.executable, entry_point, *args], env=env, cwd=code_dir,
-                                       log_path=job_dir / "training.log", log=log)
+        try:
+            code, lines = self._run_logged([sys.executable, entry_point, *args], env=env, cwd=code_dir,
+                                           log_path=job_dir / "training.log", log=log)
+        finally:
+            shutil.rmtree(job_dir / "input" / "data", ignore_errors=True)  # the channels' copies
         metrics = scrape_metrics(lines, metric_definitions)
         job = TrainingJob(
             name=job_name, status="Completed" if code == 0 else "Failed", backend="local", model_data_uri=None,
@@ -359,13 +362,21 @@ class SageMakerResource(dg.ConfigurableResource):
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAGEMAKER_PROGRAM": entry_point}
         log(f"local SageMaker batch transform {job_name}: {entry_point} over {self.artifacts.uri(input_prefix)}")
-        code, lines = self._run_logged(command, env=env, cwd=job_dir, log_path=job_dir / "transform.log", log=log)
-        if code != 0:
-            raise SageMakerJobError(failure_message("Transform", {
-                "TransformJobName": job_name, "TransformJobStatus": "Failed",
-                "FailureReason": "ClientError: " + "\n".join(lines[-10:])}))
-        self.artifacts.delete_prefix(output_prefix + "/")
-        self.artifacts.upload_dir(output_dir, output_prefix)
+        try:
+            code, lines = self._run_logged(command, env=env, cwd=job_dir, log_path=job_dir / "transform.log", log=log)
+            if code != 0:
+                raise SageMakerJobError(failure_message("Transform", {
+                    "TransformJobName": job_name, "TransformJobStatus": "Failed",
+                    "FailureReason": "ClientError: " + "\n".join(lines[-10:])}))
+            self.artifacts.delete_prefix(output_prefix + "/")
+            self.artifacts.upload_dir(output_dir, output_prefix)
+        finally:
+            # the job folder keeps its log only: inputs may hold customer data, outputs now live in the store
+            for leftover in (input_dir, output_dir, model_dir, job_dir / "model.tar.gz"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
         return TransformJob(
             name=job_name, status="Completed", backend="local", model_data_uri=self.artifacts.uri(model_data_key),
             input_uri=self.artifacts.uri(input_prefix), output_prefix=output_prefix,
@@ -476,9 +487,10 @@ class SageMakerResource(dg.ConfigurableResource):
         description = self._wait("Training", lambda: client.describe_training_job(TrainingJobName=job_name))
         job = self._job_from_description(description, tags=tags)
         model_key = self.artifacts.key_from_uri(job.model_data_uri)
-        staging = scratch_dir("model")
-        archive = self.artifacts.download_file(model_key, staging / "model.tar.gz")
-        job.model_dir = str(unpack_archive(archive, staging / "model"))
+        job_dir = self._local_job_dir("training", job_name)
+        archive = self.artifacts.download_file(model_key, job_dir / "model.tar.gz")
+        job.model_dir = str(unpack_archive(archive, job_dir / "model"))
+        archive.unlink()
         return job
 
     def _job_from_description(self, d: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> TrainingJob:
@@ -523,6 +535,14 @@ class SageMakerResource(dg.ConfigurableResource):
         )
         self.artifacts.delete_prefix(output_prefix + "/")
         log(f"creating SageMaker batch transform job {job_name}")
+        try:
+            return self._run_transform_aws(client, job_name, model_data_key, input_prefix, output_prefix,
+                                           content_type, accept, max_payload_mb, tag_list)
+        finally:
+            client.delete_model(ModelName=job_name)  # the model existed only for this transform
+
+    def _run_transform_aws(self, client, job_name, model_data_key, input_prefix, output_prefix, content_type,
+                           accept, max_payload_mb, tag_list) -> TransformJob:
         client.create_transform_job(
             TransformJobName=job_name,
             ModelName=job_name,

@@ -74,8 +74,13 @@ def run(args: argparse.Namespace) -> int:
         target = output_dir / relative.parent / f"{relative.name}.out"
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.tmp")
+        try:
+            batches = list(payloads(path.read_bytes(), max_payload))
+        except ValueError as exc:
+            print(f"input file {relative}: {exc}", file=sys.stderr)
+            return 2
         with open(temporary, "wb") as sink:
-            for first, payload in payloads(path.read_bytes(), max_payload):
+            for first, payload in batches:
                 count = payload.count(b"\n")
                 try:
                     data = module.input_fn(payload, args.content_type)

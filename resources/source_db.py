@@ -82,6 +82,8 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
         text = str(statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
         columns = [column.name for column in statement.selected_columns]
         raw = engine.raw_connection()
+        cursor = None
+        completed = False
         try:
             if engine.dialect.driver == "pymysql":
                 import pymysql.cursors
@@ -90,14 +92,21 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
             else:
                 cursor = raw.driver_connection.cursor(name="mldp_source_stream")  # a named (server-side) cursor
                 cursor.itersize = chunk_rows
-            try:
-                cursor.execute(text)
-                while rows := cursor.fetchmany(chunk_rows):
-                    yield pd.DataFrame.from_records(rows, columns=columns)
-            finally:
-                cursor.close()
+            cursor.execute(text)
+            while rows := cursor.fetchmany(chunk_rows):
+                yield pd.DataFrame.from_records(rows, columns=columns)
+            cursor.close()
+            completed = True
         finally:
-            raw.close()
+            if completed:
+                raw.close()
+            else:
+                # stopped early: closing an unbuffered cursor would first read the rest of the result from the
+                # server, so the connection is dropped instead (and PyMySQL told not to drain it later)
+                pending = getattr(cursor, "_result", None)
+                if pending is not None and hasattr(pending, "unbuffered_active"):
+                    pending.unbuffered_active = False
+                raw.invalidate()
 
     def dialect(self) -> str:
         return self.engine().dialect.name
@@ -112,7 +121,8 @@ class SqlSourceDatabase(SourceDatabase):
         return sa.make_url(self.source_url)
 
     def describe(self) -> str:
-        return sa.make_url(self.source_url).render_as_string(hide_password=True)
+        # query parameters are dropped too: drivers accept passwords there as well
+        return sa.make_url(self.source_url).set(query={}).render_as_string(hide_password=True)
 
 
 class EmbeddedClassicModels(SourceDatabase):

@@ -5,7 +5,7 @@ import os
 import pandas as pd
 import pytest
 
-from resources.artifacts import ArtifactNotFoundError, LocalArtifactStore, join_key, parse_artifacts_uri
+from resources.artifacts import ArtifactNotFoundError, join_key, parse_artifacts_uri
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -94,4 +94,3 @@ def test_parse_artifacts_uri():
     assert parse_artifacts_uri("/data/artifacts") == ("file", "/data/artifacts", "")
     assert parse_artifacts_uri("file:///data/x") == ("file", "/data/x", "")
     assert join_key("a/", "/b", "", "c") == "a/b/c"
-    assert isinstance(LocalArtifactStore(root="/tmp/x"), LocalArtifactStore)

@@ -65,6 +65,14 @@ def run_scoring(resources, run_config=None, raise_on_error=True, selection=SCORI
                           raise_on_error=raise_on_error)
 
 
+SCORING_CHECKS = {"decisions_follow_policy", "each_eligible_customer_decided_once", "counts_reconcile"}
+
+
+def assert_checks_passed(result, expected=SCORING_CHECKS):
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == set(expected) and all(evaluations.values()), evaluations
+
+
 def metadata(result, asset):
     events = result.asset_materializations_for_node(asset)
     return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()}
@@ -117,7 +125,7 @@ def test_batch_scores_decides_writes_back_and_is_idempotent(trained, resources, 
     seed(app_db, population.customers(3_000, seed=5))
     before = customers_table(app_db)
     result = run_scoring(resources)
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert_checks_passed(result)
     eligible = metadata(result, "eligible_customers")
     updates = metadata(result, "customer_updates")
     batch = updates["batch_id"]
@@ -152,7 +160,7 @@ def test_batch_scores_decides_writes_back_and_is_idempotent(trained, resources, 
     assert (again["updated"], again["already_applied"], again["conflicts"]) == (0, len(expected), 0)
     assert len(audit_rows(app_db)) == len(expected)
     assert customers_table(app_db).set_index("customer_id").equals(after)
-    assert all(e.passed for e in rerun.get_asset_check_evaluations())
+    assert_checks_passed(rerun, SCORING_CHECKS - {"decisions_follow_policy"})
 
     # a new batch finds nobody left to review
     fresh = run_scoring(resources)
@@ -190,7 +198,7 @@ def test_null_negative_limits_and_unknown_categories_are_skipped_and_counted(tra
     first = frame.customer_id.iloc[0]
     assert table.loc[first:first + 3].limit_increase_decision.isna().all()
     assert table.loc[first + 4].limit_increase_decision in ("APPROVED", "DECLINED")
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert_checks_passed(result)
 
 
 def test_missing_table_or_column_is_named_and_nothing_is_written(trained, resources, app_db):
@@ -213,7 +221,7 @@ def test_unreachable_database(trained, resources):
     broken = {**resources, "readonly_db": ReadOnlyUrlDatabase(url="postgresql://ro:pw@127.0.0.1:1/bank?connect_timeout=2")}
     result = run_scoring(broken, raise_on_error=False)
     message = failure_message(result)
-    assert "cannot connect to PostgreSQL postgresql://ro:***@127.0.0.1:1/bank" in message and ":pw@" not in message
+    assert "cannot connect to PostgreSQL postgresql://ro@127.0.0.1:1/bank" in message and ":pw@" not in message
     assert DatabaseUnavailableError.__name__ in message
 
 
@@ -252,7 +260,7 @@ def test_changed_customers_are_conflicts_not_overwritten(trained, resources, app
     row = customers_table(app_db).set_index("customer_id").loc[changed]
     assert pd.isna(row.limit_increase_decision)
     assert changed not in set(audit_rows(app_db, meta["batch_id"]).customer_id)
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert_checks_passed(result, SCORING_CHECKS - {"decisions_follow_policy"})
 
 
 def test_a_failing_write_back_leaves_nothing_half_written(trained, resources, app_db):
@@ -323,3 +331,17 @@ def test_counts_reconcile_detects_a_mismatch(trained, resources, app_db):
     [check] = result.get_asset_check_evaluations()
     assert not check.passed
     assert json.loads(json.dumps(check.metadata["broken"].value))["eligible = scored + skipped at scoring"]
+
+
+def test_a_batch_is_not_written_back_again_with_other_decisions(trained, resources, app_db):
+    seed(app_db, population.customers(300, seed=11))
+    run_scoring(resources)
+    before, audit_before = customers_table(app_db), audit_rows(app_db)
+    # the same batch decided again under a looser policy: a new batch is needed, not a silent "already applied"
+    looser = dg.RunConfig({"limit_decisions": credit.assets.LimitPolicyConfig(approve_min_score=600)})
+    result = run_scoring(resources, run_config=looser, raise_on_error=False,
+                         selection=dg.AssetSelection.assets(credit.limit_decisions, credit.customer_updates))
+    assert not result.success
+    assert "was already written back with other decisions" in failure_message(result)
+    assert customers_table(app_db).equals(before)
+    assert len(audit_rows(app_db)) == len(audit_before)

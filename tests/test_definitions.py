@@ -18,6 +18,10 @@ RECSYS_EDGES = {
 }
 
 
+def selected(defs, job: str) -> set[str]:
+    return {k.to_user_string() for k in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+
+
 def load_defs():
     import definitions
 
@@ -52,16 +56,16 @@ def test_recsys_lineage_and_sensor():
     sensor = defs.resolve_sensor_def("model_artifacts_sensor")
     assert sensor.job_name == "embeddings_load_job"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    for job in ("recsys_training_job", "embeddings_load_job", "recsys_pipeline_job"):
-        assert defs.resolve_job_def(job) is not None
+    assert selected(defs, "recsys_training_job") == {"ratings_training_data", "recsys_catalog", "recsys_model"}
+    assert selected(defs, "embeddings_load_job") == {"item_embeddings", "user_embeddings"}
+    assert selected(defs, "recsys_pipeline_job") == set(RECSYS_EDGES)
 
 
 def test_jobs_and_checks():
     defs = load_defs()
-    for job in ("credit_training_job", "credit_scoring_job", "credit_pipeline_job"):
-        assert defs.resolve_job_def(job) is not None
+    assert selected(defs, "credit_training_job") == {"credit_training_data", "credit_model"}
+    assert selected(defs, "credit_pipeline_job") == set(EXPECTED_EDGES) | {"credit_training_data"}
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert checks >= {"decisions_follow_policy", "each_eligible_customer_decided_once", "counts_reconcile"}
-    scoring = defs.resolve_job_def("credit_scoring_job")
-    assert {k.to_user_string() for k in scoring.asset_layer.selected_asset_keys} == {
+    assert selected(defs, "credit_scoring_job") == {
         "eligible_customers", "credit_scores", "limit_decisions", "customer_updates"}

@@ -75,6 +75,13 @@ def test_complete_versions_need_every_listed_file(local_artifacts):
     assert newest(found).version == "b-2"
 
 
+def test_malformed_manifest_numbers_are_named(local_artifacts):
+    publish(local_artifacts, "v2", rows={"item_embeddings": "three", "user_embeddings": 2})
+    manifest = complete_versions(local_artifacts)["v2"].manifest
+    with pytest.raises(EmbeddingsFileError, match=r"v2/manifest\.json: field rows\.item_embeddings must be a whole number"):
+        read_embeddings(local_artifacts, "v2", manifest, ITEM_FILE)
+
+
 def test_row_counts_and_checksums_are_checked(local_artifacts):
     publish(local_artifacts, "v1", rows={"item_embeddings": 5, "user_embeddings": 2})
     manifest = complete_versions(local_artifacts)["v1"].manifest

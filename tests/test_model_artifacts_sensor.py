@@ -32,7 +32,8 @@ def test_each_complete_version_once_whatever_the_upload_order(store):
     publish(store, "20260101-000000-bbbbbbbb")
     result, cursor = tick(store, cursor)
     assert requested(result) == ["20260101-000000-bbbbbbbb"]
-    assert [r.run_key for r in result.run_requests] == ["embeddings-20260101-000000-bbbbbbbb"]
+    assert [r.run_key[:len("embeddings-20260101-000000-bbbbbbbb")] for r in result.run_requests] == [
+        "embeddings-20260101-000000-bbbbbbbb"]
     assert result.run_requests[0].run_config["ops"]["item_embeddings"]["config"]["version"] == "20260101-000000-bbbbbbbb"
 
     result, cursor = tick(store, cursor)
@@ -50,7 +51,24 @@ def test_each_complete_version_once_whatever_the_upload_order(store):
     # a restart: a new evaluation with the stored cursor replays nothing
     result, cursor = tick(store, json.loads(json.dumps(cursor)))
     assert requested(result) == []
-    assert set(json.loads(cursor)["requested"]) == {"20260101-000000-aaaaaaaa", "20260101-000000-bbbbbbbb"}
+    assert set(dict(json.loads(cursor)["requested"])) == {"20260101-000000-aaaaaaaa", "20260101-000000-bbbbbbbb"}
+
+    # a version republished in place (a corrected file) is requested again, under a new run key
+    store.write_text(f"ml-artifacts/20260101-000000-bbbbbbbb/{ITEM_FILE}", "id,embedding\nS1,[1,2,3,4]\n")
+    result, cursor = tick(store, cursor)
+    assert requested(result) == ["20260101-000000-bbbbbbbb"]
+    result, cursor = tick(store, cursor)
+    assert requested(result) == []
+
+
+def test_an_unreadable_manifest_is_reported_not_loaded(store):
+    store.write_text(f"ml-artifacts/broken/{ITEM_FILE}", "id,embedding\n")
+    store.write_text("ml-artifacts/broken/manifest.json", "{not json")
+    problems = []
+    from recsys_assets.embeddings import complete_versions
+
+    assert complete_versions(store, problems) == {}
+    assert len(problems) == 1 and "broken/manifest.json is not readable" in problems[0]
 
 
 def test_files_without_a_manifest_or_unlisted_layout_are_not_versions(store):

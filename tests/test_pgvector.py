@@ -55,8 +55,9 @@ def test_swap_keeps_previous_versions_for_rollback_and_applies_retention(store):
     assert (report.previous_version, report.rows, count(store, "swap_emb")) == ("v1", 60, 60)
     again = store.load_embeddings("swap_emb", second, 32, version="v2")
     assert again.skipped  # the same version twice changes nothing
+    v1_table = store.versions("swap_emb")[-1]["physical_table"]
     report = store.load_embeddings("swap_emb", third, 32, version="v3")
-    assert report.dropped_tables == ["swap_emb__v_v1"]  # retention 1: only v2 is kept besides v3
+    assert report.dropped_tables == [v1_table]  # retention 1: only v2 is kept besides v3
     assert store.rollback("swap_emb") == "v2"
     assert count(store, "swap_emb") == 60 and store.active_version("swap_emb") == "v2"
     statuses = {v["version"]: v["status"] for v in store.versions("swap_emb")}
@@ -72,7 +73,8 @@ def test_swap_keeps_previous_versions_for_rollback_and_applies_retention(store):
         (lambda r: EmbeddingRows(r.ids, r.vectors[:, :16], r.source), "dimension 16, expected 32"),
         (lambda r: EmbeddingRows(r.ids, np.where(np.arange(32) == 3, np.nan, r.vectors).astype(np.float32), r.source),
          "NaN or infinity"),
-        (lambda r: EmbeddingRows(np.concatenate([r.ids[:-1], r.ids[:1]]), r.vectors, r.source), "1 duplicate ids"),
+        (lambda r: EmbeddingRows(np.concatenate([r.ids[:-1], r.ids[:1]]), r.vectors, r.source),
+         r"1 duplicate ids \(e.g. 'S00000'\)"),
     ],
 )
 def test_bad_loads_leave_the_live_table_untouched(store, mutate, message):
@@ -83,8 +85,27 @@ def test_bad_loads_leave_the_live_table_untouched(store, mutate, message):
     with pytest.raises(EmbeddingsLoadError, match="40 rows, expected 41"):
         store.load_embeddings("guarded_emb", item_rows(40, seed=5), 32, version="short", expected_rows=41)
     assert store.active_version("guarded_emb") == "good" and count(store, "guarded_emb") == 40
-    leftovers = store.connection().execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'guarded_emb__v_%'").fetchone()[0]
-    assert leftovers == 0  # failed staging tables are dropped
+    tables = store.connection().execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'guarded_emb%'").fetchone()[0]
+    assert tables == 1  # failed staging tables are dropped
+    big_ids = EmbeddingRows(np.array([1, 2**31 + 5]), item_rows(2, seed=1).vectors, "users.csv")
+    with pytest.raises(EmbeddingsLoadError, match=r"id 2147483653 does not fit the table's integer id column"):
+        store.load_embeddings("guarded_users", big_ids, 32, version="v1")
+
+
+def test_reloading_a_version_replaces_it_and_keeps_the_rollback_copy(store):
+    first, second = item_rows(30, seed=31), item_rows(35, seed=32)
+    store.load_embeddings("reload_emb", first, 32, version="a")
+    store.load_embeddings("reload_emb", second, 32, version="b")
+    fixed_b = item_rows(36, seed=33)  # version b republished with other content: loaded again
+    report = store.load_embeddings("reload_emb", fixed_b, 32, version="b")
+    assert not report.skipped and count(store, "reload_emb") == 36
+    assert store.rollback("reload_emb") == "a" and count(store, "reload_emb") == 30  # a's copy survived
+    store.load_embeddings("reload_emb", fixed_b, 32, version="b")  # a previous version loaded again
+    assert count(store, "reload_emb") == 36 and store.active_version("reload_emb") == "b"
+    registered = {v["physical_table"] for v in store.versions("reload_emb") if v["status"] != "dropped"}
+    present = {r[0] for r in store.connection().execute(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'reload_emb__%'").fetchall()}
+    assert present == registered - {store.versions("reload_emb")[0]["physical_table"]}  # no orphaned tables
 
 
 def test_readers_never_see_an_empty_or_partial_table(store):

@@ -82,6 +82,27 @@ def test_a_rerun_replaces_the_output_completely(classicmodels_mysql, local_artif
     assert meta["stale_files_removed"].value == len(first) - 2
 
 
+class FailingAfterOneChunk(SqlSourceDatabase):
+    """The real source, with the connection lost after the first chunk of ratings."""
+
+    def stream(self, statement, chunk_rows=50_000):
+        for number, chunk in enumerate(super().stream(statement, chunk_rows)):
+            if number == 1 and "productRating" in str(statement):
+                raise ConnectionError("lost connection to the source during the ratings read")
+            yield chunk
+
+
+def test_a_failed_rerun_leaves_the_previous_output_whole(classicmodels_mysql, local_artifacts):
+    run_etl(SqlSourceDatabase(source_url=classicmodels_mysql), local_artifacts)
+    before = {i.key: local_artifacts.read_bytes(i.key) for i in local_artifacts.list(TRAINING_PREFIX + "/")}
+    result = run_etl(FailingAfterOneChunk(source_url=classicmodels_mysql), local_artifacts, chunk_rows=500,
+                     raise_on_error=False)
+    assert not result.success
+    after = {i.key: local_artifacts.read_bytes(i.key) for i in local_artifacts.list(TRAINING_PREFIX + "/")}
+    assert after == before  # none of the failed run's files, all of the previous run's
+    assert len(ratings_etl.read_partitioned(local_artifacts, TRAINING_PREFIX)) == 2532
+
+
 def test_missing_table_and_column_are_named(mariadb, local_artifacts):
     name = "classicmodels_broken_test"
     with mysql_connection() as conn:
@@ -113,6 +134,18 @@ def test_missing_table_and_column_are_named(mariadb, local_artifacts):
     finally:
         with mysql_connection() as conn:
             conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def test_values_of_the_wrong_type_are_named():
+    frame = pd.DataFrame({"customernumber": [103, None], "productcode": ["S10_1", "S10_2"], "productrating": [5, 4]})
+    with pytest.raises(ratings_etl.SourceSchemaError,
+                       match=r"source table 'ratings', column customernumber: NULL is not a valid integer "
+                             r"\(row with customernumber=NULL, productcode='S10_2'\)"):
+        ratings_etl.typed(frame, "ratings")
+    prices = pd.DataFrame({"productcode": ["S10_1"], "buyprice": ["cheap"]})
+    with pytest.raises(ratings_etl.SourceSchemaError, match=r"'products', column buyprice: 'cheap' is not a valid number"):
+        ratings_etl.typed(prices, "products")
+    assert ratings_etl.typed(pd.DataFrame({"creditlimit": [None, "21000.00"]}), "customers")["creditlimit"].isna().tolist() == [True, False]
 
 
 def test_unreachable_source_is_named_without_password(local_artifacts):

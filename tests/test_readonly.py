@@ -97,6 +97,14 @@ def test_connection_report(readonly):
     assert report.transaction_read_only and not report.can_write_any_table and report.ok
 
 
+def test_connection_report_flags_a_role_that_can_write(seeded):
+    owner = ReadOnlyUrlDatabase(url=seeded.conninfo())  # the owner: read-only sessions, but write privileges
+    report = owner.test_connection()
+    assert report.transaction_read_only and report.can_write_any_table and not report.ok
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        owner.query("COMMIT; DELETE FROM accounts")  # every transaction of the session starts read-only
+
+
 def test_query_chunks_streams_large_results(readonly):
     chunks = list(readonly.query_chunks("SELECT g AS n FROM generate_series(1, 2500) g", chunk_rows=1000))
     assert [len(c) for c in chunks] == [1000, 1000, 500]

@@ -77,19 +77,45 @@ def test_training_without_model_output_is_an_error(sagemaker, code_dir):
                         hyperparameters={}, output_prefix="training")
 
 
+class ObservedSageMaker(SageMakerResource):
+    """The aws backend, looking at the model while its transform job runs, as SageMaker would run it; when
+    `writes_output` it also writes the ``.out`` files the job would write."""
+
+    def _wait(self, kind, describe):
+        description = super()._wait(kind, describe)
+        if kind == "Transform":
+            client = self._client()
+            OBSERVED["model"] = client.describe_model(ModelName=description["TransformJobName"])
+            if OBSERVED.get("writes_output"):
+                for part in ("part-00000.csv", "part-00001.csv"):
+                    self.artifacts.write_text(f"batch/out/{part}.out", "x,1\n")
+        return description
+
+
+OBSERVED: dict = {}
+
+
+def observed(sagemaker: SageMakerResource) -> ObservedSageMaker:
+    return ObservedSageMaker(**{name: getattr(sagemaker, name) for name in SageMakerResource.model_fields})
+
+
 def test_batch_transform_request(sagemaker, s3_artifacts, code_dir, boto_client):
     s3_artifacts.write_bytes("models/v1/model.tar.gz", model_tarball({"model.json": b'{"lr": 2}'}))
     s3_artifacts.write_text("batch/in/part-00000.csv", "a,1\n")
     s3_artifacts.write_text("batch/in/part-00001.csv", "b,2\n")
+    OBSERVED.clear()
     with pytest.raises(SageMakerJobError, match=r"completed but wrote no output for 2 input file\(s\)"):
-        sagemaker.batch_transform(job_name="score-1", source_dir=code_dir, entry_point="inference.py",
-                                  model_data_key="models/v1/model.tar.gz", input_prefix="batch/in",
-                                  output_prefix="batch/out")
+        observed(sagemaker).batch_transform(job_name="score-1", source_dir=code_dir, entry_point="inference.py",
+                                            model_data_key="models/v1/model.tar.gz", input_prefix="batch/in",
+                                            output_prefix="batch/out")
     client = boto_client("sagemaker")
-    model = client.describe_model(ModelName="score-1")
+    model = OBSERVED["model"]
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://ml-artifacts/platform/models/v1/model.tar.gz"
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert model["PrimaryContainer"]["Image"].endswith("pytorch-inference:2.8.0-cpu-py312")
     assert model["ExecutionRoleArn"] == ROLE
+    with pytest.raises(client.exceptions.ClientError):  # the model lived only as long as its transform
+        client.describe_model(ModelName="score-1")
     described = client.describe_transform_job(TransformJobName="score-1")
     assert described["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://ml-artifacts/platform/batch/in"
     assert described["TransformInput"]["SplitType"] == "Line" and described["TransformInput"]["ContentType"] == "text/csv"
@@ -97,16 +123,8 @@ def test_batch_transform_request(sagemaker, s3_artifacts, code_dir, boto_client)
     assert described["TransformOutput"]["AssembleWith"] == "Line"
     assert described["BatchStrategy"] == "MultiRecord"
 
-    # the same request again, now with a job that writes its outputs as SageMaker would while it runs
-    class WritingSageMaker(SageMakerResource):
-        def _wait(self, kind, describe):
-            description = super()._wait(kind, describe)
-            for part in ("part-00000.csv", "part-00001.csv"):
-                self.artifacts.write_text(f"batch/out/{part}.out", "x,1\n")
-            return description
-
-    settings = {name: getattr(sagemaker, name) for name in SageMakerResource.model_fields}
-    job = WritingSageMaker(**settings).batch_transform(
+    OBSERVED["writes_output"] = True
+    job = observed(sagemaker).batch_transform(
         job_name="score-2", source_dir=code_dir, entry_point="inference.py", model_data_key="models/v1/model.tar.gz",
         input_prefix="batch/in", output_prefix="batch/out")
     assert job.output_keys == ["batch/out/part-00000.csv.out", "batch/out/part-00001.csv.out"]

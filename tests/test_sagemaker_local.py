@@ -2,6 +2,7 @@
 
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,7 @@ def test_training_follows_the_script_mode_contract(sagemaker, code_dir, local_ar
         assert tar.getnames() == ["model.json"]
     assert local_artifacts.exists("training/job-1/output/output.tar.gz")
     assert job.input_channels == {"train": local_artifacts.uri("data/train")}
+    assert not (tmp_path / "jobs/training/job-1/input/data").exists()  # channel copies are removed
 
 
 def test_failed_training_reports_the_scripts_reason_and_is_recorded(sagemaker, code_dir):
@@ -79,6 +81,8 @@ def test_batch_transform_splits_lines_into_payloads_and_assembles_outputs(sagema
     out = local_artifacts.read_text("batch/out/part-0.csv.out").splitlines()
     assert len(out) == 3000 and out[0] == "c0,0.0" and out[-1] == "c2999,1499.5"
     assert local_artifacts.read_text("batch/out/sub/part-1.csv.out") == "z,5.0\n"
+    left = sorted(p.name for p in (Path(sagemaker.work_dir) / "transform" / "score-1").iterdir())
+    assert left == ["code", "transform.log"]  # no copy of the inputs (customer data) or outputs stays behind
 
 
 def test_batch_transform_failure_names_the_file_and_records(sagemaker, code_dir, local_artifacts):
@@ -91,3 +95,12 @@ def test_batch_transform_failure_names_the_file_and_records(sagemaker, code_dir,
             input_prefix="bad/in", output_prefix="bad/out",
         )
     assert local_artifacts.list("bad/out/") == []
+
+
+def test_a_record_larger_than_the_payload_limit_names_its_file(sagemaker, code_dir, local_artifacts):
+    job = train(sagemaker, code_dir)
+    local_artifacts.write_text("big/in/part-3.csv", "a," + "9" * 20_000 + "\n")
+    with pytest.raises(SageMakerJobError, match=r"part-3\.csv: record 1 is larger than MaxPayloadInMB"):
+        sagemaker.batch_transform(job_name="score-big", source_dir=code_dir, entry_point="inference.py",
+                                  model_data_key=local_artifacts.key_from_uri(job.model_data_uri),
+                                  input_prefix="big/in", output_prefix="big/out", max_payload_mb=0.01)

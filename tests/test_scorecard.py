@@ -108,6 +108,8 @@ def test_scores_must_come_back_exactly_once_per_customer():
         scoring.attach_scores(sent, back.iloc[:2])
     with pytest.raises(scoring.ScoringOutputError, match="1 duplicated"):
         scoring.attach_scores(sent, pd.concat([back, back.iloc[:1]]))
+    with pytest.raises(scoring.ScoringOutputError, match=r"output s3://b/part-00001\.csv\.out is not customer_id"):
+        scoring.read_transform_output([("s3://b/part-00001.csv.out", b"1,0.5,not-a-score\n")])
     parts = list(scoring.transform_input(sent.assign(**{f: 1 for f in scorecard.FEATURES}), part_rows=2))
     assert [name for name, _ in parts] == ["part-00000.csv", "part-00001.csv"]
     assert parts[1][1].decode().startswith("3,1,")

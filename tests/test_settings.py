@@ -35,7 +35,7 @@ def test_aws_settings_select_aws_implementations(tmp_path):
         "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",
     })
     assert isinstance(res["app_db"], ExternalPostgresDatabase)
-    assert res["app_db"].describe() == "postgresql://app:***@db.example:5432/bank"
+    assert res["app_db"].describe() == "postgresql://app@db.example:5432/bank"
     assert isinstance(res["readonly_db"], SecretsManagerReadOnlyDatabase)
     assert res["readonly_db"].secretsmanager.region_name == "eu-west-1"
     artifacts = res["artifacts"]

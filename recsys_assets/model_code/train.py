@@ -41,8 +41,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_ratings(channel: str) -> pd.DataFrame:
+    """The training data: the files its ``_manifest.json`` lists (all Parquet files when it has none)."""
     partitioning = ds.partitioning(pa.schema([(tt.USER_ID, pa.int64())]), flavor="hive")
-    dataset = ds.dataset(channel, format="parquet", partitioning=partitioning)
+    manifest = Path(channel) / "_manifest.json"
+    if manifest.exists():
+        files = [str(Path(channel) / name) for name in json.loads(manifest.read_text())["files"]]
+        if not files:
+            return pd.DataFrame(columns=[tt.USER_ID, tt.ITEM_ID, tt.RATING])
+        dataset = ds.dataset(files, format="parquet", partitioning=partitioning, partition_base_dir=channel)
+    else:
+        dataset = ds.dataset(channel, format="parquet", partitioning=partitioning)
     return dataset.to_table().to_pandas()
 
 
