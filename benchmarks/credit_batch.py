@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scratch import scratch_folder  # noqa: E402
 
 import dagster as dg  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -29,7 +29,7 @@ from credit_assets import customer_store, population  # noqa: E402
 from credit_assets.assets import DECISIONS_KEY  # noqa: E402
 from resources.artifacts import LocalArtifactStore  # noqa: E402
 from resources.datasets import ReferenceDatasets  # noqa: E402
-from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server  # noqa: E402
+from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
 from resources.readonly import ProvisionedReadOnlyDatabase  # noqa: E402
 from resources.sagemaker import SageMakerResource  # noqa: E402
 from resources.settings import PlatformSettings  # noqa: E402
@@ -73,21 +73,20 @@ def main() -> int:
     parser.add_argument("--work-dir", help="keep data here instead of a temporary folder")
     args = parser.parse_args()
 
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="mldp-bench-"))
-    settings = PlatformSettings.from_env({"DATA_DIR": str(work)})
-    app_db = EmbeddedPostgresDatabase(data_dir=str(settings.embedded_postgres_dir), database="bench_credit")
-    artifacts = LocalArtifactStore(root=str(work / "artifacts"))
-    resources = {
-        "app_db": app_db,
-        "readonly_db": ProvisionedReadOnlyDatabase(primary=app_db),
-        "artifacts": artifacts,
-        "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(work / "sagemaker")),
-        "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
-    }
-    assets = [credit.customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
-              credit.credit_scores, credit.limit_decisions, credit.customer_updates, credit.decisions_follow_policy,
-              credit.each_eligible_customer_decided_once, credit.counts_reconcile]
-    try:
+    with scratch_folder("credit", Path(args.work_dir) if args.work_dir else None) as work:
+        settings = PlatformSettings.from_env({"DATA_DIR": str(work)})
+        app_db = EmbeddedPostgresDatabase(data_dir=str(settings.embedded_postgres_dir), database="bench_credit")
+        artifacts = LocalArtifactStore(root=str(work / "artifacts"))
+        resources = {
+            "app_db": app_db,
+            "readonly_db": ProvisionedReadOnlyDatabase(primary=app_db),
+            "artifacts": artifacts,
+            "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(work / "sagemaker")),
+            "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
+        }
+        assets = [credit.customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
+                  credit.credit_scores, credit.limit_decisions, credit.customer_updates, credit.decisions_follow_policy,
+                  credit.each_eligible_customer_decided_once, credit.counts_reconcile]
         started = time.perf_counter()
         frame = population.customers(args.customers, seed=2026)
         generate_seconds = time.perf_counter() - started
@@ -146,10 +145,6 @@ def main() -> int:
             },
         }
         print(json.dumps(line))
-    finally:
-        stop_embedded_server(settings.embedded_postgres_dir)
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

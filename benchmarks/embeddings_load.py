@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scratch import scratch_folder  # noqa: E402
 
 import numpy as np  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -25,7 +25,7 @@ from psycopg import sql  # noqa: E402
 from recsys_assets.embeddings import EmbeddingRows, parse_embeddings_csv  # noqa: E402
 from recsys_assets.model_code.two_tower import embeddings_csv  # noqa: E402
 from resources.pgvector import PgVectorStore  # noqa: E402
-from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server  # noqa: E402
+from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
 
 
 def executemany_rate(store: PgVectorStore, rows: EmbeddingRows, dim: int) -> float:
@@ -74,8 +74,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--dims", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mldp-bench-emb-"))
-    try:
+    with scratch_folder("emb") as work:
         store = PgVectorStore(db=EmbeddedPostgresDatabase(data_dir=str(work / "postgres"), database="bench_emb"),
                               retention=0)
         results = [measure(store, args.items, dim) for dim in args.dims]
@@ -91,9 +90,6 @@ def main() -> int:
             },
         }
         print(json.dumps(line))
-    finally:
-        stop_embedded_server(work / "postgres")
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scratch import scratch_folder  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from recsys_assets.embeddings import EmbeddingRows  # noqa: E402
 from resources.pgvector import PgVectorStore  # noqa: E402
-from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server  # noqa: E402
+from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
 
 
 def exact_top_k(unit: np.ndarray, index: int, k: int) -> set[int]:
@@ -68,8 +68,7 @@ def main() -> int:
                         default=PgVectorStore.model_fields["hnsw_ef_construction"].default)
     args = parser.parse_args()
     k = 10
-    work = Path(tempfile.mkdtemp(prefix="mldp-bench-knn-"))
-    try:
+    with scratch_folder("knn") as work:
         db = EmbeddedPostgresDatabase(data_dir=str(work / "postgres"), database="bench_knn")
         rng = np.random.default_rng(32)
         ids = np.array([f"S{i:07d}" for i in range(args.items)], dtype=object)
@@ -101,9 +100,6 @@ def main() -> int:
             },
         }
         print(json.dumps(line))
-    finally:
-        stop_embedded_server(work / "postgres")
-        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

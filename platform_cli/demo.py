@@ -71,3 +71,36 @@ def recsys_summary(result, artifacts) -> bool:
           "as distance from item_emb order by 2 limit 5\"")
     print(f"  checks: {checks}")
     return passed
+
+
+def stream_demo(defs: dg.Definitions, instance: dg.DagsterInstance, resources, events: int) -> bool:
+    """Produce session events, let the archive sensor take them, and enrich the hours it asks for."""
+    from recsys_assets import ratings_etl
+    from recsys_assets.session_events import make_events
+    from recsys_assets.streaming import session_events_sensor
+
+    products, customers = ratings_etl.dimension_frames(resources.source_db)
+    payloads = make_events(products["productcode"].tolist(), customers, events, broken_fraction=0.05)
+    resources.events.put(payloads)
+    print(f"\nproduced {len(payloads)} session events into {resources.events.describe()}")
+    # the daemon under `mldp dev` keeps the sensor's cursor in the instance; the demo keeps its own
+    cursor_key = "demo/session_events_cursor.json"
+    cursor = resources.artifacts.read_text(cursor_key) if resources.artifacts.exists(cursor_key) else None
+    with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                 resources={"events": resources.events, "artifacts": resources.artifacts}) as context:
+        evaluation = session_events_sensor(context)
+    if evaluation.cursor:
+        resources.artifacts.write_text(cursor_key, evaluation.cursor)
+    ok = True
+    job = defs.resolve_job_def("recommendations_job")
+    for request in evaluation.run_requests or []:
+        print(f"materialising recommendations for hour {request.partition_key} ...")
+        result = job.execute_in_process(instance=instance, partition_key=request.partition_key, raise_on_error=False,
+                                        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        meta = metadata(result, "recommendations")
+        checks, passed = checks_line(result)
+        ok = ok and result.success and passed
+        print(f"  {meta.get('events_in', 0)} events: {meta.get('enriched', 0)} enriched "
+              f"({meta.get('partially_enriched', 0)} partly), {meta.get('dead_lettered', 0)} dead-lettered; {checks}")
+        print(f"  output             {meta.get('output')}")
+    return ok

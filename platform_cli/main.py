@@ -68,10 +68,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.workflow in ("all", "recsys"):
         result = demo.run_job(defs, "recsys_pipeline_job", instance)
         ok = result.success and demo.recsys_summary(result, artifacts) and ok
+        if result.success:
+            with open_resources(settings) as resources:
+                ok = demo.stream_demo(defs, instance, resources, args.events) and ok
     print("\nwhere to look:")
     print(f"  artifacts          {artifacts.uri()}")
     print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000; runs are kept in {home})")
     return 0 if ok else 1
+
+
+def cmd_produce_events(args: argparse.Namespace) -> int:
+    import time
+
+    from recsys_assets import ratings_etl
+    from recsys_assets.session_events import make_events
+
+    with open_resources(_settings()) as resources:
+        products, customers = ratings_etl.dimension_frames(resources.source_db)
+        payloads = make_events(products["productcode"].tolist(), customers, args.count, seed=args.seed,
+                               new_customer_fraction=args.new_customers, broken_fraction=args.broken_fraction)
+        stream = resources.events
+        print(f"producing {len(payloads):,} events into {stream.describe()}"
+              + (f" at {args.rate:g}/s" if args.rate else ""))
+        batch = max(1, int(args.rate)) if args.rate else 500
+        started = time.monotonic()
+        sent = 0
+        for start in range(0, len(payloads), batch):
+            chunk = payloads[start:start + batch]
+            sent += stream.put(chunk, [str(i) for i in range(start, start + len(chunk))])
+            if args.rate:
+                time.sleep(max(0.0, started + sent / args.rate - time.monotonic()))
+        print(f"{sent:,} events sent in {time.monotonic() - started:.1f}s")
+    return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -132,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=2_000, help="demo customers to generate (default 2,000)")
     demo.add_argument("--reset", action="store_true", help="replace the customers table with fresh demo data")
     demo.add_argument("--workflow", choices=["all", "credit", "recsys"], default="all",
-                      help="which pipelines to run (default: all)")
+                      help="which pipelines to run (default: all; recsys includes the streaming demo)")
+    demo.add_argument("--events", type=int, default=300, help="session events the streaming demo produces")
     demo.set_defaults(func=cmd_demo)
 
     seed = commands.add_parser("seed-customers", help="generate demo customers into the application database")
@@ -153,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     services = commands.add_parser("services", help="status or stop of the embedded PostgreSQL server")
     services.add_argument("action", choices=["status", "stop"])
     services.set_defaults(func=cmd_services)
+
+    produce = commands.add_parser("produce-events", help="write shopping-session events to the stream")
+    produce.add_argument("--count", type=int, default=100)
+    produce.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    produce.add_argument("--broken-fraction", type=float, default=0.0, help="share of deliberately broken events")
+    produce.add_argument("--new-customers", type=float, default=0.1, help="share of customers the model never saw")
+    produce.add_argument("--seed", type=int, default=None)
+    produce.set_defaults(func=cmd_produce_events)
 
     readonly = commands.add_parser("readonly-check", help="connect through the read-only resource and report")
     readonly.set_defaults(func=cmd_readonly_check)

@@ -15,11 +15,12 @@ from recsys_assets.assets import (
 )
 from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_training_job
 from recsys_assets.sensors import model_artifacts_sensor
+from recsys_assets.streaming import recommendations, recommendations_job, session_events_sensor
 
 defs = dg.Definitions(
     assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,
-            item_embeddings, user_embeddings],
+            item_embeddings, user_embeddings, recommendations],
     asset_checks=[ratings_training_data_not_empty],
-    jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job],
-    sensors=[model_artifacts_sensor],
+    jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
+    sensors=[model_artifacts_sensor, session_events_sensor],
 )

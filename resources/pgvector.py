@@ -17,12 +17,14 @@ a raised ``ef_search`` instead); catalogues under ``exact_scan_below`` rows are 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import struct
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import dagster as dg
@@ -91,6 +93,23 @@ def staging_name(table: str, version: str) -> str:
     return f"{table[:20]}__{slug}_{secrets.token_hex(4)}"
 
 
+class _JsonArrays:
+    """Query vectors travelling as one JSON array of arrays: JSON's C encoder is several times faster than
+    formatting pgvector literals one number at a time. Sliceable, so a batch can be split."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def __getitem__(self, part: slice) -> "_JsonArrays":
+        return _JsonArrays(self.vectors[part])
+
+    def __str__(self) -> str:
+        return json.dumps(np.round(self.vectors.astype(np.float64), 7).tolist())
+
+
 def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
@@ -131,27 +150,46 @@ class PgVectorStore(dg.ConfigurableResource):
     hnsw_ef_construction: int = 128
     exact_scan_below: int = 10_000
 
-    _conn: psycopg.Connection | None = PrivateAttr(default=None)
+    query_connections: int = 2  # a batch of kNN queries is split across this many connections (server cores)
+
+    _conns: list = PrivateAttr(default_factory=list)
+    _conn_locks: list = PrivateAttr(default_factory=list)
+    _pool: ThreadPoolExecutor | None = PrivateAttr(default=None)
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _pgvector_version: tuple[int, ...] = PrivateAttr(default=(0,))
     _row_counts: dict = PrivateAttr(default_factory=dict)
     _registry_ready: bool = PrivateAttr(default=False)
 
-    # --- connection ------------------------------------------------------------------------------------
+    # --- connections -----------------------------------------------------------------------------------
+
+    def _open(self) -> psycopg.Connection:
+        """A connection with the vector type registered (after CREATE EXTENSION) and the HNSW settings."""
+        conn = self.db.connect(autocommit=True, register_vector=True)
+        conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(self.ef_search)))
+        if self.iterative_scan:
+            conn.execute("SET hnsw.iterative_scan = strict_order")
+        return conn
 
     def connection(self) -> psycopg.Connection:
-        """One connection per resource, with the vector type registered once, after CREATE EXTENSION."""
+        """The resource's main connection (loads, registry, single queries), opened once."""
+        return self._reader(0)
+
+    def _reader(self, index: int) -> psycopg.Connection:
+        conns = self._conns
+        if index < len(conns) and conns[index] is not None and not conns[index].closed:
+            return conns[index]  # no lock: a query on another connection may be holding it
         with self._lock:
-            if self._conn is None or self._conn.closed:
+            if not self._conns:
                 version = self.db.ensure_vector_extension()
                 self._pgvector_version = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
-                conn = self.db.connect(autocommit=True, register_vector=True)
-                conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(self.ef_search)))
-                if self.iterative_scan:
-                    conn.execute("SET hnsw.iterative_scan = strict_order")
-                self._conn = conn
                 self._row_counts.clear()
-            return self._conn
+            while len(self._conns) <= index:
+                self._conns.append(None)
+                # the main connection shares the resource lock with loads and registry work
+                self._conn_locks.append(self._lock if not self._conn_locks else threading.Lock())
+            if self._conns[index] is None or self._conns[index].closed:
+                self._conns[index] = self._open()
+            return self._conns[index]
 
     @property
     def iterative_scan(self) -> bool:
@@ -159,9 +197,14 @@ class PgVectorStore(dg.ConfigurableResource):
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            for conn in self._conns:
+                if conn is not None:
+                    conn.close()
+            self._conns.clear()
+            self._conn_locks.clear()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
     def teardown_after_execution(self, context) -> None:
         self.close()
@@ -349,11 +392,12 @@ class PgVectorStore(dg.ConfigurableResource):
                     sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
             return self._row_counts[table]
 
-    def _run(self, statement: sql.Composable, params: dict, table: str) -> list[tuple]:
-        """Run a kNN query: exactly (index scans off) for small tables, else through HNSW."""
-        conn = self.connection()
-        with self._lock:
-            if self.row_count(table) < self.exact_scan_below:
+    def _query(self, index: int, statement: sql.Composable, params: dict, table: str) -> list[tuple]:
+        """Run a kNN query on one connection: exactly (index scans off) for small tables, else through HNSW."""
+        conn = self._reader(index)
+        exact = self.row_count(table) < self.exact_scan_below
+        with self._conn_locks[index]:
+            if exact:
                 with conn.transaction():
                     conn.execute("SET LOCAL enable_indexscan = off")
                     return conn.execute(statement, params).fetchall()
@@ -362,6 +406,30 @@ class PgVectorStore(dg.ConfigurableResource):
                     conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(params["limit"])))
                     return conn.execute(statement, params).fetchall()
             return conn.execute(statement, params).fetchall()
+
+    def _run(self, statement: sql.Composable, params: dict, batch_key: str, table: str) -> list[tuple]:
+        """Run a batched kNN query (its queries numbered by ``ord``), split across the query connections so
+        the server works on them with all its cores; rows come back as if from one query."""
+        items = params[batch_key]
+        parts = max(1, min(self.query_connections, len(items) // 64))  # small batches are not worth splitting
+        size = -(-len(items) // parts)
+
+        def chunk(part: int) -> dict:
+            selected = items[part * size:(part + 1) * size]
+            return {**params, batch_key: str(selected) if isinstance(selected, _JsonArrays) else selected}
+
+        if parts == 1:
+            return self._query(0, statement, chunk(0), table)
+        self.row_count(table)  # cached before the parts start
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.query_connections, thread_name_prefix="knn")
+        # parts use connections 1..n: the main connection's lock is shared with loads and registry work
+        futures = [self._pool.submit(self._query, part + 1, statement, chunk(part), table) for part in range(parts)]
+        rows = []
+        for part, future in enumerate(futures):
+            rows.extend((ordinal + part * size, *rest) for ordinal, *rest in future.result())
+        return rows
 
     # Exclusions are applied after fetching k + len(excluded) nearest rows rather than in a WHERE clause:
     # the HNSW scan stays a plain ordered scan (the cheapest kind), and the iterative scan lets it return
@@ -390,7 +458,7 @@ class PgVectorStore(dg.ConfigurableResource):
             ORDER BY q.ord, r.distance
             """
         ).format(t=sql.Identifier(self.item_table))
-        rows = self._run(statement, {"codes": list(product_codes), "limit": k + 1}, self.item_table)
+        rows = self._run(statement, {"codes": list(product_codes), "limit": k + 1}, "codes", self.item_table)
         results: list[list | None] = [None] * len(product_codes)
         for ordinal, identifier, distance in rows:
             bucket = results[ordinal - 1]
@@ -413,18 +481,20 @@ class PgVectorStore(dg.ConfigurableResource):
         excludes = [set(map(str, ex)) for ex in (exclude_ids or [()] * len(vectors))]
         statement = sql.SQL(
             """
+            WITH q AS MATERIALIZED (  -- each vector parsed once, not once per row it is compared with
+                SELECT ord, vector::text::vector AS embedding
+                FROM jsonb_array_elements(%(vectors)s::jsonb) WITH ORDINALITY AS j(vector, ord)
+            )
             SELECT q.ord, r.id, r.score
-            FROM unnest(%(vectors)s::vector[]) WITH ORDINALITY AS q(embedding, ord)
-            CROSS JOIN LATERAL (
+            FROM q CROSS JOIN LATERAL (
                 SELECT e.id, 1 - (e.embedding <=> q.embedding) AS score FROM {t} AS e
                 ORDER BY e.embedding <=> q.embedding LIMIT %(limit)s
             ) AS r
             ORDER BY q.ord, r.score DESC
             """
         ).format(t=sql.Identifier(self.item_table))
-        literal_vectors = ["[" + ",".join(map(repr, map(float, v))) + "]" for v in vectors]
         limit = k + max((len(e) for e in excludes), default=0)
-        rows = self._run(statement, {"vectors": literal_vectors, "limit": limit}, self.item_table)
+        rows = self._run(statement, {"vectors": _JsonArrays(vectors), "limit": limit}, "vectors", self.item_table)
         results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         for ordinal, identifier, score in rows:
             bucket = results[ordinal - 1]

@@ -40,6 +40,8 @@ class PlatformSettings:
     readonly_secret_id: str | None = None
     readonly_role: str = "mldp_readonly"
     source_database_url: str | None = None
+    stream_backend: str = "local"
+    kinesis_stream_name: str | None = None
     embeddings_retention: int = 2
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
@@ -86,6 +88,11 @@ class PlatformSettings:
         max_wait = get("SAGEMAKER_MAX_WAIT_SECONDS") or "3600"
         if not max_wait.isdigit():
             raise ConfigurationError(f"SAGEMAKER_MAX_WAIT_SECONDS must be a whole number of seconds, not {max_wait!r}")
+        stream_backend = (get("STREAM_BACKEND") or "local").lower()
+        if stream_backend not in ("local", "kinesis"):
+            raise ConfigurationError(f"STREAM_BACKEND must be 'local' or 'kinesis', not {stream_backend!r}")
+        if stream_backend == "kinesis" and not get("KINESIS_STREAM_NAME"):
+            raise ConfigurationError("STREAM_BACKEND=kinesis needs KINESIS_STREAM_NAME")
         retention = get("EMBEDDINGS_RETENTION") or "2"
         if not retention.isdigit():
             raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
@@ -97,6 +104,8 @@ class PlatformSettings:
             readonly_secret_id=get("READONLY_DATABASE_SECRET_ID"),
             readonly_role=get("READONLY_ROLE") or "mldp_readonly",
             source_database_url=get("SOURCE_DATABASE_URL"),
+            stream_backend=stream_backend,
+            kinesis_stream_name=get("KINESIS_STREAM_NAME"),
             embeddings_retention=int(retention),
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -120,6 +129,10 @@ class PlatformSettings:
         return self.datasets_dir / "credit" / "BankCaseStudyData.csv"
 
     @property
+    def local_stream_dir(self) -> Path:
+        return self.data_dir / "stream" / "session-events"
+
+    @property
     def sagemaker_work_dir(self) -> Path:
         return self.data_dir / "sagemaker"
 
@@ -141,6 +154,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
     from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
     from resources.sagemaker import SageMakerResource
     from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
+    from resources.stream import KinesisEventStream, LocalEventStream
 
     settings = settings or PlatformSettings.from_env()
     aws = {"region_name": settings.aws_region, "endpoint_url": settings.aws_endpoint_url}
@@ -189,6 +203,11 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
             data_dir=str(settings.embedded_postgres_dir))
         source_db = EmbeddedClassicModels(primary=embedded)
 
+    if settings.stream_backend == "kinesis":
+        events = KinesisEventStream(stream_name=settings.kinesis_stream_name, **aws)
+    else:
+        events = LocalEventStream(root=str(settings.local_stream_dir))
+
     return {
         "app_db": app_db,
         "readonly_db": readonly_db,
@@ -197,6 +216,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
         "source_db": source_db,
         "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention),
+        "events": events,
     }
 
 

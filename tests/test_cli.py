@@ -28,9 +28,14 @@ def env(tmp_path, datasets_dir):
 
 
 def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
-    first = mldp("demo", "--customers", "800", env=env)
+    first = mldp("demo", "--customers", "800", "--events", "120", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "loaded 800 demo customers" in first.stdout
+    assert "recommender pipeline: run" in first.stdout and "item_emb 110 rows" in first.stdout
+    assert "produced 120 session events" in first.stdout
+    streamed = re.search(r"(\d+) events: (\d+) enriched \(\d+ partly\), (\d+) dead-lettered; events_reconcile passed",
+                         first.stdout)
+    assert streamed and int(streamed.group(1)) == 120 == int(streamed.group(2)) + int(streamed.group(3))
     assert re.search(r"run \S+ succeeded", first.stdout)
     assert "checks: decisions_follow_policy passed" in first.stdout
     results_uri = re.search(r"batch results\s+(file://\S+)", first.stdout).group(1)
@@ -40,7 +45,7 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     # the run is recorded in the persistent instance the UI reads
     assert list((tmp_path / "data" / "dagster_home").rglob("*.db"))
 
-    second = mldp("demo", env=env)
+    second = mldp("demo", "--workflow", "credit", env=env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "using the 800 customers already in the table" in second.stdout
     assert "no customer was eligible" in second.stdout
@@ -51,3 +56,5 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     assert check.returncode == 0 and "user mldp_readonly" in check.stdout
     psql = mldp("psql", "-At", "-c", "select count(*) from credit_limit_audit", env=env)
     assert int(psql.stdout.strip()) == results["updated"]
+    produced = mldp("produce-events", "--count", "25", "--broken-fraction", "0.2", "--seed", "3", env=env)
+    assert produced.returncode == 0 and "25 events sent" in produced.stdout

@@ -32,7 +32,7 @@ def test_definitions_load_and_validate():
     defs = load_defs()
     dg.Definitions.validate_loadable(defs)
     assert set(defs.resources) >= {"app_db", "readonly_db", "artifacts", "sagemaker", "datasets", "source_db",
-                                   "pgvector"}
+                                   "pgvector", "events"}
 
 
 def test_credit_lineage():
@@ -59,6 +59,19 @@ def test_recsys_lineage_and_sensor():
     assert selected(defs, "recsys_training_job") == {"ratings_training_data", "recsys_catalog", "recsys_model"}
     assert selected(defs, "embeddings_load_job") == {"item_embeddings", "user_embeddings"}
     assert selected(defs, "recsys_pipeline_job") == set(RECSYS_EDGES)
+
+
+def test_streaming_asset_sensor_and_partitions():
+    defs = load_defs()
+    graph = defs.resolve_asset_graph()
+    node = graph.get(dg.AssetKey("recommendations"))
+    assert {p.to_user_string() for p in node.parent_keys} == {"item_embeddings", "user_embeddings"}
+    assert isinstance(node.partitions_def, dg.HourlyPartitionsDefinition)
+    assert {key.name for key in graph.asset_check_keys if key.asset_key == dg.AssetKey("recommendations")} == {
+        "events_reconcile"}
+    sensor = defs.resolve_sensor_def("session_events_sensor")
+    assert sensor.job_name == "recommendations_job"
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_jobs_and_checks():

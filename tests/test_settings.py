@@ -7,6 +7,8 @@ from resources.artifacts import LocalArtifactStore, S3ArtifactStore
 from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
 from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
 from resources.settings import ConfigurationError, PlatformSettings, build_resources
+from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
+from resources.stream import KinesisEventStream, LocalEventStream
 
 
 def resources_for(env):
@@ -21,6 +23,8 @@ def test_defaults_are_all_local(tmp_path):
     assert isinstance(res["artifacts"], LocalArtifactStore)
     assert res["artifacts"].root == str(tmp_path / "artifacts")
     assert res["sagemaker"].backend == "local"
+    assert isinstance(res["events"], LocalEventStream) and res["events"].root == str(tmp_path / "stream" / "session-events")
+    assert isinstance(res["source_db"], EmbeddedClassicModels)
 
 
 def test_aws_settings_select_aws_implementations(tmp_path):
@@ -33,6 +37,9 @@ def test_aws_settings_select_aws_implementations(tmp_path):
         "AWS_ENDPOINT_URL": "http://127.0.0.1:5000",
         "SAGEMAKER_BACKEND": "aws",
         "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/sm",
+        "STREAM_BACKEND": "kinesis",
+        "KINESIS_STREAM_NAME": "session-events",
+        "SOURCE_DATABASE_URL": "mysql+pymysql://etl:pw@aurora.example:3306/classicmodels",
     })
     assert isinstance(res["app_db"], ExternalPostgresDatabase)
     assert res["app_db"].describe() == "postgresql://app@db.example:5432/bank"
@@ -43,6 +50,10 @@ def test_aws_settings_select_aws_implementations(tmp_path):
     assert (artifacts.bucket, artifacts.prefix) == ("ml-artifacts", "platform/dev")
     assert artifacts.s3.endpoint_url == "http://127.0.0.1:5000"
     assert res["sagemaker"].backend == "aws" and res["sagemaker"].role_arn.endswith("role/sm")
+    assert isinstance(res["events"], KinesisEventStream) and res["events"].stream_name == "session-events"
+    assert res["events"].endpoint_url == "http://127.0.0.1:5000"
+    assert isinstance(res["source_db"], SqlSourceDatabase)
+    assert res["source_db"].describe() == "mysql+pymysql://etl:***@aurora.example:3306/classicmodels"
 
 
 def test_readonly_url_is_used_when_given(tmp_path):
@@ -70,6 +81,9 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"SAGEMAKER_BACKEND": "aws", "ARTIFACTS_URI": "s3://b/p"}, "needs SAGEMAKER_ROLE_ARN"),
         ({"READONLY_DATABASE_URL": "postgresql://x", "READONLY_DATABASE_SECRET_ID": "s"}, "not both"),
         ({"SAGEMAKER_MAX_WAIT_SECONDS": "soon"}, "SAGEMAKER_MAX_WAIT_SECONDS"),
+        ({"STREAM_BACKEND": "kafka"}, "STREAM_BACKEND must be 'local' or 'kinesis'"),
+        ({"STREAM_BACKEND": "kinesis"}, "needs KINESIS_STREAM_NAME"),
+        ({"EMBEDDINGS_RETENTION": "all"}, "EMBEDDINGS_RETENTION"),
     ],
 )
 def test_contradictory_settings_name_the_variable(env, message, tmp_path):

@@ -71,15 +71,6 @@ def transform(frame: pd.DataFrame, scaler: dict[str, Any]) -> np.ndarray:
     return np.hstack(blocks) if blocks else np.zeros((len(frame), 0), dtype=np.float32)
 
 
-def unknown_values(frame: pd.DataFrame, scaler: dict[str, Any]) -> dict[str, int]:
-    """How many rows carry a category value the model never saw, per feature."""
-    counts = {}
-    for name, vocabulary in scaler["categorical"].items():
-        unseen = ~frame[name].astype("string").isin(vocabulary)
-        counts[name] = int(unseen.sum())
-    return counts
-
-
 # --- the model ------------------------------------------------------------------------------------------
 
 
@@ -195,9 +186,18 @@ class UserTower:
     @classmethod
     def load(cls, directory: Path) -> UserTower:
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        scaler = json.loads((directory / USER_SCALER_FILE).read_text())
-        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        return cls.from_bytes({name: (directory / name).read_bytes()
+                               for name in (CONFIG_FILE, USER_SCALER_FILE, MODEL_FILE)})
+
+    @classmethod
+    def from_bytes(cls, files: dict[str, bytes]) -> UserTower:
+        """From the published files' contents (``model/model_config.json``, ``scalers/user_features.json``,
+        ``model/best_model.pth``); the weights are read with ``weights_only=True``."""
+        import io
+
+        config = json.loads(files[CONFIG_FILE])
+        scaler = json.loads(files[USER_SCALER_FILE])
+        state = torch.load(io.BytesIO(files[MODEL_FILE]), map_location="cpu", weights_only=True)
         return cls(config, state, scaler)
 
     def embed(self, frame: pd.DataFrame) -> np.ndarray:

@@ -1,0 +1,231 @@
+"""Streaming recommendations: session events -> hourly enriched records, exactly once.
+
+Reference: the recommender lab's streaming path (Kinesis data stream -> Firehose with a transformation
+Lambda -> S3 under ``YYYY/MM/DD/HH/``). Here:
+
+1. `session_events_sensor` reads new events since its cursor (the stream checkpoint), archives them as raw
+   batches under ``raw_events/YYYY/MM/DD/HH/<shard>-<first>-<last>.jsonl`` (a replay from the same
+   checkpoint rewrites the same batch), and only then returns its new cursor, with a run request for each
+   hour the batch touched.
+2. `recommendations` (hourly partitions) recomputes one hour from that hour's archived events and the live
+   embeddings, in micro-batches, and replaces ``recommendations/YYYY/MM/DD/HH/recommendations-<hour>.jsonl``
+   and ``dead_letter/YYYY/MM/DD/HH/dead-letter-<hour>.jsonl`` in one write each. Events are deduplicated by
+   (shard, sequence), so a crash anywhere loses nothing and duplicates nothing, and re-materialising an hour
+   (a backfill, a replay after a model change) reproduces it.
+"""
+
+import json
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+
+from recsys_assets import embeddings
+from recsys_assets.assets import item_embeddings, user_embeddings
+from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_batch
+from recsys_assets.model_code import two_tower
+from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
+from resources.metadata import markdown_mapping
+from resources.pgvector import PgVectorStore
+from resources.stream import EventStream, StreamRecord
+
+# end_offset=1: the hour in progress is a partition too, so its events are enriched while it lasts
+HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC", end_offset=1)
+RAW_PREFIX = "raw_events"
+OUTPUT_PREFIX = "recommendations"
+DEAD_LETTER_PREFIX = "dead_letter"
+MAX_EVENTS_PER_TICK = 20_000
+TOWER_FILES = (two_tower.CONFIG_FILE, two_tower.USER_SCALER_FILE, two_tower.MODEL_FILE)
+GROUP = "streaming"
+
+
+def hour_folder(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y/%m/%d/%H")
+
+
+def hour_partition(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d-%H:00")
+
+
+def _safe(sequence: str) -> str:
+    return sequence.replace(":", "_")
+
+
+def batch_key(hour: datetime, shard: str, first: str, last: str) -> str:
+    return join_key(RAW_PREFIX, hour_folder(hour), f"{shard}-{_safe(first)}-{_safe(last)}.jsonl")
+
+
+def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str, list[str]]:
+    """Write `records` as raw batches, one per (hour, shard); returns {hour partition: [batch keys]}.
+
+    A batch is named by shard and sequence range; an earlier batch of the same hour and shard starting at
+    the same sequence (a tick that crashed before its cursor was kept, then read again) is replaced.
+    """
+    groups: dict[tuple[str, str], list[StreamRecord]] = defaultdict(list)
+    for record in records:
+        groups[(hour_partition(record.arrival), record.shard)].append(record)
+    written: dict[str, list[str]] = defaultdict(list)
+    for (partition, shard), batch in sorted(groups.items()):
+        hour = batch[0].arrival
+        key = batch_key(hour, shard, batch[0].sequence, batch[-1].sequence)
+        artifacts.write_text(key, "".join(json.dumps(r.to_json()) + "\n" for r in batch))
+        replayed = f"{shard}-{_safe(batch[0].sequence)}-"
+        superseded = [info.key for info in artifacts.list(join_key(RAW_PREFIX, hour_folder(hour)) + "/")
+                      if info.key != key and info.key.rsplit("/", 1)[-1].startswith(replayed)]
+        artifacts.delete(superseded)
+        written[partition].append(key)
+    return dict(written)
+
+
+def archived_records(artifacts: ArtifactStore, hour: datetime) -> tuple[list[StreamRecord], int]:
+    """The hour's archived events, deduplicated by (shard, sequence) and in stream order; and how many
+    duplicates were dropped."""
+    seen: dict[tuple[str, str], StreamRecord] = {}
+    total = 0
+    for info in artifacts.list(join_key(RAW_PREFIX, hour_folder(hour)) + "/"):
+        for line in artifacts.read_text(info.key).splitlines():
+            if line.strip():
+                record = StreamRecord.from_json(json.loads(line))
+                seen[(record.shard, record.sequence)] = record
+                total += 1
+    ordered = sorted(seen.values(), key=lambda r: (r.shard, _sequence_order(r.sequence)))
+    return ordered, total - len(ordered)
+
+
+def _sequence_order(sequence: str):
+    return (0, int(sequence), "") if sequence.isdigit() else (1, 0, sequence)  # Kinesis: numbers; local: offsets
+
+
+_embedders: dict[tuple[str, str], TowerEmbedder] = {}
+
+
+def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
+    """The user tower of a published model version (read once per process)."""
+    cache_key = (artifacts.uri(), version)
+    if cache_key not in _embedders:
+        files = {}
+        for name in TOWER_FILES:
+            key = join_key(embeddings.version_prefix(version), name)
+            try:
+                files[name] = artifacts.read_bytes(key)
+            except ArtifactNotFoundError:
+                raise embeddings.EmbeddingsFileError(
+                    f"model version {version} has no {name} ({artifacts.uri(key)}): enriching events needs the "
+                    "user tower to embed customers, new ones included") from None
+        _embedders[cache_key] = TowerEmbedder(two_tower.UserTower.from_bytes(files), version)
+    return _embedders[cache_key]
+
+
+def dead_letter_line(record: StreamRecord, reason: str) -> dict:
+    try:
+        payload = {"payload": record.data.decode("utf-8")}
+    except UnicodeDecodeError:
+        payload = {"payload_base64": record.to_json()["data"]}
+    return {"reason": reason, "shard": record.shard, "sequence": record.sequence,
+            "arrival": record.arrival.isoformat(), **payload}
+
+
+def count_lines(artifacts: ArtifactStore, key: str) -> int:
+    return len(artifacts.read_text(key).splitlines()) if artifacts.exists(key) else 0
+
+
+class RecommendationsConfig(dg.Config):
+    k: int = DEFAULT_K
+    batch_size: int = 500
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=HOURLY,
+    deps=[item_embeddings, user_embeddings],
+    kinds={"pgvector", "json"},
+    pool="recsys_recommendations",
+    check_specs=[dg.AssetCheckSpec("events_reconcile", asset="recommendations",
+                                   description="events in = enriched + dead-lettered, counted in the written files")],
+)
+def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, artifacts: ArtifactStore,
+                    pgvector: PgVectorStore) -> dg.MaterializeResult:
+    """One hour of session events enriched with recommended and similar items, in Firehose's layout:
+    ``recommendations/YYYY/MM/DD/HH/`` (and ``dead_letter/YYYY/MM/DD/HH/`` with reasons)."""
+    hour = context.partition_time_window.start
+    records, duplicates = archived_records(artifacts, hour)
+    version = pgvector.active_version(pgvector.item_table)
+    if version is None:
+        raise embeddings.EmbeddingsFileError(
+            f"no embeddings are loaded in {pgvector.item_table}: materialize item_embeddings and user_embeddings first")
+    embedder = embedder_for(artifacts, version)
+    lines: list[str] = []
+    dead: list[str] = []
+    partial = 0
+    latencies = []
+    reasons: dict[str, int] = defaultdict(int)
+    for start in range(0, len(records), config.batch_size):
+        batch = records[start:start + config.batch_size]
+        began = time.perf_counter()
+        outcome = enrich_batch([(r, r.data) for r in batch], embedder, pgvector, config.k)
+        latencies.append((time.perf_counter() - began) * 1000)
+        lines.extend(json.dumps(record, separators=(",", ":")) + "\n" for _r, record in outcome.records)
+        partial += outcome.partial
+        for record, reason in outcome.rejected:
+            dead.append(json.dumps(dead_letter_line(record, reason)) + "\n")
+            reasons[reason.split(":")[0]] += 1
+    stamp = hour.strftime("%Y-%m-%d-%H")
+    output_key = join_key(OUTPUT_PREFIX, hour_folder(hour), f"recommendations-{stamp}.jsonl")
+    dead_key = join_key(DEAD_LETTER_PREFIX, hour_folder(hour), f"dead-letter-{stamp}.jsonl")
+    for key, content in ((output_key, lines), (dead_key, dead)):
+        if content:
+            artifacts.write_text(key, "".join(content))  # the hour's file replaced in one write
+        else:
+            artifacts.delete([key])
+    written, dead_written = count_lines(artifacts, output_key), count_lines(artifacts, dead_key)
+    reconciled = len(records) == written + dead_written
+    return dg.MaterializeResult(
+        metadata={
+            "hour": stamp,
+            "events_in": len(records),
+            "enriched": len(lines),
+            "partially_enriched": partial,
+            "dead_lettered": len(dead),
+            "duplicates_dropped": duplicates,
+            "model_version": version,
+            "micro_batches": len(latencies),
+            "batch_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else 0.0,
+            "batch_p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else 0.0,
+            "dead_letter_reasons": dg.MetadataValue.md(markdown_mapping(dict(reasons), "reason", "events"))
+            if reasons else dg.MetadataValue.md("none"),
+            "output": dg.MetadataValue.path(artifacts.uri(output_key)),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name="events_reconcile", passed=reconciled,
+            metadata={"events_in": len(records), "enriched_in_file": written, "dead_lettered_in_file": dead_written},
+        )],
+    )
+
+
+recommendations_job = dg.define_asset_job(
+    "recommendations_job", selection=[recommendations],
+    description="Enrich one hour of archived session events (requested by session_events_sensor).",
+)
+
+
+@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStream,
+                          artifacts: ArtifactStore) -> dg.SensorResult:
+    """Archives new session events and requests the hours they belong to. The cursor is the stream
+    checkpoint; Dagster keeps it only after this function returns, that is after the archive is written."""
+    checkpoint = json.loads(context.cursor)["checkpoint"] if context.cursor else {}
+    records, after = events.read(checkpoint, max_records=MAX_EVENTS_PER_TICK)
+    if not records:
+        return dg.SensorResult(skip_reason=f"no new events in {events.describe()}", cursor=context.cursor)
+    written = archive(artifacts, records)
+    context.log.info(f"archived {len(records)} events for {len(written)} hour(s)")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(partition_key=partition, run_key=f"{partition}|{'|'.join(keys)}",
+                          tags={"events": str(sum(1 for r in records if hour_partition(r.arrival) == partition))})
+            for partition, keys in sorted(written.items())
+        ],
+        cursor=json.dumps({"checkpoint": after}),
+    )

@@ -1,0 +1,150 @@
+"""Enrichment of session events against the real pgvector tables and a trained user tower, starting from
+the lab's real enriched record."""
+
+import json
+
+import numpy as np
+import pytest
+
+from recsys_assets.enrichment import EventRejected, chosen_item, enrich_batch, parse_event
+from recsys_assets.streaming import embedder_for
+from resources.artifacts import LocalArtifactStore
+from resources.pgvector import PgVectorStore
+from tests.recsys_support import publish_and_load, training_frame
+
+
+@pytest.fixture(scope="module")
+def model(app_db, tmp_path_factory, datasets_dir):
+    artifacts = LocalArtifactStore(root=str(tmp_path_factory.mktemp("enrich") / "artifacts"))
+    store = PgVectorStore(db=app_db)
+    trained = publish_and_load(training_frame(datasets_dir), artifacts, store, "enrich-v1")
+    yield {"artifacts": artifacts, "store": store, "embedder": embedder_for(artifacts, "enrich-v1"), **trained}
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def real_record(datasets_dir):
+    path = datasets_dir / "classicmodels" / "delivery-stream-one-record.json"
+    if not path.exists():
+        pytest.skip(f"the lab's stream record is not present at {path}")
+    return json.loads(path.read_text())
+
+
+def input_event(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("recommended_items", "similar_items")}
+
+
+class CountingStore:
+    """The real store, counting round trips."""
+
+    def __init__(self, store):
+        self.store, self.calls = store, []
+
+    def recommend_batch(self, vectors, k, exclude_ids):
+        self.calls.append(("recommend", len(vectors)))
+        return self.store.recommend_batch(vectors, k, exclude_ids)
+
+    def similar_items_batch(self, codes, k):
+        self.calls.append(("similar", len(codes)))
+        return self.store.similar_items_batch(codes, k)
+
+
+def test_the_labs_record_is_enriched_like_the_lab_did(model, real_record):
+    event = input_event(real_record)
+    outcome = enrich_batch([("r1", json.dumps(event).encode())], model["embedder"], model["store"])
+    assert outcome.rejected == []
+    [(_key, record)] = outcome.records
+    assert {k: record[k] for k in event} == event  # the input comes through unchanged
+    recommended = record["recommended_items"]
+    assert len(recommended) == 5 == len(real_record["recommended_items"])
+    scores = [item["score"] for item in recommended]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    browsed = {item["product_code"] for item in event["browse_history"]}
+    assert not browsed & {item["id"] for item in recommended}
+    similar = record["similar_items"]
+    assert similar["product_code"] == real_record["similar_items"]["product_code"] == "S50_1514"  # first in cart
+    distances = [item["distance"] for item in similar["similar_items"]]
+    assert len(distances) == 5 and distances == sorted(distances)
+    assert "S50_1514" not in {item["id"] for item in similar["similar_items"]}
+    assert record["enrichment"]["status"] == "complete"
+    # customer 478 is not in classicmodels: embedded from city, country and credit limit; a city the
+    # training data lacks would be noted (the lab's data has other customers in Pasadena)
+    known_cities = set(model["user_scaler"]["categorical"]["city"])
+    expected = [] if "Pasadena" in known_cities else ["city 'Pasadena' not seen in training: its features are ignored"]
+    assert record["enrichment"]["notes"] == expected
+    assert 478 not in set(model["users"]["customernumber"])
+    exact = exact_similar(model, "S50_1514", 5)
+    assert len({item["id"] for item in similar["similar_items"]} & set(exact)) >= 4
+
+
+def exact_similar(model, code, k):
+    products, vectors = model["products"], model["item_vectors"]
+    index = products["productcode"].tolist().index(code)
+    distance = 1 - vectors @ vectors[index]
+    order = [i for i in np.argsort(distance) if i != index]
+    return [products["productcode"].iloc[i] for i in order[:k]]
+
+
+def test_the_chosen_item_is_the_first_in_the_cart_else_the_first_browsed():
+    history = [{"product_code": "A", "quantity": "1", "in_shopping_cart": False},
+               {"product_code": "B", "quantity": "2", "in_shopping_cart": True},
+               {"product_code": "C", "quantity": "1", "in_shopping_cart": True}]
+    assert chosen_item({"browse_history": history}) == "B"
+    assert chosen_item({"browse_history": [dict(h, in_shopping_cart=False) for h in history]}) == "A"
+    assert chosen_item({"browse_history": []}) is None
+
+
+GOOD = {"session_id": "s-1", "customer_number": 103, "city": "Nantes", "country": "France", "credit_limit": 21000,
+        "browse_history": [{"product_code": "S10_1678", "quantity": "1", "in_shopping_cart": True}]}
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object but a list"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "city"}).encode(), "missing field city"),
+        (json.dumps({**GOOD, "customer_number": "103"}).encode(), 'field customer_number must be an integer, not "103"'),
+        (json.dumps({**GOOD, "credit_limit": "lots"}).encode(), "field credit_limit must be a non-negative number"),
+        (json.dumps({**GOOD, "credit_limit": -5}).encode(), "field credit_limit must be a non-negative number, not -5"),
+        (json.dumps({**GOOD, "browse_history": {"a": 1}}).encode(), "field browse_history must be a list, not dict"),
+        (json.dumps({**GOOD, "browse_history": [{"product_code": "X", "quantity": "two", "in_shopping_cart": True}]}).encode(),
+         'browse_history[0].quantity must be a whole number, not "two"'),
+        (json.dumps({**GOOD, "browse_history": [{"quantity": "1", "in_shopping_cart": True}]}).encode(),
+         "browse_history[0].product_code must be a non-empty string, not null"),
+        (json.dumps({**GOOD, "browse_history": [{"product_code": "X", "quantity": 1, "in_shopping_cart": "yes"}]}).encode(),
+         'browse_history[0].in_shopping_cart must be true or false, not "yes"'),
+    ],
+)
+def test_bad_events_are_rejected_with_the_reason(payload, reason):
+    with pytest.raises(EventRejected) as info:
+        parse_event(payload)
+    assert reason in str(info.value)
+
+
+def test_a_batch_with_bad_and_partial_events_enriches_the_rest_in_two_round_trips(model):
+    codes = model["products"]["productcode"].tolist()
+    good = {**GOOD, "browse_history": [{"product_code": codes[3], "quantity": "1", "in_shopping_cart": False}]}
+    items = [
+        ("ok", json.dumps(good).encode()),
+        ("empty-history", json.dumps({**good, "browse_history": []}).encode()),
+        ("unknown-product", json.dumps({**good, "browse_history": [
+            {"product_code": "S99_9999", "quantity": "1", "in_shopping_cart": True}]}).encode()),
+        ("new-country", json.dumps({**good, "city": "Porto", "country": "Portugal"}).encode()),
+        ("broken", b"\xff\xfe"),
+        ("mistyped", json.dumps({**good, "credit_limit": True}).encode()),
+    ]
+    store = CountingStore(model["store"])
+    outcome = enrich_batch(items, model["embedder"], store)
+    assert sorted(store.calls) == [("recommend", 4), ("similar", 2)]  # one round trip each for the batch
+    records = dict(outcome.records)
+    assert set(records) == {"ok", "empty-history", "unknown-product", "new-country"}
+    assert dict(outcome.rejected).keys() == {"broken", "mistyped"}
+    assert records["ok"]["enrichment"]["status"] == "complete"
+    assert records["empty-history"]["similar_items"] is None
+    assert records["empty-history"]["enrichment"] == {
+        "status": "partial", "notes": ["no browse history: similar_items omitted"], "model_version": "enrich-v1"}
+    assert records["unknown-product"]["enrichment"]["notes"] == ["unknown product code 'S99_9999': similar_items omitted"]
+    assert len(records["unknown-product"]["recommended_items"]) == 5
+    assert any("country 'Portugal' not seen in training" in n for n in records["new-country"]["enrichment"]["notes"])
+    assert outcome.partial == 2

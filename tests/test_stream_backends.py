@@ -1,0 +1,106 @@
+"""Both stream backends: the local JSON-lines stream (with a concurrent writer) and Kinesis on moto's server."""
+
+import json
+import threading
+
+import pytest
+
+from resources.stream import LOCAL_SHARD, KinesisEventStream, LocalEventStream
+
+
+def payloads(start, count):
+    return [json.dumps({"n": i}).encode() for i in range(start, start + count)]
+
+
+def numbers(records):
+    return [json.loads(r.data)["n"] for r in records]
+
+
+def test_local_stream_reads_from_checkpoints_across_segments(tmp_path):
+    stream = LocalEventStream(root=str(tmp_path / "s"), segment_bytes=2_000)  # tiny segments: many of them
+    for start in range(0, 300, 30):
+        stream.put(payloads(start, 30))
+    assert len(list((tmp_path / "s").glob("segment-*.jsonl"))) > 3
+    seen, checkpoint = [], {}
+    while True:
+        records, checkpoint = stream.read(checkpoint, max_records=47)
+        if not records:
+            break
+        seen.extend(records)
+    assert numbers(seen) == list(range(300))
+    assert all(r.shard == LOCAL_SHARD for r in seen)
+    assert [r.sequence for r in seen] == sorted(r.sequence for r in seen)
+    stream.put(payloads(300, 5))
+    records, _after = stream.read(checkpoint)
+    assert numbers(records) == list(range(300, 305))  # only what came after the checkpoint
+
+
+def test_local_stream_ignores_a_line_still_being_written_and_keeps_odd_payloads(tmp_path):
+    stream = LocalEventStream(root=str(tmp_path / "s"))
+    stream.put([b"\xff\xfe not utf-8", b"{broken json"])
+    records, checkpoint = stream.read({})
+    assert [r.data for r in records] == [b"\xff\xfe not utf-8", b"{broken json"]
+    segment = next((tmp_path / "s").glob("segment-*.jsonl"))
+    with open(segment, "ab") as handle:
+        handle.write(b'{"arrival": "2026-11-22T10:00:00+00:00", "da')  # a writer caught mid-line
+    records, later = stream.read(checkpoint)
+    assert records == [] and later == checkpoint
+    with open(segment, "ab") as handle:
+        handle.write(b'ta": "late"}\n')
+    records, _ = stream.read(checkpoint)
+    assert [r.data for r in records] == [b"late"]
+
+
+def test_local_stream_with_a_concurrent_writer_loses_and_repeats_nothing(tmp_path):
+    writer_stream = LocalEventStream(root=str(tmp_path / "s"), segment_bytes=20_000)
+    reader_stream = LocalEventStream(root=str(tmp_path / "s"), segment_bytes=20_000)
+    done = threading.Event()
+
+    def write():
+        for start in range(0, 5_000, 50):
+            writer_stream.put(payloads(start, 50))
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen, checkpoint = [], {}
+    while True:
+        finished = done.is_set()
+        records, checkpoint = reader_stream.read(checkpoint, max_records=333)
+        seen.extend(records)
+        if finished and not records:
+            break
+    thread.join()
+    assert numbers(seen) == list(range(5_000))
+
+
+@pytest.fixture
+def kinesis(moto, boto_client):
+    client = boto_client("kinesis")
+    client.create_stream(StreamName="session-events", ShardCount=2)
+    return KinesisEventStream(stream_name="session-events", region_name="us-east-1", endpoint_url=moto)
+
+
+def test_kinesis_reads_every_shard_from_its_checkpoint(kinesis):
+    assert len(kinesis.shards()) == 2
+    assert kinesis.put(payloads(0, 40), [f"session-{i}" for i in range(40)]) == 40
+    records, checkpoint = kinesis.read({})
+    assert sorted(numbers(records)) == list(range(40))
+    assert {r.shard for r in records} == set(kinesis.shards())  # spread over both shards
+    assert set(checkpoint) == set(kinesis.shards())
+    again, same = kinesis.read(checkpoint)
+    assert again == [] and same == checkpoint
+    kinesis.put(payloads(40, 10), [f"session-{i}" for i in range(40, 50)])
+    records, checkpoint = kinesis.read(checkpoint)
+    assert sorted(numbers(records)) == list(range(40, 50))
+
+
+def test_kinesis_read_in_limited_steps_still_gets_everything_once(kinesis):
+    kinesis.put(payloads(0, 30), [f"k{i}" for i in range(30)])
+    seen, checkpoint = [], {}
+    for _ in range(20):
+        records, checkpoint = kinesis.read(checkpoint, max_records=7)
+        seen.extend(records)
+        if not records:
+            break
+    assert sorted(numbers(seen)) == list(range(30)) and len(seen) == 30

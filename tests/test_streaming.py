@@ -1,0 +1,180 @@
+"""Session events -> archive sensor -> hourly recommendations: no loss, no replay, reproducible hours."""
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+
+import recsys_assets as recsys
+from recsys_assets import streaming
+from recsys_assets.session_events import break_event, make_events
+from resources.artifacts import LocalArtifactStore
+from resources.pgvector import PgVectorStore
+from resources.stream import KinesisEventStream, LocalEventStream, StreamRecord
+from tests.recsys_support import publish_and_load, training_frame
+
+
+@pytest.fixture(scope="module")
+def world(app_db, tmp_path_factory, datasets_dir):
+    root = tmp_path_factory.mktemp("stream")
+    artifacts = LocalArtifactStore(root=str(root / "artifacts"))
+    store = PgVectorStore(db=app_db)
+    frame = training_frame(datasets_dir)
+    trained = publish_and_load(frame, artifacts, store, "stream-v1")
+    customers = frame.drop_duplicates("customernumber")[["customernumber", "city", "country", "creditlimit"]]
+    yield {"root": root, "artifacts": artifacts, "store": store, "frame": frame, "customers": customers, **trained}
+    store.close()
+
+
+def produce(stream, world, n, seed=0, broken=0.0):
+    payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], n, seed=seed,
+                           broken_fraction=broken)
+    stream.put(payloads)
+    return payloads
+
+
+def tick(stream, artifacts, cursor=None):
+    with dg.build_sensor_context(cursor=cursor, resources={"events": stream, "artifacts": artifacts}) as context:
+        result = recsys.session_events_sensor(context)
+    return result, result.cursor
+
+
+def materialize_hour(world, partition, config=None):
+    return dg.materialize([recsys.item_embeddings, recsys.user_embeddings, recsys.recommendations],
+                          selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
+                          resources={"artifacts": world["artifacts"], "pgvector": world["store"]},
+                          run_config=config)
+
+
+def read_lines(artifacts, key):
+    return [json.loads(line) for line in artifacts.read_text(key).splitlines()] if artifacts.exists(key) else []
+
+
+def hour_files(partition):
+    hour = datetime.strptime(partition, "%Y-%m-%d-%H:%M").replace(tzinfo=timezone.utc)
+    folder, stamp = streaming.hour_folder(hour), hour.strftime("%Y-%m-%d-%H")
+    return (f"recommendations/{folder}/recommendations-{stamp}.jsonl", f"dead_letter/{folder}/dead-letter-{stamp}.jsonl")
+
+
+def test_events_flow_into_hourly_recommendations_exactly_once(world, tmp_path):
+    stream = LocalEventStream(root=str(tmp_path / "stream"))
+    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    produce(stream, world, 120, seed=1, broken=0.1)
+    result, cursor = tick(stream, artifacts)
+    [request] = result.run_requests
+    partition = request.partition_key
+    raw = artifacts.list("raw_events/")
+    assert len(raw) == 1 and raw[0].key.startswith(f"raw_events/{streaming.hour_folder(datetime.now(timezone.utc))}")
+
+    result, cursor = tick(stream, artifacts, cursor)
+    assert not result.run_requests and result.skip_reason  # nothing new: nothing requested
+
+    produce(stream, world, 80, seed=2)
+    result, cursor = tick(stream, artifacts, cursor)
+    assert [r.partition_key for r in result.run_requests] == [partition]
+    assert result.run_requests[0].run_key != request.run_key
+
+    # a restart: a fresh evaluation with the kept cursor replays nothing
+    result, _ = tick(stream, artifacts, json.loads(json.dumps(cursor)))
+    assert not result.run_requests
+
+    outcome = materialize_hour({**world, "artifacts": artifacts}, partition)
+    meta = outcome.asset_materializations_for_node("recommendations")[0].metadata
+    assert meta["events_in"].value == 200
+    assert meta["enriched"].value + meta["dead_lettered"].value == 200 and meta["dead_lettered"].value > 0
+    [check] = outcome.get_asset_check_evaluations()
+    assert check.passed and check.check_name == "events_reconcile"
+    output, dead = hour_files(partition)
+    records = read_lines(artifacts, output)
+    assert len(records) == meta["enriched"].value
+    assert len({r["session_id"] for r in records}) == len(records)  # no duplicates
+    assert all(len(r["recommended_items"]) == 5 for r in records)
+    letters = read_lines(artifacts, dead)
+    assert all(letter["reason"] and ("payload" in letter or "payload_base64" in letter) for letter in letters)
+
+
+def _with_model(world, artifacts):
+    """Copy the published model files next to the events, as one ARTIFACTS_URI holds both."""
+    for info in world["artifacts"].list("ml-artifacts/"):
+        artifacts.write_bytes(info.key, world["artifacts"].read_bytes(info.key))
+    return artifacts
+
+
+def test_a_tick_that_crashed_before_its_cursor_was_kept_is_replayed_without_duplicates(world, tmp_path):
+    stream = LocalEventStream(root=str(tmp_path / "stream"))
+    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    produce(stream, world, 30, seed=3)
+    result, cursor = tick(stream, artifacts)
+    produce(stream, world, 20, seed=4)
+    tick(stream, artifacts, cursor)  # archived, then "crashed": its cursor was never kept
+    produce(stream, world, 10, seed=5)
+    replay, cursor = tick(stream, artifacts, cursor)  # the same start, more events
+    partition = replay.run_requests[0].partition_key
+    batches = artifacts.list("raw_events/")
+    assert len(batches) == 2  # the crashed tick's batch was replaced by the replay's larger one
+    outcome = materialize_hour({**world, "artifacts": artifacts}, partition)
+    meta = outcome.asset_materializations_for_node("recommendations")[0].metadata
+    assert meta["events_in"].value == 60 and meta["duplicates_dropped"].value == 0
+
+
+def test_duplicated_archives_are_deduplicated_and_an_hour_is_reproducible(world, tmp_path):
+    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    hour = datetime(2026, 3, 4, 5, 0, tzinfo=timezone.utc)
+    payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], 25, seed=6)
+    payloads.append(break_event(json.loads(payloads[0]), "not json"))
+    records = [StreamRecord("shard-a", str(100 + i), p, hour + timedelta(seconds=i)) for i, p in enumerate(payloads)]
+    streaming.archive(artifacts, records[:15])
+    streaming.archive(artifacts, records[10:])  # overlaps the first batch (another first sequence)
+    partition = "2026-03-04-05:00"
+    first = materialize_hour({**world, "artifacts": artifacts}, partition)
+    meta = first.asset_materializations_for_node("recommendations")[0].metadata
+    assert (meta["events_in"].value, meta["duplicates_dropped"].value, meta["dead_lettered"].value) == (26, 5, 1)
+    output, dead = hour_files(partition)
+    before = artifacts.read_bytes(output)
+    materialize_hour({**world, "artifacts": artifacts}, partition)  # a backfill of the same hour
+    assert artifacts.read_bytes(output) == before
+    assert read_lines(artifacts, dead)[0]["reason"].startswith("not JSON")
+
+
+def test_events_of_two_hours_request_two_partitions(world, tmp_path):
+    artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
+    start = datetime(2026, 5, 6, 7, 59, 50, tzinfo=timezone.utc)
+    records = [StreamRecord("shard-a", str(i), b"{}", start + timedelta(seconds=5 * i)) for i in range(4)]
+    written = streaming.archive(artifacts, records)
+    assert sorted(written) == ["2026-05-06-07:00", "2026-05-06-08:00"]
+
+
+def test_after_a_model_change_an_hour_is_recomputed_with_the_new_version(world, tmp_path):
+    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    hour = datetime(2026, 3, 5, 6, 0, tzinfo=timezone.utc)
+    payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], 10, seed=7)
+    streaming.archive(artifacts, [StreamRecord("shard-a", str(i), p, hour) for i, p in enumerate(payloads)])
+    partition = "2026-03-05-06:00"
+    store = PgVectorStore(db=world["store"].db, item_table="item_emb_v2", user_table="user_emb_v2")
+    try:
+        publish_and_load(world["frame"], artifacts, store, "stream-v2", epochs=20, seed=11)
+        outcome = dg.materialize([recsys.item_embeddings, recsys.user_embeddings, recsys.recommendations],
+                                 selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
+                                 resources={"artifacts": artifacts, "pgvector": store})
+        assert outcome.asset_materializations_for_node("recommendations")[0].metadata["model_version"].value == "stream-v2"
+        records = read_lines(artifacts, hour_files(partition)[0])
+        assert {r["enrichment"]["model_version"] for r in records} == {"stream-v2"}
+    finally:
+        store.close()
+
+
+def test_the_sensor_reads_a_kinesis_stream(world, moto, boto_client, tmp_path):
+    boto_client("kinesis").create_stream(StreamName="sessions", ShardCount=2)
+    stream = KinesisEventStream(stream_name="sessions", region_name="us-east-1", endpoint_url=moto)
+    artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
+    produce(stream, world, 40, seed=8)
+    result, cursor = tick(stream, artifacts)
+    assert len(result.run_requests) == 1
+    names = sorted(info.key.rsplit("/", 1)[-1] for info in artifacts.list("raw_events/"))
+    assert [name.split("-")[0] + "-" + name.split("-")[1] for name in names] == sorted(stream.shards())  # one batch per shard
+    assert set(json.loads(cursor)["checkpoint"]) == set(stream.shards())
+    produce(stream, world, 5, seed=9)
+    result, cursor = tick(stream, artifacts, cursor)
+    archived = sum(len(artifacts.read_text(i.key).splitlines()) for i in artifacts.list("raw_events/"))
+    assert archived == 45
