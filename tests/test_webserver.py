@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import pandas as pd
+
 from credit_assets import customer_store, population
+from recsys_assets.session_events import make_events
+from resources.stream import LocalEventStream
 from resources.dagster_instance import prepare_dagster_home
 from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server
 from resources.settings import PROJECT_ROOT, PlatformSettings
@@ -28,6 +32,10 @@ mutation Launch($params: ExecutionParams!) {
   }
 }"""
 RUN_STATUS = """query Status($runId: ID!) { runOrError(runId: $runId) { __typename ... on Run { status } } }"""
+JOB_RUNS = """
+query JobRuns($job: String!) {
+  runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { runId status tags { key value } } } }
+}"""
 CHECKS = """
 query Checks($runId: ID!) {
   runOrError(runId: $runId) { ... on Run { assetCheckSelection { name } } }
@@ -85,7 +93,7 @@ def dagster_dev(tmp_path, datasets_dir):
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"dagster dev did not come up:\n{log_tail()}")
         time.sleep(1)
-    yield port, db, log_tail
+    yield port, db, log_tail, data_dir
     os.killpg(process.pid, signal.SIGINT)
     try:
         process.wait(timeout=60)
@@ -114,7 +122,7 @@ def launch_and_wait(port: int, job: str, log_tail) -> str:
 
 
 def test_ui_shows_the_graph_and_materialises_both_pipelines(dagster_dev):
-    port, db, log_tail = dagster_dev
+    port, db, log_tail, data_dir = dagster_dev
     nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(port, ASSET_GRAPH)["assetNodes"]}
     assert {("credit_scores",), ("customer_updates",), ("customers",)} <= set(nodes)
     assert {tuple(d["path"]) for d in nodes[("credit_scores",)]["dependencyKeys"]} == {
@@ -135,3 +143,30 @@ def test_ui_shows_the_graph_and_materialises_both_pipelines(dagster_dev):
         loaded = conn.execute("SELECT version, rows FROM embedding_versions WHERE logical_table = 'item_emb' "
                               "AND status = 'active'").fetchone()
     assert loaded is not None and loaded[0].endswith(recsys_run[:8]) and loaded[1] > 0
+
+    # the daemon's sensors: the new model version is noticed, and produced events become an hour of
+    # recommendations, without anyone launching a run
+    stream = LocalEventStream(root=str(Path(data_dir) / "stream" / "session-events"))
+    with db.connect() as conn:
+        codes = [row[0] for row in conn.execute("SELECT id FROM item_emb ORDER BY id").fetchall()]
+    customers = pd.DataFrame({"customernumber": [103, 112], "city": ["Nantes", "Las Vegas"],
+                              "country": ["France", "USA"], "creditlimit": [21000.0, 71800.0]})
+    stream.put(make_events(codes, customers, 40, seed=5))
+    for job in ("embeddings_load_job", "recommendations_job"):
+        wait_for_sensor_run(port, job, log_tail)
+    output = Path(data_dir) / "artifacts" / "recommendations"  # the events' hour (or two, at an hour's turn)
+    assert sum(len(p.read_text().splitlines()) for p in output.rglob("*.jsonl")) == 40
+
+
+def wait_for_sensor_run(port: int, job: str, log_tail) -> None:
+    deadline = time.monotonic() + 240
+    runs = []
+    while time.monotonic() < deadline:
+        runs = graphql(port, JOB_RUNS, {"job": job})["runsOrError"]["results"]
+        if any(r["status"] == "SUCCESS" for r in runs):
+            assert all(any(t["key"] == "dagster/sensor_name" for t in r["tags"]) for r in runs)
+            return
+        if any(r["status"] == "FAILURE" for r in runs):
+            break
+        time.sleep(3)
+    pytest.fail(f"no successful sensor-triggered {job} run ({[r['status'] for r in runs]}):\n{log_tail()}")
