@@ -6,11 +6,13 @@ from __future__ import annotations
 import dagster as dg
 
 import credit_assets
+import mlops_assets
 import recsys_assets
 from resources.settings import build_resources
 
 defs = dg.Definitions.merge(
     credit_assets.defs,
     recsys_assets.defs,
+    mlops_assets.defs,
     dg.Definitions(resources=build_resources()),
 )

@@ -25,6 +25,7 @@ from credit_assets.policy import APPROVED, LimitPolicy, decide_limits
 from resources.artifacts import ArtifactStore, join_key
 from resources.datasets import ReferenceDatasets
 from resources.metadata import markdown_mapping, markdown_table
+from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version, read_manifest, read_verified, sha256_hex
 from resources.postgres import PostgresDatabase
 from resources.readonly import ReadOnlyDatabase
@@ -111,15 +112,25 @@ class CreditModelConfig(dg.Config):
     seed: int = 7
 
 
+TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.tracking)
+    "MODEL_DB_SYNC": "true",
+    "MODEL_DB_PROJECT_NAME": "credit-limit-increase",
+    "MODEL_DB_PROJECT_USER": "credit-risk-analytics",
+    "MODEL_DB_PROJECT_DESC": "Credit-limit-increase batch scoring: scorecard on bank applications",
+    "MODEL_DB_MODEL_NAME": "credit-scorecard",
+    "MODEL_DB_MODEL_TYPE": "torch-logistic-regression",
+}
+
+
 @dg.asset(group_name=GROUP, deps=[credit_training_data], kinds={"torch", "sagemaker"})
 def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, sagemaker: SageMakerResource,
-                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+                 artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The credit scorecard: a torch logistic regression on the application features, scaled to points.
 
     Trained as a SageMaker script-mode job (``credit_assets/model_code/train.py``; locally by default) and
     published as a version under ``credit/models/<version>/``: state_dict weights, preprocessing and
     scaling as JSON, the SageMaker ``model.tar.gz``, and a manifest with checksums, metrics and the
-    training-data fingerprint.
+    training-data fingerprint. Registered in the model registry as PendingManualApproval.
     """
     data = artifacts.read_json(TRAINING_DATA_POINTER)
     version = new_version(context.run.run_id)
@@ -131,7 +142,7 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
         channels={"train": data["prefix"]},
         hyperparameters=hyperparameters,
         output_prefix="sagemaker/training",
-        tags={"project": "credit-limit-increase", "model_version": version, "dagster_run_id": context.run.run_id},
+        tags={**TRACKING_TAGS, "model_version": version, "dagster_run_id": context.run.run_id},
         metric_definitions=METRIC_DEFINITIONS,
         log=context.log.debug,
     )
@@ -156,10 +167,17 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
             "sagemaker_model_data_uri": job.model_data_uri,
         },
     )
+    package = registry.register(
+        "credit", model_version=version, model_data_url=artifacts.uri(join_key(MODEL_PREFIX, version, "model.tar.gz")),
+        metrics={k: metrics[k] for k in ("validation_auc", "validation_gini", "development_auc")},
+        data_fingerprint=data["fingerprint"], description=f"credit scorecard {version}, trained by {job.name}",
+    )
     distribution = metrics["validation_score_distribution"]
     return dg.MaterializeResult(
         metadata={
             "model_version": version,
+            "model_package": package.arn,
+            "approval_status": package.status,
             "validation_auc": metrics["validation_auc"],
             "validation_gini": metrics["validation_gini"],
             "development_auc": metrics["development_auc"],
@@ -224,16 +242,18 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
 
 
 @dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"}, pool=SCORING_POOL)
-def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResource,
-                  artifacts: ArtifactStore) -> dg.MaterializeResult:
-    """New scorecard points and decline probability for each eligible customer, from the newest model.
+def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResource, artifacts: ArtifactStore,
+                  registry: ModelRegistry) -> dg.MaterializeResult:
+    """New scorecard points and decline probability for each eligible customer, from the newest Approved
+    model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest).
 
     Batch inference through SageMaker Batch Transform (``model_code/inference.py``; run locally by default).
     Customers with a category value the model never saw are skipped and counted per column.
     """
     eligible = artifacts.read_parquet(ELIGIBLE_KEY)
     batch_id = artifacts.parquet_metadata(ELIGIBLE_KEY)["batch_id"]
-    manifest = read_manifest(artifacts, MODEL_PREFIX)
+    package = registry.select("credit")
+    manifest = read_manifest(artifacts, MODEL_PREFIX, package.model_version)
     version = manifest["version"]
     preprocessing = json.loads(read_verified(artifacts, MODEL_PREFIX, manifest, scorecard.PREPROCESSING_FILE))
     read_verified(artifacts, MODEL_PREFIX, manifest, "model.tar.gz")  # fail here, clearly, if it is corrupt
@@ -268,6 +288,7 @@ def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResourc
         metadata={
             "batch_id": batch_id,
             "model_version": version,
+            "model_package": f"{package.arn} ({package.status})",
             "scored": len(scores),
             "skipped": dg.MetadataValue.json(skipped_counts),
             "transform_job": job_name or "(nothing to score)",

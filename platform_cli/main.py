@@ -37,14 +37,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from credit_assets import customer_store, population
-    from platform_cli import demo
+    from platform_cli.demo import DemoFlow
     from resources.dagster_instance import prepare_dagster_home
 
     settings = _settings()
     home = prepare_dagster_home(settings)
+    from definitions import defs
+
+    instance = dg.DagsterInstance.from_config(str(home))
     with open_resources(settings) as resources:
-        artifacts = resources.artifacts
         print(f"application database: {resources.app_db.describe()}")
+        print(f"model registry: {type(resources.registry).__name__} ({resources.registry.version_policy} versions "
+              f"are put to work); notifications: {resources.notifier.describe()}")
         if args.workflow in ("all", "credit"):
             with resources.app_db.connect(autocommit=True) as conn:
                 existing = customer_store.count_customers(conn)
@@ -57,24 +61,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"credit training data: {source or 'generated (no BankCaseStudyData.csv under DATASETS_DIR)'}")
         if args.workflow in ("all", "recsys"):
             print(f"recommender source: {resources.source_db.describe()}")
-
-    from definitions import defs
-
-    instance = dg.DagsterInstance.from_config(str(home))
-    ok = True
-    if args.workflow in ("all", "credit"):
-        result = demo.run_job(defs, "credit_pipeline_job", instance)
-        ok = result.success and demo.credit_summary(result, artifacts) and ok
-    if args.workflow in ("all", "recsys"):
-        result = demo.run_job(defs, "recsys_pipeline_job", instance)
-        ok = result.success and demo.recsys_summary(result, artifacts) and ok
-        if result.success:
-            with open_resources(settings) as resources:
-                ok = demo.stream_demo(defs, instance, resources, args.events) and ok
-    print("\nwhere to look:")
-    print(f"  artifacts          {artifacts.uri()}")
+        flow = DemoFlow(defs, instance, resources)
+        if args.workflow in ("all", "credit"):
+            flow.credit()
+        if args.workflow in ("all", "recsys"):
+            flow.recsys(args.events)
+        flow.tracking()
+        print("\nwhere to look:")
+        print(f"  artifacts          {resources.artifacts.uri()}")
+        print(f"  model registry     mldp registry list")
     print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000; runs are kept in {home})")
-    return 0 if ok else 1
+    return 0 if flow.ok else 1
 
 
 def cmd_produce_events(args: argparse.Namespace) -> int:
@@ -99,6 +96,42 @@ def cmd_produce_events(args: argparse.Namespace) -> int:
             if args.rate:
                 time.sleep(max(0.0, started + sent / args.rate - time.monotonic()))
         print(f"{sent:,} events sent in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from resources.model_registry import APPROVED, REJECTED, RegistryError
+
+    with open_resources(_settings()) as resources:
+        registry = resources.registry
+        try:
+            if args.action == "list":
+                groups = [args.group] if args.group else [registry.group_for(p) for p in ("credit", "recsys")]
+                for group in groups:
+                    packages = registry.packages(group)
+                    print(f"{group}: {len(packages)} version(s)")
+                    for package in packages:
+                        metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(package.metrics.items()))
+                        print(f"  {package.version:>3}  {package.status:<22} {package.model_version}  {metrics}"
+                              + (f"  ({package.approval_description})" if package.approval_description else ""))
+                return 0
+            status = APPROVED if args.action == "approve" else REJECTED
+            package = registry.set_status(args.group, args.version, status, args.reason)
+        except RegistryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(f"{package.arn}: {package.status} ({args.reason})")
+    return 0
+
+
+def cmd_sagemaker_pipeline(args: argparse.Namespace) -> int:
+    from mlops_assets.sagemaker_pipeline import CreditPipelineExportConfig, export_credit_pipeline
+
+    with open_resources(_settings()) as resources:
+        result = export_credit_pipeline(CreditPipelineExportConfig(upsert=args.upsert), resources.sagemaker,
+                                        resources.registry)
+    print(f"SageMaker Pipeline {result['pipeline']}: {result['outcome']} ({result['steps']} steps); "
+          f"definition at {result['definition_uri']}")
     return 0
 
 
@@ -190,6 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--new-customers", type=float, default=0.1, help="share of customers the model never saw")
     produce.add_argument("--seed", type=int, default=None)
     produce.set_defaults(func=cmd_produce_events)
+
+    registry = commands.add_parser("registry", help="list, approve or reject model package versions")
+    registry_actions = registry.add_subparsers(dest="action", required=True)
+    listing = registry_actions.add_parser("list", help="the versions of a group (default: credit and recsys)")
+    listing.add_argument("group", nargs="?")
+    for action in ("approve", "reject"):
+        decide = registry_actions.add_parser(action, help=f"{action} a version, with a reason")
+        decide.add_argument("group", help="e.g. credit-dev-models")
+        decide.add_argument("version", type=int)
+        decide.add_argument("--reason", required=True)
+    registry.set_defaults(func=cmd_registry)
+
+    pipeline = commands.add_parser("sagemaker-pipeline", help="export the credit pipeline as a SageMaker Pipeline")
+    pipeline.add_argument("--upsert", action="store_true", help="create or update it in SageMaker (needs AWS)")
+    pipeline.set_defaults(func=cmd_sagemaker_pipeline)
 
     readonly = commands.add_parser("readonly-check", help="connect through the read-only resource and report")
     readonly.set_defaults(func=cmd_readonly_check)

@@ -20,6 +20,7 @@ import dagster as dg
 from recsys_assets import embeddings, ratings_etl
 from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import markdown_mapping
+from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version
 from resources.pgvector import PgVectorStore
 from resources.sagemaker import MetricDefinition, SageMakerResource
@@ -101,6 +102,16 @@ def recsys_catalog(source_db: SourceDatabase, artifacts: ArtifactStore) -> dg.Ma
                                           "uri": dg.MetadataValue.path(artifacts.uri(CATALOG_PREFIX))})
 
 
+TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.tracking)
+    "MODEL_DB_SYNC": "true",
+    "MODEL_DB_PROJECT_NAME": "recommender",
+    "MODEL_DB_PROJECT_USER": "personalisation",
+    "MODEL_DB_PROJECT_DESC": "classicmodels recommendations: two-tower embeddings served from pgvector",
+    "MODEL_DB_MODEL_NAME": "two-tower-recommender",
+    "MODEL_DB_MODEL_TYPE": "torch-two-tower",
+}
+
+
 class RecsysModelConfig(dg.Config):
     embedding_dim: int = 32
     hidden: int = 64
@@ -113,10 +124,11 @@ class RecsysModelConfig(dg.Config):
 
 @dg.asset(group_name=GROUP, deps=[ratings_training_data, recsys_catalog], kinds={"torch", "sagemaker"})
 def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, sagemaker: SageMakerResource,
-                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+                 artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The two-tower recommender, trained as a SageMaker script-mode job (``recsys_assets/model_code``) and
     published in the lab's layout under ``ml-artifacts/<version>/``: embeddings CSVs, ``model/``, JSON
-    scalers, and ``manifest.json`` last (version, dimension, row counts, metrics, data fingerprint)."""
+    scalers, and ``manifest.json`` last (version, dimension, row counts, metrics, data fingerprint). Registered
+    in the model registry as PendingManualApproval."""
     data = artifacts.read_json(join_key(TRAINING_PREFIX, ratings_etl.MANIFEST))
     version = new_version(context.run.run_id)
     hyperparameters = config.model_dump()
@@ -124,7 +136,7 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
         job_name=f"recsys-model-{version}", source_dir=MODEL_CODE_DIR, entry_point="train.py",
         channels={"train": TRAINING_PREFIX, "catalog": CATALOG_PREFIX}, hyperparameters=hyperparameters,
         output_prefix="sagemaker/training",
-        tags={"project": "recommender", "model_version": version, "dagster_run_id": context.run.run_id},
+        tags={**TRACKING_TAGS, "model_version": version, "dagster_run_id": context.run.run_id},
         metric_definitions=METRIC_DEFINITIONS, log=context.log.debug,
     )
     model_dir = Path(job.model_dir)
@@ -140,9 +152,16 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
         "hyperparameters": hyperparameters,
         "sagemaker_model_data_uri": job.model_data_uri,
     })
+    package = registry.register(
+        "recsys", model_version=version, model_data_url=job.model_data_uri,
+        metrics={k: metrics[k] for k in ("validation_rmse", "validation_ndcg_at_5", "popularity_ndcg_at_5")},
+        data_fingerprint=data["fingerprint"], description=f"two-tower recommender {version}, trained by {job.name}",
+    )
     return dg.MaterializeResult(
         metadata={
             "model_version": version,
+            "model_package": package.arn,
+            "approval_status": package.status,
             "validation_rmse": metrics["validation_rmse"],
             "item_mean_baseline_rmse": metrics["item_mean_baseline_rmse"],
             "validation_ndcg_at_5": metrics["validation_ndcg_at_5"],
@@ -157,23 +176,25 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
 
 
 class EmbeddingsVersionConfig(dg.Config):
-    """Which ``ml-artifacts/<version>`` to load; empty: the newest complete version."""
+    """Which ``ml-artifacts/<version>`` to load; empty: the model registry's choice (the newest Approved
+    version, or the newest registered one with MODEL_VERSION_POLICY=newest)."""
 
     version: str = ""
 
 
 def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pgvector: PgVectorStore,
-          relative: str, table: str) -> dg.MaterializeResult:
+          registry: ModelRegistry, relative: str, table: str) -> dg.MaterializeResult:
     available = embeddings.complete_versions(artifacts)
     if not available:
         raise embeddings.EmbeddingsFileError(
             f"no complete model version under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)} (a version needs "
             "manifest.json listing files that are all present)")
-    version = config.version or embeddings.newest(available).version
+    version = config.version or registry.select("recsys").model_version
     if version not in available:
         raise embeddings.EmbeddingsFileError(
             f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)}")
     manifest = available[version].manifest
+    package = registry.find("recsys", version)
     rows = embeddings.read_embeddings(artifacts, version, manifest, relative)
     report = pgvector.load_embeddings(table, rows, rows.dimension, version=version)  # checked against the manifest
     context.log.info(f"{table}: version {version} live with {report.rows:,} rows"
@@ -189,6 +210,7 @@ def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pg
             "previous_version": report.previous_version or "",
             "dropped_tables": dg.MetadataValue.json(report.dropped_tables),
             "already_live": report.skipped,
+            "model_package": f"{package.arn} ({package.status})" if package else "not registered",
             "source": rows.source,
         }
     )
@@ -196,14 +218,14 @@ def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pg
 
 @dg.asset(group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"}, pool="recsys_embeddings")
 def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
-                    pgvector: PgVectorStore) -> dg.MaterializeResult:
+                    pgvector: PgVectorStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """``item_emb (id varchar primary key, embedding vector(32))`` with an HNSW cosine index, loaded from a
     model version's ``embeddings/item_embeddings.csv`` by staging and swap."""
-    return _load(context, config, artifacts, pgvector, embeddings.ITEM_FILE, pgvector.item_table)
+    return _load(context, config, artifacts, pgvector, registry, embeddings.ITEM_FILE, pgvector.item_table)
 
 
 @dg.asset(group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"}, pool="recsys_embeddings")
 def user_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
-                    pgvector: PgVectorStore) -> dg.MaterializeResult:
+                    pgvector: PgVectorStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """``user_emb (id int primary key, embedding vector(32))``, loaded like `item_embeddings`."""
-    return _load(context, config, artifacts, pgvector, embeddings.USER_FILE, pgvector.user_table)
+    return _load(context, config, artifacts, pgvector, registry, embeddings.USER_FILE, pgvector.user_table)

@@ -200,11 +200,6 @@ def complete_versions(store: ArtifactStore, problems: list[str] | None = None) -
     return complete
 
 
-def newest(versions: Mapping[str, CompleteVersion]) -> CompleteVersion:
-    """The version that became complete most recently."""
-    return max(versions.values(), key=lambda v: (v.published_at, v.version))
-
-
 def manifest_number(section: Mapping[str, Any], field: str, uri: str, prefix: str = "") -> int | None:
     """A whole number from a manifest, None when absent; a clear error naming the field when malformed."""
     value = section.get(field) if isinstance(section, Mapping) else None

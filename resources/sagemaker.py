@@ -231,11 +231,15 @@ class SageMakerResource(dg.ConfigurableResource):
         job.output_keys = sorted(produced)
         return job
 
-    def list_training_jobs(self, *, status: str | None = "Completed", max_results: int = 100) -> list[TrainingJob]:
-        """Training jobs, newest first, with tags (local: this machine's job records; aws: ListTrainingJobs)."""
+    def list_training_jobs(self, *, status: str | None = "Completed", max_results: int = 100,
+                           problems: list[str] | None = None) -> list[TrainingJob]:
+        """Training jobs, newest first, with tags (local: this machine's job records; aws: ListTrainingJobs).
+
+        Jobs whose record cannot be read are left out and described in `problems`.
+        """
         if self.backend == "local":
-            return self._list_local(status, max_results)
-        return self._list_aws(status, max_results)
+            return self._list_local(status, max_results, problems)
+        return self._list_aws(status, max_results, problems)
 
     def describe_training_job(self, job_name: str) -> TrainingJob:
         if self.backend == "local":
@@ -243,7 +247,7 @@ class SageMakerResource(dg.ConfigurableResource):
             if not record.exists():
                 raise SageMakerJobError(f"no local training job named {job_name}")
             return TrainingJob(**json.loads(record.read_text()))
-        return self._job_from_description(self._client().describe_training_job(TrainingJobName=job_name))
+        return self._job_from_description(self.client().describe_training_job(TrainingJobName=job_name))
 
     # --- local backend -------------------------------------------------------------------------------
 
@@ -383,11 +387,16 @@ class SageMakerResource(dg.ConfigurableResource):
             output_uri=self.artifacts.uri(output_prefix), started_at=started, ended_at=_now(),
         )
 
-    def _list_local(self, status: str | None, max_results: int) -> list[TrainingJob]:
+    def _list_local(self, status: str | None, max_results: int, problems: list[str] | None) -> list[TrainingJob]:
         root = Path(self.work_dir) / "training"
         jobs = []
         for record in root.glob("*/job.json") if root.exists() else ():
-            job = TrainingJob(**json.loads(record.read_text()))
+            try:
+                job = TrainingJob(**json.loads(record.read_text()))
+            except (json.JSONDecodeError, TypeError) as exc:
+                if problems is not None:
+                    problems.append(f"training job record {record} is unreadable: {exc}")
+                continue
             if status is None or job.status == status:
                 jobs.append(job)
         jobs.sort(key=lambda j: (j.ended_at or "", j.name), reverse=True)
@@ -395,10 +404,12 @@ class SageMakerResource(dg.ConfigurableResource):
 
     # --- aws backend ---------------------------------------------------------------------------------
 
-    def _client(self):
+    def client(self):
+        """A boto3 SageMaker client for this resource's region and endpoint."""
         import boto3
 
         return boto3.client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url or None)
+
 
     def _require_role(self) -> str:
         if not self.role_arn:
@@ -447,7 +458,7 @@ class SageMakerResource(dg.ConfigurableResource):
 
     def _train_aws(self, *, job_name, source_dir, entry_point, channels, hyperparameters, output_prefix, tags,
                    metric_definitions, log) -> TrainingJob:
-        client = self._client()
+        client = self.client()
         role = self._require_role()
         source_uri = self._upload_source(job_name, source_dir)
         framework_hps = {
@@ -514,7 +525,7 @@ class SageMakerResource(dg.ConfigurableResource):
 
     def _transform_aws(self, *, job_name, source_dir, entry_point, model_data_key, input_prefix, output_prefix,
                        content_type, accept, max_payload_mb, tags, log) -> TransformJob:
-        client = self._client()
+        client = self.client()
         role = self._require_role()
         source_uri = self._upload_source(job_name, source_dir)
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -566,8 +577,8 @@ class SageMakerResource(dg.ConfigurableResource):
             started_at=str(description.get("TransformStartTime") or ""), ended_at=str(description.get("TransformEndTime") or ""),
         )
 
-    def _list_aws(self, status: str | None, max_results: int) -> list[TrainingJob]:
-        client = self._client()
+    def _list_aws(self, status: str | None, max_results: int, problems: list[str] | None) -> list[TrainingJob]:
+        client = self.client()
         kwargs: dict[str, Any] = {"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": min(max_results, 100)}
         if status:
             kwargs["StatusEquals"] = status
@@ -576,7 +587,11 @@ class SageMakerResource(dg.ConfigurableResource):
         for summary in summaries[:max_results]:
             description = client.describe_training_job(TrainingJobName=summary["TrainingJobName"])
             tags = client.list_tags(ResourceArn=description["TrainingJobArn"]).get("Tags", [])
-            jobs.append(self._job_from_description(description, tags={t["Key"]: t["Value"] for t in tags}))
+            try:
+                jobs.append(self._job_from_description(description, tags={t["Key"]: t["Value"] for t in tags}))
+            except KeyError as exc:
+                if problems is not None:
+                    problems.append(f"training job {summary['TrainingJobName']} lacks {exc.args[0]} in its description")
         return jobs
 
 

@@ -9,6 +9,7 @@ variable's name, never its value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ class PlatformSettings:
     source_database_url: str | None = None
     stream_backend: str = "local"
     kinesis_stream_name: str | None = None
+    environment: str = "dev"
+    registry_backend: str = "local"
+    model_version_policy: str = "approved"
+    notifier_backend: str = "local"
+    sns_topic_arn: str | None = None
+    notify_webhook_url: str | None = None
     embeddings_retention: int = 2
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
@@ -93,6 +100,20 @@ class PlatformSettings:
             raise ConfigurationError(f"STREAM_BACKEND must be 'local' or 'kinesis', not {stream_backend!r}")
         if stream_backend == "kinesis" and not get("KINESIS_STREAM_NAME"):
             raise ConfigurationError("STREAM_BACKEND=kinesis needs KINESIS_STREAM_NAME")
+        registry_backend = (get("MODEL_REGISTRY_BACKEND") or "local").lower()
+        if registry_backend not in ("local", "sagemaker"):
+            raise ConfigurationError(f"MODEL_REGISTRY_BACKEND must be 'local' or 'sagemaker', not {registry_backend!r}")
+        policy = (get("MODEL_VERSION_POLICY") or "approved").lower()
+        if policy not in ("approved", "newest"):
+            raise ConfigurationError(f"MODEL_VERSION_POLICY must be 'approved' or 'newest', not {policy!r}")
+        notifier_backend = (get("NOTIFIER_BACKEND") or "local").lower()
+        if notifier_backend not in ("local", "sns"):
+            raise ConfigurationError(f"NOTIFIER_BACKEND must be 'local' or 'sns', not {notifier_backend!r}")
+        if notifier_backend == "sns" and not get("SNS_TOPIC_ARN"):
+            raise ConfigurationError("NOTIFIER_BACKEND=sns needs SNS_TOPIC_ARN")
+        environment = get("MLDP_ENV") or "dev"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", environment):
+            raise ConfigurationError(f"MLDP_ENV must be lower-case letters, digits and hyphens, not {environment!r}")
         retention = get("EMBEDDINGS_RETENTION") or "2"
         if not retention.isdigit():
             raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
@@ -106,6 +127,12 @@ class PlatformSettings:
             source_database_url=get("SOURCE_DATABASE_URL"),
             stream_backend=stream_backend,
             kinesis_stream_name=get("KINESIS_STREAM_NAME"),
+            environment=environment,
+            registry_backend=registry_backend,
+            model_version_policy=policy,
+            notifier_backend=notifier_backend,
+            sns_topic_arn=get("SNS_TOPIC_ARN"),
+            notify_webhook_url=get("NOTIFY_WEBHOOK_URL"),
             embeddings_retention=int(retention),
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -149,12 +176,15 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 
     from resources.artifacts import LocalArtifactStore, S3ArtifactStore, parse_artifacts_uri
     from resources.datasets import ReferenceDatasets
+    from resources.model_registry import LocalModelRegistry, SageMakerModelRegistry
+    from resources.notifier import LocalNotifier, SnsNotifier
     from resources.pgvector import PgVectorStore
     from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
     from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
     from resources.sagemaker import SageMakerResource
     from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
     from resources.stream import KinesisEventStream, LocalEventStream
+    from resources.tracking import TrackingStore
 
     settings = settings or PlatformSettings.from_env()
     aws = {"region_name": settings.aws_region, "endpoint_url": settings.aws_endpoint_url}
@@ -208,6 +238,17 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
     else:
         events = LocalEventStream(root=str(settings.local_stream_dir))
 
+    registry_settings = {"env": settings.environment, "version_policy": settings.model_version_policy}
+    if settings.registry_backend == "sagemaker":
+        registry = SageMakerModelRegistry(**registry_settings, **aws, inference_image=settings.sagemaker_inference_image or "")
+    else:
+        registry = LocalModelRegistry(db=app_db, **registry_settings)
+    if settings.notifier_backend == "sns":
+        notifier = SnsNotifier(topic_arn=settings.sns_topic_arn, **aws)
+    else:
+        notifier = LocalNotifier(path=str(settings.data_dir / "notifications.jsonl"),
+                                 webhook_url=settings.notify_webhook_url)
+
     return {
         "app_db": app_db,
         "readonly_db": readonly_db,
@@ -217,6 +258,9 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "source_db": source_db,
         "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention),
         "events": events,
+        "registry": registry,
+        "notifier": notifier,
+        "tracking": TrackingStore(db=app_db),
     }
 
 

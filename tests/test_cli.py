@@ -31,12 +31,17 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     first = mldp("demo", "--customers", "800", "--events", "120", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "loaded 800 demo customers" in first.stdout
-    assert "recommender pipeline: run" in first.stdout and "item_emb 110 rows" in first.stdout
+    assert re.search(r"registered as \S+credit-dev-models/1 \(PendingManualApproval\)", first.stdout)
+    assert "notification: [SageMaker] New Model Registered in credit-dev-models" in first.stdout
+    assert "approved credit-dev-models version 1" in first.stdout
+    assert "notification: [SageMaker] New Model Approved in recsys-dev-models" in first.stdout
+    assert "the approval requested embeddings_load_job" in first.stdout
+    assert "item_emb 110 rows" in first.stdout
     assert "produced 120 session events" in first.stdout
-    streamed = re.search(r"(\d+) events: (\d+) enriched \(\d+ partly\), (\d+) dead-lettered; events_reconcile passed",
+    streamed = re.search(r"(\d+) events, (\d+) enriched \(\d+ partly\), (\d+) dead-lettered; events_reconcile passed",
                          first.stdout)
     assert streamed and int(streamed.group(1)) == 120 == int(streamed.group(2)) + int(streamed.group(3))
-    assert re.search(r"run \S+ succeeded", first.stdout)
+    assert "2 training run(s) recorded" in first.stdout
     assert "checks: decisions_follow_policy passed" in first.stdout
     results_uri = re.search(r"batch results\s+(file://\S+)", first.stdout).group(1)
     results = json.loads(Path(results_uri[len("file://"):]).read_text())
@@ -58,3 +63,7 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     assert int(psql.stdout.strip()) == results["updated"]
     produced = mldp("produce-events", "--count", "25", "--broken-fraction", "0.2", "--seed", "3", env=env)
     assert produced.returncode == 0 and "25 events sent" in produced.stdout
+    registry = mldp("registry", "list", env=env)
+    assert registry.returncode == 0, registry.stderr
+    assert re.search(r"credit-dev-models: 2 version\(s\)", registry.stdout)
+    assert re.search(r"recsys-dev-models: 1 version\(s\)\n\s+1\s+Approved", registry.stdout)

@@ -13,6 +13,7 @@ from credit_assets.assets import DECISIONS_KEY, ELIGIBLE_KEY, MODEL_PREFIX, SCOR
 from credit_assets.policy import LimitPolicy, policy_violations
 from resources.artifacts import LocalArtifactStore
 from resources.datasets import ReferenceDatasets
+from resources.model_registry import LocalModelRegistry
 from resources.model_versions import list_versions
 from resources.postgres import DatabaseUnavailableError
 from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase
@@ -30,9 +31,10 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("credit")
 
 
-def make_resources(app_db, workdir, datasets_dir, readonly=None):
+def make_resources(app_db, workdir, datasets_dir, readonly=None, policy="newest"):
     artifacts = LocalArtifactStore(root=str(workdir / "artifacts"))
     return {
+        "registry": LocalModelRegistry(db=app_db, version_policy=policy),
         "app_db": app_db,
         "readonly_db": readonly or ProvisionedReadOnlyDatabase(primary=app_db, role="credit_ro"),
         "artifacts": artifacts,
@@ -239,11 +241,17 @@ def test_corrupt_and_missing_model_artifacts(trained, resources, app_db, workdir
         artifacts.write_bytes(key, good)
     assert customers_table(app_db).limit_increase_decision.isna().all()
 
+    # the registry names a version whose files are not in this artifact store
     empty = make_resources(app_db, workdir / "no-model", datasets_dir)
     empty["artifacts"].write_parquet(ELIGIBLE_KEY, pd.DataFrame({"customer_id": []}), metadata={"batch_id": "b"})
     result = dg.materialize(ALL, resources=empty, selection=dg.AssetSelection.assets(credit.credit_scores),
                             raise_on_error=False)
-    assert "no model version has been published under" in failure_message(result)
+    assert "is missing or incomplete: no file://" in failure_message(result)
+    # no model registered at all (another environment's registry)
+    empty["registry"] = LocalModelRegistry(db=app_db, env="staging", version_policy="newest")
+    result = dg.materialize(ALL, resources=empty, selection=dg.AssetSelection.assets(credit.credit_scores),
+                            raise_on_error=False)
+    assert "no usable model in credit-staging-models" in failure_message(result)
 
 
 def test_changed_customers_are_conflicts_not_overwritten(trained, resources, app_db):
@@ -306,6 +314,23 @@ def test_policy_check_blocks_the_write_back(trained, resources, app_db):
     assert not check.passed and check.metadata["violations"].value == 1
     assert not result.asset_materializations_for_node("customer_updates")
     assert customers_table(app_db).limit_increase_decision.isna().all()
+
+
+def test_scoring_uses_the_newest_approved_model_and_says_which(trained, resources, app_db):
+    registry = LocalModelRegistry(db=app_db, version_policy="approved")
+    strict = {**resources, "registry": registry}
+    seed(app_db, population.customers(150, seed=12))
+    [package] = registry.packages("credit-dev-models")[:1]
+    if package.status == "Approved":  # another test may have approved it: start from a pending one
+        registry.set_status(package.group, package.version, "PendingManualApproval", "back to review")
+    result = run_scoring(strict, raise_on_error=False)
+    assert "no Approved model in credit-dev-models (newest: version" in failure_message(result)
+    assert "mldp registry approve credit-dev-models" in failure_message(result)
+    registry.approve(package.group, package.version, "validation Gini above 0.8")
+    result = run_scoring(strict)
+    meta = metadata(result, "credit_scores")
+    assert meta["model_version"] == package.model_version
+    assert meta["model_package"] == f"{package.arn} (Approved)"
 
 
 def test_audit_trail_is_append_only(trained, resources, app_db):

@@ -32,7 +32,7 @@ def test_definitions_load_and_validate():
     defs = load_defs()
     dg.Definitions.validate_loadable(defs)
     assert set(defs.resources) >= {"app_db", "readonly_db", "artifacts", "sagemaker", "datasets", "source_db",
-                                   "pgvector", "events"}
+                                   "pgvector", "events", "registry", "notifier", "tracking"}
 
 
 def test_credit_lineage():
@@ -82,3 +82,19 @@ def test_jobs_and_checks():
     assert checks >= {"decisions_follow_policy", "each_eligible_customer_decided_once", "counts_reconcile"}
     assert selected(defs, "credit_scoring_job") == {
         "eligible_customers", "credit_scores", "limit_decisions", "customer_updates"}
+
+
+def test_mlops_assets_jobs_and_sensors():
+    defs = load_defs()
+    graph = defs.resolve_asset_graph()
+    registry = graph.get(dg.AssetKey("model_registry"))
+    assert not registry.is_materializable and registry.group_name == "mlops"
+    assert graph.get(dg.AssetKey("training_runs")).group_name == "mlops"
+    assert selected(defs, "training_runs_job") == {"training_runs"}
+    approvals = defs.resolve_sensor_def("model_registry_sensor")
+    assert {job.name for job in approvals.jobs} == {"credit_scoring_job", "embeddings_load_job"}
+    assert approvals.default_status == dg.DefaultSensorStatus.RUNNING
+    tracking = defs.resolve_sensor_def("training_jobs_sensor")
+    assert tracking.job_name == "training_runs_job"
+    for job in ("model_approval_job", "credit_sagemaker_pipeline_job"):
+        assert defs.resolve_job_def(job) is not None

@@ -17,7 +17,7 @@ ETL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, r
 
 def run_etl(source, artifacts, chunk_rows=50_000, raise_on_error=True, selection=None):
     return dg.materialize(
-        ETL, resources={"source_db": source, "artifacts": artifacts, "sagemaker": None},
+        ETL, resources={"source_db": source, "artifacts": artifacts, "sagemaker": None, "registry": None},
         selection=selection or dg.AssetSelection.assets(recsys.ratings_training_data),
         run_config=dg.RunConfig({"ratings_training_data": recsys.assets.RatingsEtlConfig(chunk_rows=chunk_rows)}),
         raise_on_error=raise_on_error,

@@ -9,6 +9,7 @@ import recsys_assets as recsys
 from recsys_assets.embeddings import ITEM_FILE, USER_FILE, complete_versions, read_embeddings
 from recsys_assets.model_code import two_tower
 from resources.artifacts import LocalArtifactStore
+from resources.model_registry import LocalModelRegistry
 from resources.pgvector import PgVectorStore
 from resources.sagemaker import SageMakerResource
 from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
@@ -18,9 +19,10 @@ ALL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, r
        recsys.user_embeddings]
 
 
-def resources_for(app_db, root, source):
+def resources_for(app_db, root, source, policy="newest"):
     artifacts = LocalArtifactStore(root=str(root / "artifacts"))
     return {
+        "registry": LocalModelRegistry(db=app_db, version_policy=policy, env=root.name.lower().replace("_", "-")[:20]),
         "source_db": source,
         "artifacts": artifacts,
         "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(root / "sagemaker")),

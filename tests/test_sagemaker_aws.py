@@ -84,7 +84,7 @@ class ObservedSageMaker(SageMakerResource):
     def _wait(self, kind, describe):
         description = super()._wait(kind, describe)
         if kind == "Transform":
-            client = self._client()
+            client = self.client()
             OBSERVED["model"] = client.describe_model(ModelName=description["TransformJobName"])
             if OBSERVED.get("writes_output"):
                 for part in ("part-00000.csv", "part-00001.csv"):

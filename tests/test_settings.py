@@ -4,6 +4,8 @@ import dagster as dg
 import pytest
 
 from resources.artifacts import LocalArtifactStore, S3ArtifactStore
+from resources.model_registry import LocalModelRegistry, SageMakerModelRegistry
+from resources.notifier import LocalNotifier, SnsNotifier
 from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
 from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
 from resources.settings import ConfigurationError, PlatformSettings, build_resources
@@ -25,6 +27,9 @@ def test_defaults_are_all_local(tmp_path):
     assert res["sagemaker"].backend == "local"
     assert isinstance(res["events"], LocalEventStream) and res["events"].root == str(tmp_path / "stream" / "session-events")
     assert isinstance(res["source_db"], EmbeddedClassicModels)
+    assert isinstance(res["registry"], LocalModelRegistry) and res["registry"].group_for("credit") == "credit-dev-models"
+    assert res["registry"].version_policy == "approved"
+    assert isinstance(res["notifier"], LocalNotifier) and res["notifier"].path == str(tmp_path / "notifications.jsonl")
 
 
 def test_aws_settings_select_aws_implementations(tmp_path):
@@ -40,6 +45,11 @@ def test_aws_settings_select_aws_implementations(tmp_path):
         "STREAM_BACKEND": "kinesis",
         "KINESIS_STREAM_NAME": "session-events",
         "SOURCE_DATABASE_URL": "mysql+pymysql://etl:pw@aurora.example:3306/classicmodels",
+        "MODEL_REGISTRY_BACKEND": "sagemaker",
+        "MLDP_ENV": "prod",
+        "MODEL_VERSION_POLICY": "newest",
+        "NOTIFIER_BACKEND": "sns",
+        "SNS_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:model-approvals",
     })
     assert isinstance(res["app_db"], ExternalPostgresDatabase)
     assert res["app_db"].describe() == "postgresql://app@db.example:5432/bank"
@@ -54,6 +64,10 @@ def test_aws_settings_select_aws_implementations(tmp_path):
     assert res["events"].endpoint_url == "http://127.0.0.1:5000"
     assert isinstance(res["source_db"], SqlSourceDatabase)
     assert res["source_db"].describe() == "mysql+pymysql://etl:***@aurora.example:3306/classicmodels"
+    registry = res["registry"]
+    assert isinstance(registry, SageMakerModelRegistry) and registry.group_for("recsys") == "recsys-prod-models"
+    assert registry.version_policy == "newest" and registry.region_name == "eu-west-1"
+    assert isinstance(res["notifier"], SnsNotifier) and res["notifier"].topic_arn.endswith(":model-approvals")
 
 
 def test_readonly_url_is_used_when_given(tmp_path):
@@ -84,6 +98,11 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"STREAM_BACKEND": "kafka"}, "STREAM_BACKEND must be 'local' or 'kinesis'"),
         ({"STREAM_BACKEND": "kinesis"}, "needs KINESIS_STREAM_NAME"),
         ({"EMBEDDINGS_RETENTION": "all"}, "EMBEDDINGS_RETENTION"),
+        ({"MODEL_REGISTRY_BACKEND": "mlflow"}, "MODEL_REGISTRY_BACKEND must be 'local' or 'sagemaker'"),
+        ({"MODEL_VERSION_POLICY": "latest"}, "MODEL_VERSION_POLICY must be 'approved' or 'newest'"),
+        ({"NOTIFIER_BACKEND": "email"}, "NOTIFIER_BACKEND must be 'local' or 'sns'"),
+        ({"NOTIFIER_BACKEND": "sns"}, "needs SNS_TOPIC_ARN"),
+        ({"MLDP_ENV": "Prod Env"}, "MLDP_ENV must be lower-case"),
     ],
 )
 def test_contradictory_settings_name_the_variable(env, message, tmp_path):

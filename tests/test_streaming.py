@@ -43,7 +43,7 @@ def tick(stream, artifacts, cursor=None):
 def materialize_hour(world, partition, config=None):
     return dg.materialize([recsys.item_embeddings, recsys.user_embeddings, recsys.recommendations],
                           selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
-                          resources={"artifacts": world["artifacts"], "pgvector": world["store"]},
+                          resources={"artifacts": world["artifacts"], "pgvector": world["store"], "registry": None},
                           run_config=config)
 
 
@@ -156,7 +156,7 @@ def test_after_a_model_change_an_hour_is_recomputed_with_the_new_version(world, 
         publish_and_load(world["frame"], artifacts, store, "stream-v2", epochs=20, seed=11)
         outcome = dg.materialize([recsys.item_embeddings, recsys.user_embeddings, recsys.recommendations],
                                  selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
-                                 resources={"artifacts": artifacts, "pgvector": store})
+                                 resources={"artifacts": artifacts, "pgvector": store, "registry": None})
         assert outcome.asset_materializations_for_node("recommendations")[0].metadata["model_version"].value == "stream-v2"
         records = read_lines(artifacts, hour_files(partition)[0])
         assert {r["enrichment"]["model_version"] for r in records} == {"stream-v2"}

@@ -17,6 +17,7 @@ from credit_assets import customer_store, population
 from recsys_assets.session_events import make_events
 from resources.stream import LocalEventStream
 from resources.dagster_instance import prepare_dagster_home
+from resources.model_registry import LocalModelRegistry
 from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server
 from resources.settings import PROJECT_ROOT, PlatformSettings
 from tests.conftest import free_port
@@ -63,7 +64,8 @@ def dagster_dev(tmp_path, datasets_dir):
     env = {**os.environ, "DATA_DIR": str(data_dir), "DATASETS_DIR": str(datasets_dir),
            "DAGSTER_HOME": str(tmp_path / "home")}
     for key in ("DATABASE_URL", "READONLY_DATABASE_URL", "READONLY_DATABASE_SECRET_ID", "ARTIFACTS_URI",
-                "SAGEMAKER_BACKEND", "DAGSTER_PG_URL"):
+                "SAGEMAKER_BACKEND", "DAGSTER_PG_URL", "SOURCE_DATABASE_URL", "STREAM_BACKEND", "MODEL_REGISTRY_BACKEND",
+                "MODEL_VERSION_POLICY", "NOTIFIER_BACKEND", "MLDP_ENV"):
         env.pop(key, None)
     prepare_dagster_home(PlatformSettings.from_env(env))
     db = EmbeddedPostgresDatabase(data_dir=str(data_dir / "postgres"))
@@ -103,10 +105,10 @@ def dagster_dev(tmp_path, datasets_dir):
     stop_embedded_server(data_dir / "postgres")
 
 
-def launch_and_wait(port: int, job: str, log_tail) -> str:
+def launch_and_wait(port: int, job: str, log_tail, run_config: dict | None = None) -> str:
     launched = graphql(port, LAUNCH, {"params": {
         "selector": {"repositoryLocationName": "ml_data_platform", "repositoryName": "__repository__", "jobName": job},
-        "runConfigData": {},
+        "runConfigData": run_config or {},
     }})["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
@@ -121,54 +123,79 @@ def launch_and_wait(port: int, job: str, log_tail) -> str:
     return run_id
 
 
-def test_ui_shows_the_graph_and_materialises_both_pipelines(dagster_dev):
+def approve_through_the_ui(port: int, registry: LocalModelRegistry, pipeline: str, log_tail) -> str:
+    """Approve the newest version of a pipeline's group with `model_approval_job`; returns its model version."""
+    package = registry.packages(registry.group_for(pipeline))[0]
+    assert package.status == "PendingManualApproval"  # trained and registered, waiting for a person
+    launch_and_wait(port, "model_approval_job", log_tail, {"ops": {"decide_model_package": {"config": {
+        "group": package.group, "version": package.version, "decision": "approve", "reason": "reviewed in the UI"}}}})
+    return package.model_version
+
+
+def test_ui_trains_approves_and_the_sensors_put_models_to_work(dagster_dev):
+    """The whole ML-ops loop under `dagster dev`: train -> registered (notified) -> approved in the UI
+    (notified) -> the registry sensor starts the scoring batch / the embeddings reload -> streamed events
+    become an hour of recommendations; training runs are synced; nobody launches those runs by hand."""
     port, db, log_tail, data_dir = dagster_dev
     nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(port, ASSET_GRAPH)["assetNodes"]}
-    assert {("credit_scores",), ("customer_updates",), ("customers",)} <= set(nodes)
+    assert {("credit_scores",), ("customer_updates",), ("customers",), ("recommendations",), ("training_runs",)} <= set(nodes)
     assert {tuple(d["path"]) for d in nodes[("credit_scores",)]["dependencyKeys"]} == {
         ("eligible_customers",), ("credit_model",)}
     assert nodes[("limit_decisions",)]["groupName"] == "credit"
+    registry = LocalModelRegistry(db=db)
 
-    run_id = launch_and_wait(port, "credit_pipeline_job", log_tail)
-    data = graphql(port, CHECKS, {"runId": run_id})
+    launch_and_wait(port, "credit_training_job", log_tail)
+    credit_version = approve_through_the_ui(port, registry, "credit", log_tail)
+    [scoring_run] = wait_for_sensor_run(port, "credit_scoring_job", log_tail)
+    data = graphql(port, CHECKS, {"runId": scoring_run})
     [materialization] = data["assetNodes"][0]["assetMaterializations"]
-    assert materialization["runId"] == run_id
     updated = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}["updated"]
     with db.connect() as conn:
-        audited = conn.execute("SELECT count(*) FROM credit_limit_audit WHERE dagster_run_id = %s::uuid", (run_id,)).fetchone()[0]
-    assert updated == audited > 0
+        audited = conn.execute("SELECT count(*), min(model_version), max(model_version) FROM credit_limit_audit "
+                               "WHERE dagster_run_id = %s::uuid", (scoring_run,)).fetchone()
+    assert updated == audited[0] > 0 and audited[1] == audited[2] == credit_version
 
-    recsys_run = launch_and_wait(port, "recsys_pipeline_job", log_tail)
+    launch_and_wait(port, "recsys_training_job", log_tail)
+    recsys_version = approve_through_the_ui(port, registry, "recsys", log_tail)
+    wait_for_sensor_run(port, "embeddings_load_job", log_tail)
     with db.connect() as conn:
         loaded = conn.execute("SELECT version, rows FROM embedding_versions WHERE logical_table = 'item_emb' "
                               "AND status = 'active'").fetchone()
-    assert loaded is not None and loaded[0].endswith(recsys_run[:8]) and loaded[1] > 0
+    assert loaded is not None and loaded[0] == recsys_version and loaded[1] > 0
+    subjects = [json.loads(line)["subject"] for line in (Path(data_dir) / "notifications.jsonl").read_text().splitlines()]
+    assert subjects == ["[SageMaker] New Model Registered in credit-dev-models",
+                        "[SageMaker] New Model Approved in credit-dev-models",
+                        "[SageMaker] New Model Registered in recsys-dev-models",
+                        "[SageMaker] New Model Approved in recsys-dev-models"]
 
-    # the daemon's sensors: the new model version is noticed, and produced events become an hour of
-    # recommendations, without anyone launching a run
     stream = LocalEventStream(root=str(Path(data_dir) / "stream" / "session-events"))
     with db.connect() as conn:
         codes = [row[0] for row in conn.execute("SELECT id FROM item_emb ORDER BY id").fetchall()]
     customers = pd.DataFrame({"customernumber": [103, 112], "city": ["Nantes", "Las Vegas"],
                               "country": ["France", "USA"], "creditlimit": [21000.0, 71800.0]})
     stream.put(make_events(codes, customers, 40, seed=5))
-    for job in ("embeddings_load_job", "recommendations_job"):
-        wait_for_sensor_run(port, job, log_tail)
+    wait_for_sensor_run(port, "recommendations_job", log_tail)
     output = Path(data_dir) / "artifacts" / "recommendations"  # the events' hour (or two, at an hour's turn)
     deadline = time.monotonic() + 120
     while sum(len(p.read_text().splitlines()) for p in output.rglob("*.jsonl")) != 40 and time.monotonic() < deadline:
         time.sleep(2)  # a second hour's run may still be on its way
     assert sum(len(p.read_text().splitlines()) for p in output.rglob("*.jsonl")) == 40
 
+    wait_for_sensor_run(port, "training_runs_job", log_tail)
+    with db.connect() as conn:
+        tracked = {row[0].split("-model-")[0] for row in conn.execute("SELECT job_name FROM tracking_runs").fetchall()}
+    assert {"credit", "recsys"} <= tracked
 
-def wait_for_sensor_run(port: int, job: str, log_tail) -> None:
+
+def wait_for_sensor_run(port: int, job: str, log_tail) -> list[str]:
+    """Wait until a sensor has started `job` and the run succeeded; returns the job's run ids."""
     deadline = time.monotonic() + 240
     runs = []
     while time.monotonic() < deadline:
         runs = graphql(port, JOB_RUNS, {"job": job})["runsOrError"]["results"]
         if any(r["status"] == "SUCCESS" for r in runs):
             assert all(any(t["key"] == "dagster/sensor_name" for t in r["tags"]) for r in runs)
-            return
+            return [r["runId"] for r in runs]
         if any(r["status"] == "FAILURE" for r in runs):
             break
         time.sleep(3)

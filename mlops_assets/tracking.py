@@ -1,0 +1,131 @@
+"""Training-run tracking sync (reference: SageMaker training jobs synced to ModelDB, opted in by tags).
+
+`training_jobs_sensor` lists completed training jobs (the local SageMaker backend's job records, or
+ListTrainingJobs with tags on AWS) and requests a `training_runs` run for the ones it has not seen. That
+asset records each opted-in job exactly once in the tracking tables: project (name, user, description),
+model (name, type, artifact URI), hyperparameters, final metrics, input datasets (channel -> URI,
+compression, record wrapper), start/end time and status. A job carrying the sync tag but missing another
+configured tag is reported with the reason; a job without the sync tag is ignored.
+"""
+
+import hashlib
+import json
+
+import dagster as dg
+import pandas as pd
+
+from resources.metadata import markdown_table
+from resources.sagemaker import SageMakerResource, TrainingJob
+from resources.tracking import InputDataset, TrackedRun, TrackingStore
+
+GROUP = "mlops"
+TRUE_VALUES = {"true", "1", "yes", "y"}
+
+
+class TrackingTags(dg.Config):
+    """The tag keys that opt a training job in and describe it (defaults as the reference)."""
+
+    sync: str = "MODEL_DB_SYNC"
+    project_name: str = "MODEL_DB_PROJECT_NAME"
+    project_user: str = "MODEL_DB_PROJECT_USER"
+    project_description: str = "MODEL_DB_PROJECT_DESC"
+    model_name: str = "MODEL_DB_MODEL_NAME"
+    model_type: str = "MODEL_DB_MODEL_TYPE"
+
+
+class NotTrackable(ValueError):
+    """The job asks to be synced but cannot be; the message is the reason reported."""
+
+
+def tracked_run(job: TrainingJob, tags: TrackingTags) -> TrackedRun | None:
+    """The tracking record of a job, None when it did not opt in; `NotTrackable` when it is incomplete."""
+    if str(job.tags.get(tags.sync, "")).strip().lower() not in TRUE_VALUES:
+        return None
+    required = {"project_name": tags.project_name, "project_user": tags.project_user,
+                "project_description": tags.project_description, "model_name": tags.model_name,
+                "model_type": tags.model_type}
+    missing = [key for key in required.values() if not str(job.tags.get(key, "")).strip()]
+    if missing:
+        raise NotTrackable(f"training job {job.name} has {tags.sync} but lacks the tag(s) {', '.join(missing)}")
+    configs = {c.get("ChannelName"): c for c in job.extra.get("input_data_config", [])}
+    inputs = tuple(
+        InputDataset(channel, uri, configs.get(channel, {}).get("CompressionType", "None"),
+                     configs.get(channel, {}).get("RecordWrapperType", "None"))
+        for channel, uri in sorted(job.input_channels.items())
+    )
+    value = {field: job.tags[key] for field, key in required.items()}
+    return TrackedRun(
+        job_name=job.name, backend=job.backend, status=job.status, started_at=job.started_at, ended_at=job.ended_at,
+        project_name=value["project_name"], project_owner=value["project_user"],
+        project_description=value["project_description"], model_name=value["model_name"],
+        model_type=value["model_type"], artifact_uri=job.model_data_uri, hyperparameters=dict(job.hyperparameters),
+        metrics=dict(job.metrics), inputs=inputs,
+    )
+
+
+class TrainingRunsConfig(dg.Config):
+    tags: TrackingTags = TrackingTags()
+    job_names: list[str] = []  # the jobs to look at (the sensor names the new ones); empty: every completed job
+
+
+@dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"})
+def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig, sagemaker: SageMakerResource,
+                  tracking: TrackingStore) -> dg.MaterializeResult:
+    """Completed training jobs that opted in (tag ``MODEL_DB_SYNC``), recorded once each in the tracking
+    tables; the materialisation history lists what each sync recorded."""
+    problems: list[str] = []
+    jobs = sagemaker.list_training_jobs(status="Completed", problems=problems)
+    if config.job_names:
+        jobs = [job for job in jobs if job.name in set(config.job_names)]
+    synced, already, reported, ignored = [], 0, [], 0
+    for job in jobs:
+        try:
+            run = tracked_run(job, config.tags)
+        except NotTrackable as exc:
+            reported.append({"job": job.name, "reason": str(exc)})
+            context.log.warning(str(exc))
+            continue
+        if run is None:
+            ignored += 1
+        elif tracking.record(run):
+            synced.append(run)
+        else:
+            already += 1
+    for problem in problems:
+        reported.append({"job": "?", "reason": problem})
+        context.log.warning(problem)
+    table = [{"job": r.job_name, "project": r.project_name, "model": f"{r.model_name} ({r.model_type})",
+              "status": r.status, "ended": r.ended_at, "metrics": json.dumps(r.metrics, sort_keys=True)}
+             for r in synced]
+    return dg.MaterializeResult(
+        metadata={
+            "synced": len(synced),
+            "already_tracked": already,
+            "ignored_without_sync_tag": ignored,
+            "reported": len(reported),
+            "runs": dg.MetadataValue.md(markdown_table(pd.DataFrame(table)) if table else "none this time"),
+            "reports": dg.MetadataValue.md(markdown_table(pd.DataFrame(reported)) if reported else "none"),
+            "tracked_runs_total": len(tracking.runs()),
+        }
+    )
+
+
+training_runs_job = dg.define_asset_job("training_runs_job", selection=[training_runs],
+                                        description="Record opted-in training jobs in the tracking tables.")
+
+
+@dg.sensor(job=training_runs_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMakerResource) -> dg.SensorResult:
+    """Requests a `training_runs` sync for completed training jobs it has not seen yet."""
+    seen = set(json.loads(context.cursor)["seen"]) if context.cursor else set()
+    jobs = sagemaker.list_training_jobs(status="Completed")
+    new = sorted(job.name for job in jobs if job.name not in seen)
+    if not new:
+        return dg.SensorResult(skip_reason="no new completed training job", cursor=context.cursor)
+    listed = {job.name for job in jobs}  # the newest jobs: the cursor does not grow without bound
+    run_key = "training-runs-" + hashlib.sha256("\n".join(new).encode()).hexdigest()[:16]
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=run_key, run_config=dg.RunConfig(
+            {"training_runs": TrainingRunsConfig(job_names=new)}))],
+        cursor=json.dumps({"seen": sorted((seen & listed) | set(new))}),
+    )

@@ -1,0 +1,100 @@
+"""Notifications to people: an SNS topic (the reference's notification stack), or a local stand-in.
+
+`SnsNotifier` publishes to ``SNS_TOPIC_ARN``; `LocalNotifier` writes a log line and appends the message to
+an append-only JSON-lines file (``DATA_DIR/notifications.jsonl``), and posts it to ``NOTIFY_WEBHOOK_URL`` when
+one is set. Both retry a failed publish with backoff and then raise `NotificationError`, so the caller can
+keep the message for the next attempt instead of losing it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import time
+import urllib.request
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+logger = logging.getLogger(__name__)
+
+
+class NotificationError(RuntimeError):
+    """A message could not be delivered after every attempt."""
+
+
+class Notifier(dg.ConfigurableResource, ABC):
+    attempts: int = 3
+    backoff_seconds: float = 0.5
+
+    @abstractmethod
+    def _send(self, subject: str, message: str) -> str:
+        """Deliver once; returns a message id."""
+
+    @abstractmethod
+    def describe(self) -> str: ...
+
+    def publish(self, subject: str, message: str) -> str:
+        """Deliver `message`, retrying; `NotificationError` when every attempt failed."""
+        last = None
+        for attempt in range(self.attempts):
+            try:
+                return self._send(subject, message)
+            except Exception as exc:  # every transport has its own errors; all are retried the same way
+                last = exc
+                if attempt + 1 < self.attempts:
+                    time.sleep(self.backoff_seconds * 2**attempt)
+        raise NotificationError(f"could not notify through {self.describe()} after {self.attempts} attempts: "
+                                f"{type(last).__name__}: {last}")
+
+
+class SnsNotifier(Notifier):
+    """An SNS topic; subscribers (e-mail, SQS, Lambda) get every message."""
+
+    topic_arn: str
+    region_name: str = "us-east-1"
+    endpoint_url: str | None = None
+
+    def describe(self) -> str:
+        return f"SNS topic {self.topic_arn}"
+
+    def _send(self, subject: str, message: str) -> str:
+        import boto3
+
+        client = boto3.client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url or None)
+        return client.publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)["MessageId"]
+
+
+class LocalNotifier(Notifier):
+    """A log line, an append-only JSON-lines file, and optionally an HTTP webhook."""
+
+    path: str
+    webhook_url: str | None = None
+
+    def describe(self) -> str:
+        return f"local notifications in {self.path}" + (" and a webhook" if self.webhook_url else "")
+
+    def _send(self, subject: str, message: str) -> str:
+        sent_at = datetime.now(timezone.utc).isoformat()
+        entry = {"at": sent_at, "subject": subject, "message": message}
+        if self.webhook_url:
+            request = urllib.request.Request(self.webhook_url, data=json.dumps(entry).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                if response.status >= 300:
+                    raise NotificationError(f"webhook answered {response.status}")
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(json.dumps(entry) + "\n")
+        logger.info("notification: %s", subject)
+        return sent_at
+
+    def sent(self) -> list[dict]:
+        """Every message written so far (oldest first)."""
+        path = Path(self.path)
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -1,0 +1,99 @@
+"""The model registry on both backends: local tables and SageMaker (moto's server), same behaviour."""
+
+import uuid
+
+import pytest
+
+from resources.model_registry import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    LocalModelRegistry,
+    RegistryError,
+    SageMakerModelRegistry,
+)
+
+
+@pytest.fixture(params=["local", "sagemaker"])
+def registry(request, app_db):
+    env = f"t{uuid.uuid4().hex[:8]}"
+    if request.param == "local":
+        return LocalModelRegistry(db=app_db, env=env)
+    moto = request.getfixturevalue("moto")
+    return SageMakerModelRegistry(env=env, region_name="us-east-1", endpoint_url=moto,
+                                  inference_image="123456789012.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0")
+
+
+def register(registry, model_version, pipeline="credit", auc=0.9):
+    return registry.register(pipeline, model_version=model_version, model_data_url=f"s3://b/models/{model_version}.tar.gz",
+                             metrics={"validation_auc": auc}, data_fingerprint="abc123", description="a scorecard")
+
+
+def test_register_is_pending_versioned_and_idempotent(registry):
+    first = register(registry, "20260101-000000-aaaaaaaa")
+    assert (first.group, first.version, first.status) == (f"credit-{registry.env}-models", 1, PENDING)
+    assert first.model_data_url == "s3://b/models/20260101-000000-aaaaaaaa.tar.gz"
+    assert first.metrics == {"validation_auc": 0.9} and first.data_fingerprint == "abc123"
+    again = register(registry, "20260101-000000-aaaaaaaa")
+    assert again.arn == first.arn  # the same model version is one package
+    second = register(registry, "20260102-000000-bbbbbbbb", auc=0.92)
+    assert second.version == 2
+    assert [p.version for p in registry.packages(first.group)] == [2, 1]
+
+
+def test_approve_reject_and_select_by_policy(registry):
+    group = registry.group_for("credit")
+    one, two = register(registry, "v-one"), register(registry, "v-two")
+    with pytest.raises(RegistryError, match=rf"no Approved model in {group} \(newest: version 2, PendingManualApproval\)"):
+        registry.select("credit")
+    approved = registry.approve(group, one.version, "Gini 0.85 on Validation")
+    assert (approved.status, approved.approval_description) == (APPROVED, "Gini 0.85 on Validation")
+    assert approved.model_version == "v-one" and approved.metrics == {"validation_auc": 0.9}  # metadata kept
+    assert registry.select("credit").model_version == "v-one"
+    rejected = registry.reject(group, two.version, "leaks the label")
+    assert rejected.status == REJECTED
+    newest_policy = type(registry)(**{**{f: getattr(registry, f) for f in type(registry).model_fields},
+                                      "version_policy": "newest"})
+    assert newest_policy.select("credit").model_version == "v-one"  # the newest not rejected
+    register(registry, "v-three")
+    assert newest_policy.select("credit").model_version == "v-three"
+    assert registry.select("credit").model_version == "v-one"
+
+
+def test_bad_changes_are_refused_with_names(registry):
+    group = registry.group_for("credit")
+    register(registry, "v-one")
+    with pytest.raises(RegistryError, match="unknown model approval status 'Maybe'"):
+        registry.set_status(group, 1, "Maybe", "why not")
+    with pytest.raises(RegistryError, match=rf"{group} has no version 7"):
+        registry.approve(group, 7, "no such version")
+
+
+def test_status_changes_come_once_each_in_order(registry):
+    group = registry.group_for("recsys")
+    first = register(registry, "r-1", pipeline="recsys")
+    changes = registry.changes(None)
+    assert [(c.package.arn, c.status) for c in changes] == [(first.arn, PENDING)]
+    cursor = registry.advance(None, changes[0])
+    assert registry.changes(cursor) == []
+    registry.approve(group, 1, "ship it")
+    second = register(registry, "r-2", pipeline="recsys")
+    changes = registry.changes(cursor)
+    assert [(c.package.version, c.status) for c in changes] == [(1, APPROVED), (2, PENDING)]
+    cursor = registry.advance(cursor, changes[0])  # only the first handled: the second comes again
+    assert [(c.package.arn, c.status) for c in registry.changes(cursor)] == [(second.arn, PENDING)]
+
+
+def test_sagemaker_calls_and_arguments(moto, boto_client):
+    registry = SageMakerModelRegistry(env="prod", region_name="us-east-1", endpoint_url=moto, inference_image="img:1")
+    package = register(registry, "20260103-000000-cccccccc")
+    client = boto_client("sagemaker")
+    assert client.describe_model_package_group(ModelPackageGroupName="credit-prod-models")["ModelPackageGroupName"]
+    described = client.describe_model_package(ModelPackageName=package.arn)
+    assert described["ModelApprovalStatus"] == PENDING
+    container = described["InferenceSpecification"]["Containers"][0]
+    assert (container["Image"], container["ModelDataUrl"]) == ("img:1", "s3://b/models/20260103-000000-cccccccc.tar.gz")
+    assert described["CustomerMetadataProperties"]["mldp:model_version"] == "20260103-000000-cccccccc"
+    registry.approve("credit-prod-models", package.version, "reviewed by risk")
+    described = client.describe_model_package(ModelPackageName=package.arn)
+    assert (described["ModelApprovalStatus"], described["ApprovalDescription"]) == (APPROVED, "reviewed by risk")

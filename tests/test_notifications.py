@@ -1,0 +1,137 @@
+"""Approval notifications: one per registered or approved model, none twice, none lost; SNS on moto's
+server, the local file and a webhook; approved models put to work."""
+
+import http.server
+import json
+import threading
+import uuid
+
+import dagster as dg
+import pytest
+
+from mlops_assets.notifications import model_registry_sensor, notification
+from resources.model_registry import APPROVED, PENDING, LocalModelRegistry
+from resources.notifier import LocalNotifier, NotificationError, SnsNotifier
+
+
+@pytest.fixture
+def registry(app_db):
+    return LocalModelRegistry(db=app_db, env=f"n{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def notifier(tmp_path):
+    return LocalNotifier(path=str(tmp_path / "notifications.jsonl"), backoff_seconds=0.01)
+
+
+def tick(registry, notifier, cursor=None):
+    with dg.build_sensor_context(cursor=cursor, resources={"registry": registry, "notifier": notifier}) as context:
+        result = model_registry_sensor(context)
+    return result, result.cursor
+
+
+def register(registry, pipeline, model_version):
+    return registry.register(pipeline, model_version=model_version, model_data_url=f"s3://b/{model_version}/model.tar.gz",
+                             metrics={"validation_auc": 0.91}, data_fingerprint="f00d", description="test model")
+
+
+def test_registered_then_approved_each_notified_once_and_put_to_work(registry, notifier):
+    package = register(registry, "credit", "c-1")
+    result, cursor = tick(registry, notifier)
+    assert not result.run_requests
+    [sent] = notifier.sent()
+    assert sent["subject"] == f"[SageMaker] New Model Registered in credit-{registry.env}-models"
+    assert package.arn in sent["message"] and "version 1" in sent["message"]
+    assert "s3://b/c-1/model.tar.gz" in sent["message"]
+    details = json.loads(sent["message"].split("Details:\n", 1)[1])
+    assert details["status"] == PENDING and details["metrics"] == {"validation_auc": 0.91}
+
+    result, cursor = tick(registry, notifier, cursor)
+    assert len(notifier.sent()) == 1 and not result.run_requests  # nothing new: nothing sent twice
+
+    registry.approve(package.group, package.version, "Gini 0.82, reviewed")
+    result, cursor = tick(registry, notifier, cursor)
+    assert notifier.sent()[-1]["subject"] == f"[SageMaker] New Model Approved in credit-{registry.env}-models"
+    [request] = result.run_requests
+    assert request.job_name == "credit_scoring_job" and request.tags["model_version"] == "c-1"
+
+    restarted, _ = tick(registry, notifier, json.loads(json.dumps(cursor)))  # a restart replays nothing
+    assert not restarted.run_requests and len(notifier.sent()) == 2
+
+
+def test_an_approved_recommender_reloads_its_embeddings_and_rejections_are_silent(registry, notifier):
+    one, two = register(registry, "recsys", "r-1"), register(registry, "recsys", "r-2")
+    _, cursor = tick(registry, notifier)
+    registry.reject(two.group, two.version, "worse than popularity")
+    registry.approve(one.group, one.version, "better NDCG")
+    result, cursor = tick(registry, notifier, cursor)
+    assert [m["subject"].split(" in ")[0] for m in notifier.sent()] == [
+        "[SageMaker] New Model Registered", "[SageMaker] New Model Registered", "[SageMaker] New Model Approved"]
+    [request] = result.run_requests
+    assert request.job_name == "embeddings_load_job"
+    assert request.run_config["ops"]["item_embeddings"]["config"]["version"] == "r-1"
+
+
+def test_a_failed_publish_keeps_the_change_for_the_next_tick(registry, notifier, moto, boto_client):
+    register(registry, "credit", "c-9")
+    broken = SnsNotifier(topic_arn="arn:aws:sns:us-east-1:123456789012:no-such-topic", region_name="us-east-1",
+                         endpoint_url=moto, attempts=2, backoff_seconds=0.01)
+    with pytest.raises(NotificationError, match="after 2 attempts"):
+        broken.publish("s", "m")
+    result, cursor = tick(registry, broken)
+    assert not result.run_requests and "notification failed" in result.skip_reason.skip_message
+    result, cursor = tick(registry, notifier, cursor)  # the next tick, delivery works again
+    assert [m["subject"] for m in notifier.sent()] == [f"[SageMaker] New Model Registered in credit-{registry.env}-models"]
+
+
+def test_malformed_events_and_unknown_statuses_are_reported_not_sent(registry, notifier, app_db):
+    package = register(registry, "credit", "c-2")
+    with app_db.connect(autocommit=True) as conn:
+        conn.execute("INSERT INTO model_package_events (arn, status) VALUES (%s, %s)", ("arn:mldp:gone", APPROVED))
+        conn.execute("INSERT INTO model_package_events (arn, status) VALUES (%s, %s)", (package.arn, "Deleting"))
+    result, cursor = tick(registry, notifier)
+    assert [m["subject"].split(" in ")[0] for m in notifier.sent()] == ["[SageMaker] New Model Registered"]
+    assert not result.run_requests
+    result, _ = tick(registry, notifier, cursor)
+    assert len(notifier.sent()) == 1  # the odd events were passed once, not retried forever
+    change = registry.changes(None)[-1]
+    assert change.status == "Deleting" and notification(change) is None
+
+
+def test_sns_delivers_to_subscribers(registry, moto, boto_client):
+    sns, sqs = boto_client("sns"), boto_client("sqs")
+    topic = sns.create_topic(Name="model-approvals")["TopicArn"]
+    queue = sqs.create_queue(QueueName="approvals")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    register(registry, "credit", "c-3")
+    tick(registry, SnsNotifier(topic_arn=topic, region_name="us-east-1", endpoint_url=moto))
+    [message] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(message["Body"])
+    assert body["Subject"] == f"[SageMaker] New Model Registered in credit-{registry.env}-models"
+    assert "c-3" in body["Message"]
+
+
+def test_the_local_notifier_posts_to_a_webhook(tmp_path):
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the http.server API)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        notifier = LocalNotifier(path=str(tmp_path / "n.jsonl"), webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        notifier.publish("[SageMaker] New Model Approved in credit-dev-models", "details")
+    finally:
+        server.shutdown()
+        thread.join()
+    assert received[0]["subject"] == "[SageMaker] New Model Approved in credit-dev-models"
+    assert notifier.sent()[0]["message"] == "details"
