@@ -241,19 +241,28 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
     )
 
 
+class CreditScoresConfig(dg.Config):
+    """Which model version under ``credit/models/`` scores; empty: the model registry's choice (the newest
+    Approved version, or the newest registered one with MODEL_VERSION_POLICY=newest). A version named here
+    must pass the same policy (Approved; or not Rejected under ``newest``)."""
+
+    model_version: str = ""
+
+
 @dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"}, pool=SCORING_POOL)
-def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResource, artifacts: ArtifactStore,
-                  registry: ModelRegistry) -> dg.MaterializeResult:
+def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig, sagemaker: SageMakerResource,
+                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """New scorecard points and decline probability for each eligible customer, from the newest Approved
-    model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest).
+    model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest), or the version the
+    run config names (the approval sensor pins the version it approved).
 
     Batch inference through SageMaker Batch Transform (``model_code/inference.py``; run locally by default).
     Customers with a category value the model never saw are skipped and counted per column.
     """
     eligible = artifacts.read_parquet(ELIGIBLE_KEY)
     batch_id = artifacts.parquet_metadata(ELIGIBLE_KEY)["batch_id"]
-    package = registry.select("credit")
-    manifest = read_manifest(artifacts, MODEL_PREFIX, package.model_version)
+    package = registry.resolve("credit", config.model_version)
+    manifest = read_manifest(artifacts, MODEL_PREFIX, package.model_version if package else config.model_version)
     version = manifest["version"]
     preprocessing = json.loads(read_verified(artifacts, MODEL_PREFIX, manifest, scorecard.PREPROCESSING_FILE))
     read_verified(artifacts, MODEL_PREFIX, manifest, "model.tar.gz")  # fail here, clearly, if it is corrupt
@@ -288,7 +297,7 @@ def credit_scores(context: dg.AssetExecutionContext, sagemaker: SageMakerResourc
         metadata={
             "batch_id": batch_id,
             "model_version": version,
-            "model_package": f"{package.arn} ({package.status})",
+            "model_package": f"{package.arn} ({package.status})" if package else "not registered",
             "scored": len(scores),
             "skipped": dg.MetadataValue.json(skipped_counts),
             "transform_job": job_name or "(nothing to score)",

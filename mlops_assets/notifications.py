@@ -3,19 +3,30 @@ for the group ``{pipeline}-{env}-models`` invoking a Lambda that publishes to SN
 
 `model_registry_sensor` reads the registry's status changes after its cursor, sends one notification per
 change worth telling (Approved: "New Model Approved", PendingManualApproval: "New Model Registered"; other
-statuses: none), and on approval requests the runs that put the model to work: a credit scoring batch, or
-a reload of the embeddings tables with the approved version. The cursor only moves past a change once its
-notification was sent: a failed publish (after retries) is reported and tried again on the next tick.
+statuses: none), and on approval requests the runs that put the model to work: a credit scoring batch or
+a reload of the embeddings tables, pinned to the approved version. The cursor only moves past a change once
+its notification was sent: a failed publish (after retries) is reported and tried again on the next tick.
+
+- A change is described as it was made (its status and reason); an approval whose package has been
+  rejected since is still told, but not put to work.
+- The first tick of a new deployment (no cursor) handles the changes of the last `FIRST_TICK_LOOKBACK`;
+  older history is taken as handled, so a registry full of old versions does not notify or rescore again.
+- At most `MAX_CHANGES_PER_TICK` changes per tick (the rest on the next one), so a tick stays well inside
+  Dagster's sensor timeout and its cursor is saved.
 """
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from credit_assets import credit_scoring_job
+from credit_assets import credit_scoring_job, credit_scoring_run_config
 from recsys_assets.jobs import embeddings_load_job, embeddings_run_config
 from resources.model_registry import APPROVED, PENDING, ModelRegistry, StatusChange
 from resources.notifier import NotificationError, Notifier
+
+FIRST_TICK_LOOKBACK = timedelta(hours=24)
+MAX_CHANGES_PER_TICK = 50
 
 SUBJECTS = {
     APPROVED: "[SageMaker] New Model Approved in {group}",
@@ -28,11 +39,15 @@ def notification(change: StatusChange) -> tuple[str, str] | None:
     if change.status not in SUBJECTS:
         return None
     package = change.package
-    details = {**package.to_json(), "status": change.status}
+    details = {**package.to_json(), "status": change.status, "approval_description": change.reason,
+               "current_status": package.status, "changed_at": change.at.isoformat() if change.at else None}
+    since = f" (its status has since become {package.status})" if package.status != change.status else ""
     message = (
-        f"Model package {package.arn} in group {package.group}, version {package.version}, is now {change.status}.\n"
-        f"Model data: {package.model_data_url}\n"
-        f"Artifact version: {package.model_version}\n\n"
+        f"Model package {package.arn} in group {package.group}, version {package.version}, is now {change.status}"
+        f"{since}.\n"
+        + (f"Reason: {change.reason}\n" if change.reason else "")
+        + f"Model data: {package.model_data_url}\n"
+        f"Artifact version: {package.model_version or '(not set: registered outside this platform)'}\n\n"
         f"Details:\n{json.dumps(details, indent=2, sort_keys=True)}\n"
     )
     return SUBJECTS[change.status].format(group=package.group), message
@@ -44,13 +59,16 @@ def pipeline_of(registry: ModelRegistry, group: str) -> str | None:
 
 
 def put_to_work(registry: ModelRegistry, change: StatusChange) -> dg.RunRequest | None:
-    """The run that uses a newly approved model."""
+    """The run that uses a newly approved model, pinned to its version."""
     package = change.package
+    if not package.model_version:  # e.g. registered by the exported SageMaker Pipeline, which scores by itself
+        return None
     pipeline = pipeline_of(registry, package.group)
-    run_key = f"approved-{package.arn}-{package.modified_at.isoformat()}"
+    run_key = f"approved-{package.arn}-{change.position}-{change.at.isoformat() if change.at else ''}"
     tags = {"model_package": package.arn, "model_version": package.model_version}
     if pipeline == "credit":
-        return dg.RunRequest(job_name=credit_scoring_job.name, run_key=run_key, tags=tags)
+        return dg.RunRequest(job_name=credit_scoring_job.name, run_key=run_key, tags=tags,
+                             run_config=credit_scoring_run_config(package.model_version))
     if pipeline == "recsys":
         return dg.RunRequest(job_name=embeddings_load_job.name, run_key=run_key, tags=tags,
                              run_config=embeddings_run_config(package.model_version))
@@ -63,12 +81,17 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, registry: ModelRe
                           notifier: Notifier) -> dg.SensorResult:
     """Notifies about registered and approved models, and puts approved ones to work."""
     cursor = json.loads(context.cursor) if context.cursor else None
+    history_before = datetime.now(timezone.utc) - FIRST_TICK_LOOKBACK if cursor is None else None
     requests: list[dg.RunRequest] = []
     failure = None
-    sent = 0
-    for change in registry.changes(cursor):
+    sent = old = 0
+    for change in registry.changes(cursor)[:MAX_CHANGES_PER_TICK]:
         if change.package is None:
             context.log.warning(f"registry change {change.position} ({change.status!r}) names no model package; skipped")
+            cursor = registry.advance(cursor, change)
+            continue
+        if history_before is not None and change.at is not None and change.at < history_before:
+            old += 1  # before this sensor's first tick: history, not news
             cursor = registry.advance(cursor, change)
             continue
         message = notification(change)
@@ -82,9 +105,17 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, registry: ModelRe
                 failure = f"{change.package.arn} ({change.status}): {exc}"
                 context.log.error(f"notification not sent, it will be retried on the next tick: {failure}")
                 break  # the cursor stays before this change
-        if change.status == APPROVED and (request := put_to_work(registry, change)) is not None:
-            requests.append(request)
+        if change.status == APPROVED:
+            if change.package.status != APPROVED:
+                context.log.warning(f"{change.package.arn} was approved but is {change.package.status} now: not put "
+                                    "to work")
+            elif (request := put_to_work(registry, change)) is not None:
+                requests.append(request)
+            else:
+                context.log.info(f"{change.package.arn} carries no artifact version of this platform: not put to work")
         cursor = registry.advance(cursor, change)
+    if old:
+        context.log.info(f"first tick: {old} registry change(s) older than {FIRST_TICK_LOOKBACK} taken as handled")
     new_cursor = json.dumps(cursor) if cursor is not None else context.cursor
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=new_cursor)

@@ -77,6 +77,10 @@ def credit_pipeline_definition(*, role_arn: str, training_image: str, inference_
                 "Arguments": {
                     "ModelPackageGroupName": model_package_group,
                     "ModelApprovalStatus": get("Parameters.ModelApprovalStatus"),
+                    # no mldp:model_version: the platform's approval sensor notifies but does not put these to
+                    # work (the pipeline scores with its own transform step)
+                    "CustomerMetadataProperties": {"mldp:source": "sagemaker-pipeline",
+                                                   "mldp:pipeline_execution": {"Get": "Execution.PipelineExecutionId"}},
                     "InferenceSpecification": {
                         "Containers": [{"Image": inference_image,
                                         "ModelDataUrl": get("Steps.TrainScorecard.ModelArtifacts.S3ModelArtifacts")}],
@@ -196,7 +200,7 @@ def upsert_pipeline(client, name: str, definition: dict, role_arn: str, descript
 
 
 class CreditPipelineExportConfig(dg.Config):
-    upsert: bool = True  # False: only write the definition to the artifact store
+    upsert: bool | None = None  # None: upsert with SAGEMAKER_BACKEND=aws; False: only write the definition
     training_data_uri: str = ""
     eligible_customers_uri: str = ""
     current_limits_uri: str = ""
@@ -222,7 +226,7 @@ def export_credit_pipeline(config: CreditPipelineExportConfig, sagemaker: SageMa
     )
     definition_uri = artifacts.write_json(join_key(prefix, "definition.json"), definition)
     outcome = "exported"
-    if config.upsert:
+    if config.upsert if config.upsert is not None else sagemaker.backend == "aws":
         if not sagemaker.role_arn:
             raise ValueError("upserting the SageMaker Pipeline needs SAGEMAKER_ROLE_ARN")
         outcome = upsert_pipeline(sagemaker.client(), name, definition, sagemaker.role_arn,

@@ -1,7 +1,8 @@
 """Training-run tracking sync (reference: SageMaker training jobs synced to ModelDB, opted in by tags).
 
 `training_jobs_sensor` lists completed training jobs (the local SageMaker backend's job records, or
-ListTrainingJobs with tags on AWS) and requests a `training_runs` run for the ones it has not seen. That
+ListTrainingJobs with tags on AWS) and requests a `training_runs` run for the ones it has not seen, and
+again for opted-in ones that a failed run left unrecorded. That
 asset records each opted-in job exactly once in the tracking tables: project (name, user, description),
 model (name, type, artifact URI), hyperparameters, final metrics, input datasets (channel -> URI,
 compression, record wrapper), start/end time and status. A job carrying the sync tag but missing another
@@ -10,6 +11,7 @@ configured tag is reported with the reason; a job without the sync tag is ignore
 
 import hashlib
 import json
+import time
 
 import dagster as dg
 import pandas as pd
@@ -114,18 +116,69 @@ training_runs_job = dg.define_asset_job("training_runs_job", selection=[training
                                         description="Record opted-in training jobs in the tracking tables.")
 
 
+RETRY_AFTER_SECONDS = 15 * 60
+MAX_ATTEMPTS = 4
+
+
 @dg.sensor(job=training_runs_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMakerResource) -> dg.SensorResult:
-    """Requests a `training_runs` sync for completed training jobs it has not seen yet."""
-    seen = set(json.loads(context.cursor)["seen"]) if context.cursor else set()
-    jobs = sagemaker.list_training_jobs(status="Completed")
-    new = sorted(job.name for job in jobs if job.name not in seen)
-    if not new:
-        return dg.SensorResult(skip_reason="no new completed training job", cursor=context.cursor)
-    listed = {job.name for job in jobs}  # the newest jobs: the cursor does not grow without bound
-    run_key = "training-runs-" + hashlib.sha256("\n".join(new).encode()).hexdigest()[:16]
+def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMakerResource,
+                         tracking: TrackingStore) -> dg.SensorResult:
+    """Requests a `training_runs` sync for completed training jobs it has not seen yet.
+
+    A requested job that opted in stays in the cursor's ``waiting`` list until it is in the tracking
+    tables; if it is still missing `RETRY_AFTER_SECONDS` after the request (the sync run failed), it is
+    requested again, up to `MAX_ATTEMPTS` times (recording is idempotent, so a slow run that finishes after
+    all does no harm). After that it is reported; a manual `training_runs` run picks it up.
+    """
+    state = json.loads(context.cursor) if context.cursor else {}
+    seen = set(state.get("seen", []))
+    waiting: dict[str, dict] = dict(state.get("waiting", {}))
+    jobs = {job.name: job for job in sagemaker.list_training_jobs(status="Completed")}
+    now = time.time()
+
+    done = tracking.tracked(waiting)
+    for name in list(waiting):
+        if name in done or name not in jobs:  # recorded; or no longer listed (deleted, or beyond the newest 100)
+            del waiting[name]
+    retry, given_up = [], []
+    for name, entry in sorted(waiting.items()):
+        if now - entry["requested_at"] < RETRY_AFTER_SECONDS:
+            continue
+        if entry["attempts"] >= MAX_ATTEMPTS:
+            given_up.append(name)
+        else:
+            retry.append(name)
+    for name in given_up:
+        del waiting[name]
+        context.log.error(f"training job {name} is still not tracked after {MAX_ATTEMPTS} sync runs; see those runs, "
+                          "then materialise training_runs to sync it")
+
+    new = sorted(name for name in jobs if name not in seen)
+    for name in new:
+        if _wants_sync(jobs[name]):
+            waiting[name] = {"requested_at": now, "attempts": 1}
+    for name in retry:
+        waiting[name] = {"requested_at": now, "attempts": waiting[name]["attempts"] + 1}
+    cursor = json.dumps({"seen": sorted((seen & set(jobs)) | set(new)), "waiting": waiting}, sort_keys=True)
+    names = sorted(set(new) | set(retry))
+    if not names:
+        return dg.SensorResult(skip_reason=f"no new completed training job ({len(waiting)} waiting to be recorded)",
+                               cursor=cursor)
+    key = "\n".join(f"{name}:{waiting.get(name, {}).get('attempts', 1)}" for name in names)
+    run_key = "training-runs-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    if retry:
+        context.log.warning(f"sync requested again for {', '.join(retry)}: not tracked {RETRY_AFTER_SECONDS // 60} "
+                            "minutes after the last request")
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=run_key, run_config=dg.RunConfig(
-            {"training_runs": TrainingRunsConfig(job_names=new)}))],
-        cursor=json.dumps({"seen": sorted((seen & listed) | set(new))}),
+            {"training_runs": TrainingRunsConfig(job_names=names)}))],
+        cursor=cursor,
     )
+
+
+def _wants_sync(job: TrainingJob) -> bool:
+    """Whether the sync run must record this job (it opted in and is complete), with the default tag keys."""
+    try:
+        return tracked_run(job, TrackingTags()) is not None
+    except NotTrackable:
+        return False  # reported by the sync run; nothing to wait for

@@ -170,7 +170,7 @@ class DemoFlow:
 
     def tracking(self) -> None:
         print("\ntraining-run tracking")
-        result = self.tick("training_jobs_sensor", sagemaker=self.resources.sagemaker)
+        result = self.tick("training_jobs_sensor", sagemaker=self.resources.sagemaker, tracking=self.resources.tracking)
         for request in result.run_requests or []:
             synced = self.run("training_runs_job", run_config=request.run_config)
             meta = metadata(synced, "training_runs")

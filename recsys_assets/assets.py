@@ -177,7 +177,8 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
 
 class EmbeddingsVersionConfig(dg.Config):
     """Which ``ml-artifacts/<version>`` to load; empty: the model registry's choice (the newest Approved
-    version, or the newest registered one with MODEL_VERSION_POLICY=newest)."""
+    version, or the newest registered one with MODEL_VERSION_POLICY=newest). A version named here must pass
+    the same policy (Approved; or not Rejected, registered or not, under ``newest``)."""
 
     version: str = ""
 
@@ -189,12 +190,12 @@ def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pg
         raise embeddings.EmbeddingsFileError(
             f"no complete model version under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)} (a version needs "
             "manifest.json listing files that are all present)")
-    version = config.version or registry.select("recsys").model_version
+    package = registry.resolve("recsys", config.version)  # a named version must pass the version policy too
+    version = package.model_version if package else config.version
     if version not in available:
         raise embeddings.EmbeddingsFileError(
             f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)}")
     manifest = available[version].manifest
-    package = registry.find("recsys", version)
     rows = embeddings.read_embeddings(artifacts, version, manifest, relative)
     report = pgvector.load_embeddings(table, rows, rows.dimension, version=version)  # checked against the manifest
     context.log.info(f"{table}: version {version} live with {report.rows:,} rows"

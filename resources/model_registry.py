@@ -4,13 +4,18 @@
 Two backends with SageMaker's model package semantics (states, versions, approval description):
 
 - `LocalModelRegistry`: tables in the application PostgreSQL, with an append-only log of status changes
-  (the local stand-in for EventBridge's "SageMaker Model Package State Change" events).
+  (the local stand-in for EventBridge's "SageMaker Model Package State Change" events). Each event keeps
+  the status and reason it was made with; events are numbered in commit order (an advisory lock), so a
+  reader that moves past event n has seen every event before it.
 - `SageMakerModelRegistry`: model package groups and packages through boto3; approval with
-  `update_model_package`. Status changes are found by comparing each package's status with the last one
-  seen.
+  `update_model_package`. Status changes are found by polling: each package's status against the last one
+  seen (a package seen for the first time in a status other than Pending is reported as registered first).
+  Changes that come and go between two polls (Approved and back to Rejected within one interval) are not
+  seen; an EventBridge rule is the exact feed on AWS.
 
 The version to put to work is chosen by `select`: the newest Approved package, or with the policy
-``newest`` (development) the newest package not Rejected.
+``newest`` (development) the newest package not Rejected. `resolve` checks a version named explicitly
+against the same policy.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import dagster as dg
 import psycopg
 from pydantic import PrivateAttr
 
-from resources.postgres import PostgresDatabase, SchemaOnce
+from resources.postgres import DatabaseUnavailableError, PostgresDatabase, SchemaOnce
 
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"
@@ -59,11 +64,17 @@ class ModelPackage:
 
 @dataclass(frozen=True)
 class StatusChange:
-    """A package reached `status` (an EventBridge 'Model Package State Change', in effect)."""
+    """A package reached `status` (an EventBridge 'Model Package State Change', in effect).
+
+    `package` is the package as it is now (its status may have moved on since); `status`, `reason` and `at`
+    are the change's own.
+    """
 
     position: Any  # where the change sits in the registry's change stream (backend-specific)
-    package: ModelPackage
+    package: ModelPackage | None
     status: str
+    reason: str | None = None
+    at: datetime | None = None
 
 
 class ModelRegistry(dg.ConfigurableResource, ABC):
@@ -125,11 +136,32 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
                 "for development")
         return chosen
 
+    def resolve(self, pipeline: str, model_version: str = "") -> ModelPackage | None:
+        """The package to use: `select` when `model_version` is empty, else that version's package, checked
+        against the policy (``approved``: it must be Approved; ``newest``: it must not be Rejected, and may
+        be unregistered, giving None)."""
+        if not model_version:
+            return self.select(pipeline)
+        group = self.group_for(pipeline)
+        package = self.find(pipeline, model_version)
+        if package is None:
+            if self.version_policy == "approved":
+                raise RegistryError(f"model version {model_version} is not registered in {group}, and only Approved "
+                                    "models are used (MODEL_VERSION_POLICY=approved)")
+            return None
+        if package.status == REJECTED or (self.version_policy == "approved" and package.status != APPROVED):
+            raise RegistryError(
+                f"model version {model_version} is {package.status} in {group} (version {package.version}"
+                + (f": {package.approval_description}" if package.approval_description else "")
+                + f"); {'only Approved models are used' if self.version_policy == 'approved' else 'Rejected models are not used'}")
+        return package
 
-def _check_status(status: str) -> str:
+
+def _check_change(status: str, reason: str) -> None:
     if status not in STATUSES:
         raise RegistryError(f"unknown model approval status {status!r}; use one of {', '.join(STATUSES)}")
-    return status
+    if status != PENDING and not str(reason or "").strip():
+        raise RegistryError(f"a reason is required to set a model package to {status}")
 
 
 # --- local backend ----------------------------------------------------------------------------------------------
@@ -161,7 +193,10 @@ CREATE TABLE IF NOT EXISTS model_package_events (
     status text NOT NULL,
     at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE model_package_events ADD COLUMN IF NOT EXISTS reason text;
 """
+# taken by every transaction that appends an event, until it commits: event ids become visible in order
+_EVENTS_LOCK = 0x6D6C6470_0001
 _COLUMNS = ("group_name, version, arn, status, model_version, model_data_url, metrics, data_fingerprint, description, "
             "approval_description, created_at, modified_at")
 
@@ -180,7 +215,17 @@ class LocalModelRegistry(ModelRegistry):
     _tables: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce("model_packages", _SCHEMA))
 
     def _connect(self) -> psycopg.Connection:
-        return self._tables.connect(self.db)
+        try:
+            return self._tables.connect(self.db)
+        except (DatabaseUnavailableError, psycopg.OperationalError) as exc:
+            raise RegistryError(f"the model registry's database is unreachable: {exc}") from None
+
+    @staticmethod
+    def _append_event(conn: psycopg.Connection, arn: str, status: str, reason: str | None) -> None:
+        """Log a change inside the caller's transaction. The lock is held until commit, so a transaction
+        that got a lower event id has always committed before a higher one becomes visible."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
+        conn.execute("INSERT INTO model_package_events (arn, status, reason) VALUES (%s, %s, %s)", (arn, status, reason))
 
     def register(self, pipeline: str, *, model_version: str, model_data_url: str, metrics: Mapping[str, float],
                  data_fingerprint: str, description: str = "") -> ModelPackage:
@@ -201,7 +246,7 @@ class LocalModelRegistry(ModelRegistry):
                     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
                 (group, version, arn, PENDING, model_version, model_data_url, json.dumps(dict(metrics)),
                  data_fingerprint, description)).fetchone()
-            conn.execute("INSERT INTO model_package_events (arn, status) VALUES (%s, %s)", (arn, PENDING))
+            self._append_event(conn, arn, PENDING, None)
         return _package(row)
 
     def packages(self, group: str) -> list[ModelPackage]:
@@ -211,32 +256,33 @@ class LocalModelRegistry(ModelRegistry):
         return [_package(row) for row in rows]
 
     def set_status(self, group: str, version: int, status: str, reason: str) -> ModelPackage:
-        _check_status(status)
+        """Change a package's status; setting the status it already has only updates the reason (no event,
+        as on SageMaker, where such an update is not a state change)."""
+        _check_change(status, reason)
         with self._connect() as conn, conn.transaction():
+            current = conn.execute("SELECT status FROM model_packages WHERE group_name = %s AND version = %s FOR UPDATE",
+                                   (group, version)).fetchone()
+            if current is None:
+                raise RegistryError(f"model package group {group} has no version {version}")
             row = conn.execute(
                 f"""UPDATE model_packages SET status = %s, approval_description = %s, modified_at = now()
                     WHERE group_name = %s AND version = %s RETURNING {_COLUMNS}""",
                 (status, reason, group, version)).fetchone()
-            if row is None:
-                raise RegistryError(f"model package group {group} has no version {version}")
-            conn.execute("INSERT INTO model_package_events (arn, status) VALUES (%s, %s)", (row[2], status))
+            if current[0] != status:
+                self._append_event(conn, row[2], status, reason)
         return _package(row)
 
     def changes(self, cursor: Mapping[str, Any] | None) -> list[StatusChange]:
         after = int((cursor or {}).get("event_id", 0))
         with self._connect() as conn:
             rows = conn.execute(
-                f"""SELECT e.event_id, e.status, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}
+                f"""SELECT e.event_id, e.status, e.reason, e.at, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}
                     FROM model_package_events e LEFT JOIN model_packages p ON p.arn = e.arn
                     WHERE e.event_id > %s AND (p.group_name = ANY(%s) OR p.arn IS NULL)
                     ORDER BY e.event_id""", (after, [self.group_for(p) for p in self.pipelines])).fetchall()
-        changes = []
-        for event_id, status, *package in rows:
-            if package[0] is None:  # an event whose package is gone: nothing to describe
-                changes.append(StatusChange(event_id, None, status))
-            else:
-                changes.append(StatusChange(event_id, _package(package), status))
-        return changes
+        return [StatusChange(event_id, _package(package) if package[0] is not None else None,  # None: package gone
+                             status, reason, at)
+                for event_id, status, reason, at, *package in rows]
 
     def advance(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
         return {**(cursor or {}), "event_id": int(change.position)}
@@ -256,8 +302,12 @@ class SageMakerModelRegistry(ModelRegistry):
 
     def _client(self):
         import boto3
+        from botocore.config import Config
 
-        return boto3.client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url or None)
+        # short timeouts: the registry is read from sensors, which must answer within Dagster's tick timeout
+        config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 4, "mode": "standard"})
+        return boto3.client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url or None,
+                            config=config)
 
     def _ensure_group(self, client, group: str) -> None:
         try:
@@ -290,7 +340,12 @@ class SageMakerModelRegistry(ModelRegistry):
         return self._describe(client, response["ModelPackageArn"])
 
     def _describe(self, client, arn: str) -> ModelPackage:
-        d = client.describe_model_package(ModelPackageName=arn)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            d = client.describe_model_package(ModelPackageName=arn)
+        except (ClientError, BotoCoreError) as exc:
+            raise RegistryError(f"cannot describe model package {arn}: {exc}") from None
         properties = d.get("CustomerMetadataProperties") or {}
         containers = (d.get("InferenceSpecification") or {}).get("Containers") or [{}]
         metrics = {k[len(_PROPERTY) + 7:]: float(v) for k, v in properties.items() if k.startswith(f"{_PROPERTY}metric:")}
@@ -304,44 +359,56 @@ class SageMakerModelRegistry(ModelRegistry):
             created_at=created, modified_at=d.get("LastModifiedTime") or created,
         )
 
+    def _summaries(self, client, group: str) -> list[dict]:
+        """Every package summary of the group (ARN, version, approval status), all pages."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = client.get_paginator("list_model_packages").paginate(
+                ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending")
+            return [summary for page in pages for summary in page.get("ModelPackageSummaryList", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise RegistryError(f"cannot list model package group {group}: {exc}") from None
+
     def packages(self, group: str) -> list[ModelPackage]:
         client = self._client()
-        summaries, token = [], None
-        while True:
-            kwargs = {"ModelPackageGroupName": group, "SortBy": "CreationTime", "SortOrder": "Descending"}
-            if token:
-                kwargs["NextToken"] = token
-            try:
-                page = client.list_model_packages(**kwargs)
-            except client.exceptions.ClientError as exc:
-                raise RegistryError(f"cannot list model package group {group}: {exc}") from None
-            summaries.extend(page.get("ModelPackageSummaryList", []))
-            token = page.get("NextToken")
-            if not token:
-                break
-        packages = [self._describe(client, s["ModelPackageArn"]) for s in summaries]
+        packages = [self._describe(client, s["ModelPackageArn"]) for s in self._summaries(client, group)]
         return sorted(packages, key=lambda p: p.version, reverse=True)
 
     def set_status(self, group: str, version: int, status: str, reason: str) -> ModelPackage:
-        _check_status(status)
+        _check_change(status, reason)
         client = self._client()
         package = self.package(group, version)
-        described = client.describe_model_package(ModelPackageName=package.arn)
-        client.update_model_package(
-            ModelPackageArn=package.arn, ModelApprovalStatus=status, ApprovalDescription=reason[:1024],
-            # sent again so that no implementation drops them on update
-            CustomerMetadataProperties=described.get("CustomerMetadataProperties") or {},
-        )
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            described = client.describe_model_package(ModelPackageName=package.arn)
+            client.update_model_package(
+                ModelPackageArn=package.arn, ModelApprovalStatus=status, ApprovalDescription=reason[:1024],
+                # sent again so that no implementation drops them on update
+                CustomerMetadataProperties=described.get("CustomerMetadataProperties") or {},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise RegistryError(f"cannot set {package.arn} to {status}: {exc}") from None
         return self._describe(client, package.arn)
 
     def changes(self, cursor: Mapping[str, Any] | None) -> list[StatusChange]:
+        """Packages whose status differs from the one last seen; only those are described. A package seen
+        for the first time in another status than Pending also gives its registration first."""
         seen = dict((cursor or {}).get("statuses", {}))
+        client = self._client()
         found = []
         for pipeline in self.pipelines:
-            for package in reversed(self.packages(self.group_for(pipeline))):
-                if seen.get(package.arn) != package.status:
-                    found.append(StatusChange(package.arn, package, package.status))
-        return sorted(found, key=lambda c: (c.package.modified_at, c.package.group, c.package.version))
+            for summary in self._summaries(client, self.group_for(pipeline)):
+                arn, status = summary["ModelPackageArn"], summary.get("ModelApprovalStatus")
+                if seen.get(arn) == status:
+                    continue
+                package = self._describe(client, arn)
+                if arn not in seen and package.status != PENDING:
+                    found.append(StatusChange(arn, package, PENDING, None, package.created_at))
+                found.append(StatusChange(arn, package, package.status, package.approval_description,
+                                          package.modified_at))
+        return sorted(found, key=lambda c: (c.at, c.status != PENDING, c.package.group, c.package.version))
 
     def advance(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
         statuses = dict((cursor or {}).get("statuses", {}))

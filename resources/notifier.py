@@ -63,8 +63,12 @@ class SnsNotifier(Notifier):
 
     def _send(self, subject: str, message: str) -> str:
         import boto3
+        from botocore.config import Config
 
-        client = boto3.client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url or None)
+        # short timeouts and no hidden retries (publish retries itself): a tick stays inside the sensor timeout
+        config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1, "mode": "standard"})
+        client = boto3.client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url or None,
+                              config=config)
         return client.publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)["MessageId"]
 
 

@@ -578,22 +578,38 @@ class SageMakerResource(dg.ConfigurableResource):
         )
 
     def _list_aws(self, status: str | None, max_results: int, problems: list[str] | None) -> list[TrainingJob]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client = self.client()
-        kwargs: dict[str, Any] = {"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": min(max_results, 100)}
+        kwargs: dict[str, Any] = {"SortBy": "CreationTime", "SortOrder": "Descending",
+                                  "PaginationConfig": {"MaxItems": max_results, "PageSize": 100}}
         if status:
             kwargs["StatusEquals"] = status
-        summaries = client.list_training_jobs(**kwargs)["TrainingJobSummaries"]
+        try:
+            pages = client.get_paginator("list_training_jobs").paginate(**kwargs)
+            summaries = [summary for page in pages for summary in page.get("TrainingJobSummaries", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise SageMakerJobError(f"cannot list SageMaker training jobs: {exc}") from None
+        # newest first whatever order the server kept (some S3/SageMaker-compatible servers ignore SortOrder)
+        summaries.sort(key=lambda s: (str(s.get("CreationTime", "")), s.get("TrainingJobName", "")), reverse=True)
         jobs = []
         for summary in summaries[:max_results]:
-            description = client.describe_training_job(TrainingJobName=summary["TrainingJobName"])
-            tags = client.list_tags(ResourceArn=description["TrainingJobArn"]).get("Tags", [])
-            try:
+            name = summary.get("TrainingJobName", "?")
+            try:  # one job that cannot be read (deleted meanwhile, incomplete) does not hide the others
+                description = client.describe_training_job(TrainingJobName=name)
+                tags = client.list_tags(ResourceArn=description["TrainingJobArn"]).get("Tags", [])
                 jobs.append(self._job_from_description(description, tags={t["Key"]: t["Value"] for t in tags}))
             except KeyError as exc:
-                if problems is not None:
-                    problems.append(f"training job {summary['TrainingJobName']} lacks {exc.args[0]} in its description")
+                problem = f"training job {name} lacks {exc.args[0]} in its description"
+            except (TypeError, ValueError) as exc:
+                problem = f"training job {name} has an unreadable field in its description: {exc}"
+            except (ClientError, BotoCoreError) as exc:
+                problem = f"training job {name} could not be described: {exc}"
+            else:
+                continue
+            if problems is not None:
+                problems.append(problem)
         return jobs
-
 
 def _unquote(value: str) -> str:
     """SageMaker framework hyperparameters are JSON-encoded strings; show them plain."""

@@ -247,7 +247,8 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         notifier = SnsNotifier(topic_arn=settings.sns_topic_arn, **aws)
     else:
         notifier = LocalNotifier(path=str(settings.data_dir / "notifications.jsonl"),
-                                 webhook_url=settings.notify_webhook_url)
+                                 webhook_url=secret("NOTIFY_WEBHOOK_URL", settings.notify_webhook_url)
+                                 if settings.notify_webhook_url else None)
 
     return {
         "app_db": app_db,

@@ -4,6 +4,7 @@ runs and their input datasets in tables of the application PostgreSQL, each trai
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -115,6 +116,15 @@ class TrackingStore(dg.ConfigurableResource):
                     "VALUES (%s, %s, %s, %s, %s)",
                     (run_id[0], dataset.channel, dataset.uri, dataset.compression, dataset.record_wrapper))
         return True
+
+    def tracked(self, job_names: Iterable[str]) -> set[str]:
+        """Which of these training jobs are recorded."""
+        names = sorted(set(job_names))
+        if not names:
+            return set()
+        with self._connect() as conn:
+            rows = conn.execute("SELECT job_name FROM tracking_runs WHERE job_name = ANY(%s)", (names,)).fetchall()
+        return {row[0] for row in rows}
 
     def runs(self) -> list[dict]:
         """Every recorded run with its project, model and inputs, newest first."""

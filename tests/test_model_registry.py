@@ -1,5 +1,7 @@
 """The model registry on both backends: local tables and SageMaker (moto's server), same behaviour."""
 
+import socket
+import threading
 import uuid
 
 import pytest
@@ -97,3 +99,71 @@ def test_sagemaker_calls_and_arguments(moto, boto_client):
     registry.approve("credit-prod-models", package.version, "reviewed by risk")
     described = client.describe_model_package(ModelPackageName=package.arn)
     assert (described["ModelApprovalStatus"], described["ApprovalDescription"]) == (APPROVED, "reviewed by risk")
+
+
+def test_named_versions_are_checked_against_the_policy(registry):
+    group = registry.group_for("credit")
+    register(registry, "v-one"), register(registry, "v-two")
+    registry.approve(group, 1, "reviewed")
+    registry.reject(group, 2, "unstable Gini")
+    assert registry.resolve("credit", "v-one").version == 1
+    assert registry.resolve("credit").model_version == "v-one"  # empty: the policy's choice
+    with pytest.raises(RegistryError, match=r"model version v-two is Rejected in .* \(version 2: unstable Gini\)"):
+        registry.resolve("credit", "v-two")
+    with pytest.raises(RegistryError, match="v-three is not registered .* only Approved models are used"):
+        registry.resolve("credit", "v-three")
+    register(registry, "v-four")
+    with pytest.raises(RegistryError, match="v-four is PendingManualApproval"):
+        registry.resolve("credit", "v-four")
+    newest = registry.model_copy(update={"version_policy": "newest"})
+    assert newest.resolve("credit", "v-four").version == 3 and newest.resolve("credit", "v-three") is None
+    with pytest.raises(RegistryError, match="Rejected models are not used"):
+        newest.resolve("credit", "v-two")
+
+
+def test_a_reason_is_required_and_a_repeated_status_is_no_change(registry):
+    group = registry.group_for("credit")
+    register(registry, "v-one")
+    with pytest.raises(RegistryError, match="a reason is required to set a model package to Approved"):
+        registry.approve(group, 1, "  ")
+    cursor = registry.advance(None, registry.changes(None)[-1])
+    registry.approve(group, 1, "reviewed")
+    [approved] = registry.changes(cursor)
+    assert (approved.status, approved.reason) == (APPROVED, "reviewed")
+    cursor = registry.advance(cursor, approved)
+    registry.approve(group, 1, "reviewed again")  # already Approved: the reason is updated, nothing happens
+    assert registry.changes(cursor) == []
+    assert registry.package(group, 1).approval_description == "reviewed again"
+
+
+def test_local_events_become_visible_in_id_order(app_db):
+    """A change whose transaction commits late cannot be skipped by a reader that saw a later one: event
+    ids are handed out under a lock held until commit."""
+    registry = LocalModelRegistry(db=app_db, env=f"t{uuid.uuid4().hex[:8]}")
+    first = register(registry, "v-one")
+    cursor = registry.advance(None, registry.changes(None)[-1])
+    registered = []
+    with app_db.connect() as slow:  # an approval whose transaction is still open
+        with slow.transaction():
+            LocalModelRegistry._append_event(slow, first.arn, APPROVED, "slow approval")
+            thread = threading.Thread(target=lambda: registered.append(register(registry, "v-two")))
+            thread.start()
+            thread.join(timeout=1.0)
+            assert thread.is_alive() and registry.changes(cursor) == []  # the second change waits for the first
+        thread.join(timeout=10)
+    assert registered and [(c.package.model_version, c.status) for c in registry.changes(cursor)] == [
+        ("v-one", APPROVED), ("v-two", PENDING)]
+
+
+def test_an_unreachable_registry_is_a_clear_error(moto):
+    from resources.postgres import ExternalPostgresDatabase
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the socket is closed
+    local = LocalModelRegistry(db=ExternalPostgresDatabase(url=f"postgresql://nobody@127.0.0.1:{port}/none"))
+    with pytest.raises(RegistryError, match="the model registry's database is unreachable"):
+        local.changes(None)
+    remote = SageMakerModelRegistry(region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(RegistryError, match="cannot list model package group credit-dev-models"):
+        remote.changes(None)

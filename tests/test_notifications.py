@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from mlops_assets.notifications import model_registry_sensor, notification
-from resources.model_registry import APPROVED, PENDING, LocalModelRegistry
+from resources.model_registry import APPROVED, PENDING, REJECTED, LocalModelRegistry, SageMakerModelRegistry
 from resources.notifier import LocalNotifier, NotificationError, SnsNotifier
 
 
@@ -135,3 +135,77 @@ def test_the_local_notifier_posts_to_a_webhook(tmp_path):
         thread.join()
     assert received[0]["subject"] == "[SageMaker] New Model Approved in credit-dev-models"
     assert notifier.sent()[0]["message"] == "details"
+
+
+def test_an_approval_rejected_before_the_tick_is_told_as_made_but_not_put_to_work(registry, notifier):
+    package = register(registry, "credit", "c-4")
+    _, cursor = tick(registry, notifier)
+    registry.approve(package.group, package.version, "looked fine")
+    registry.reject(package.group, package.version, "leakage found in the training data")
+    result, cursor = tick(registry, notifier, cursor)
+    assert not result.run_requests  # a model rejected since is never put to work
+    approved = notifier.sent()[-1]
+    assert approved["subject"].startswith("[SageMaker] New Model Approved")
+    assert "its status has since become Rejected" in approved["message"] and "Reason: looked fine" in approved["message"]
+    details = json.loads(approved["message"].split("Details:\n", 1)[1])
+    assert (details["status"], details["approval_description"], details["current_status"]) == (
+        APPROVED, "looked fine", REJECTED)
+
+
+def test_approval_runs_are_pinned_to_the_approved_version(registry, notifier):
+    older, newer = register(registry, "credit", "c-5"), register(registry, "credit", "c-6")
+    registry.approve(newer.group, newer.version, "current champion")
+    _, cursor = tick(registry, notifier)
+    registry.approve(older.group, older.version, "rollback: c-6 misbehaves")  # c-6 is still Approved and newer
+    result, _ = tick(registry, notifier, cursor)
+    [request] = result.run_requests
+    assert request.run_config["ops"]["credit_scores"]["config"]["model_version"] == "c-5"
+    assert request.tags["model_version"] == "c-5"
+
+
+def test_the_first_tick_skips_old_history(registry, notifier, app_db):
+    old, recent = register(registry, "credit", "c-7"), register(registry, "credit", "c-8")
+    registry.approve(old.group, old.version, "approved long ago")
+    with app_db.connect(autocommit=True) as conn:
+        conn.execute("UPDATE model_package_events SET at = now() - interval '3 days' WHERE arn = %s", (old.arn,))
+    result, cursor = tick(registry, notifier)
+    assert not result.run_requests  # the old approval is history: no rescoring on a new deployment
+    [sent] = notifier.sent()
+    assert recent.arn in sent["message"]
+    registry.approve(recent.group, recent.version, "new")
+    result, _ = tick(registry, notifier, cursor)
+    assert [r.tags["model_version"] for r in result.run_requests] == ["c-8"]
+
+
+def test_a_publish_failing_mid_tick_keeps_the_cursor_after_what_was_sent(registry, notifier, tmp_path):
+    register(registry, "credit", "c-10"), register(registry, "credit", "c-11")
+
+    class FailsSecond(LocalNotifier):
+        def _send(self, subject, message):
+            if len(self.sent()) >= 1:
+                raise OSError("disk full")
+            return super()._send(subject, message)
+
+    flaky = FailsSecond(path=str(tmp_path / "flaky.jsonl"), attempts=2, backoff_seconds=0.01)
+    result, cursor = tick(registry, flaky)
+    assert "notification failed" in result.skip_reason.skip_message and len(flaky.sent()) == 1
+    tick(registry, notifier, cursor)  # the next tick sends only the one that failed
+    [second] = notifier.sent()
+    assert "c-11" in second["message"]
+
+
+def test_the_sagemaker_registry_feeds_the_sensor(moto, notifier):
+    registry = SageMakerModelRegistry(env=f"n{uuid.uuid4().hex[:8]}", region_name="us-east-1", endpoint_url=moto,
+                                      inference_image="img:1")
+    package = register(registry, "recsys", "r-9")
+    registry.approve(package.group, package.version, "better NDCG")  # registered and approved between two polls
+    result, cursor = tick(registry, notifier)
+    assert [m["subject"].split(" in ")[0] for m in notifier.sent()] == [
+        "[SageMaker] New Model Registered", "[SageMaker] New Model Approved"]
+    [request] = result.run_requests
+    assert request.run_config["ops"]["user_embeddings"]["config"]["version"] == "r-9"
+    result, cursor = tick(registry, notifier, cursor)
+    assert not result.run_requests and len(notifier.sent()) == 2  # nothing twice
+    registry.reject(package.group, package.version, "drift")
+    tick(registry, notifier, cursor)
+    assert len(notifier.sent()) == 2  # rejections are not told

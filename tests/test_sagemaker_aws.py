@@ -71,6 +71,16 @@ def test_training_job_request_and_result(sagemaker, s3_artifacts, code_dir, boto
     assert listed.input_channels == {"train": "s3://ml-artifacts/platform/data/train"}
 
 
+def test_training_jobs_are_listed_newest_first_up_to_the_limit(sagemaker, s3_artifacts, code_dir):
+    for name in ("job-a", "job-b", "job-c"):
+        s3_artifacts.write_bytes(f"training/{name}/output/model.tar.gz", model_tarball({"model.json": b"{}"}))
+        sagemaker.train(job_name=name, source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
+                        hyperparameters={}, output_prefix="training", tags={"n": name})
+    assert [job.name for job in sagemaker.list_training_jobs()] == ["job-c", "job-b", "job-a"]
+    assert len(sagemaker.list_training_jobs(max_results=2)) == 2  # which two is the server's sort (moto ignores it)
+    assert sagemaker.list_training_jobs(status="Failed") == []
+
+
 def test_training_without_model_output_is_an_error(sagemaker, code_dir):
     with pytest.raises(FileNotFoundError, match=r"no artifact at s3://ml-artifacts/platform/training/ghost/output/model\.tar\.gz"):
         sagemaker.train(job_name="ghost", source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},

@@ -2,12 +2,15 @@
 local SageMaker job records and SageMaker on moto's server."""
 
 import json
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from mlops_assets.tracking import (
+    MAX_ATTEMPTS,
+    RETRY_AFTER_SECONDS,
     NotTrackable,
     TrackingTags,
     TrainingRunsConfig,
@@ -84,15 +87,58 @@ def test_local_jobs_are_synced_once_with_everything_recorded(local_jobs, app_db)
     assert (again["synced"], again["already_tracked"]) == (0, 2)  # exactly once
 
 
-def test_the_sensor_requests_a_sync_for_new_jobs_only(local_jobs):
-    with dg.build_sensor_context(resources={"sagemaker": local_jobs}) as context:
-        first = training_jobs_sensor(context)
+def sensor_tick(sagemaker, tracking, cursor=None):
+    with dg.build_sensor_context(cursor=cursor, resources={"sagemaker": sagemaker, "tracking": tracking}) as context:
+        return training_jobs_sensor(context)
+
+
+def aged(cursor, seconds=RETRY_AFTER_SECONDS + 1):
+    """The cursor as a later tick sees it: every request `seconds` older."""
+    state = json.loads(cursor)
+    for entry in state["waiting"].values():
+        entry["requested_at"] -= seconds
+    return json.dumps(state)
+
+
+def test_the_sensor_requests_new_jobs_once_and_again_when_a_sync_run_failed(local_artifacts, tmp_path, code_dir,
+                                                                             app_db):
+    local_artifacts.write_text("data/train/part-0.csv", "a,1\n")
+    sagemaker = SageMakerResource(artifacts=local_artifacts, work_dir=str(tmp_path / "jobs"))
+    tracking = TrackingStore(db=app_db)
+    suffix = uuid.uuid4().hex[:8]
+    opted, plain, half = f"opted-{suffix}", f"plain-{suffix}", f"half-{suffix}"
+    for name, tags in ((opted, TAGS), (plain, {"team": "risk"}), (half, {"MODEL_DB_SYNC": "true"})):
+        sagemaker.train(job_name=name, source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
+                        hyperparameters={"epochs": 1}, output_prefix="training", tags=tags)
+
+    first = sensor_tick(sagemaker, tracking)
     [request] = first.run_requests
-    assert request.run_config["ops"]["training_runs"]["config"]["job_names"] == [
-        "missing-tags", "not-opted-in", "synced-1", "synced-2"]
-    with dg.build_sensor_context(cursor=first.cursor, resources={"sagemaker": local_jobs}) as context:
-        second = training_jobs_sensor(context)
-    assert not second.run_requests
+    assert request.run_config["ops"]["training_runs"]["config"]["job_names"] == sorted([opted, plain, half])
+    assert set(json.loads(first.cursor)["waiting"]) == {opted}  # only an opted-in, complete job is awaited
+    assert not sensor_tick(sagemaker, tracking, first.cursor).run_requests  # a run is on its way: nothing new
+
+    # that run failed (nothing recorded): once the retry delay has passed, the job is requested again
+    retried = sensor_tick(sagemaker, tracking, aged(first.cursor))
+    [again] = retried.run_requests
+    assert again.run_config["ops"]["training_runs"]["config"]["job_names"] == [opted]
+    assert again.run_key != request.run_key and json.loads(retried.cursor)["waiting"][opted]["attempts"] == 2
+
+    sync(sagemaker, tracking, [opted])  # the retried run succeeds
+    settled = sensor_tick(sagemaker, tracking, aged(retried.cursor))
+    assert not settled.run_requests and json.loads(settled.cursor)["waiting"] == {}
+    assert not sensor_tick(sagemaker, tracking, settled.cursor).run_requests  # and no replay after that
+
+    # a job that never gets recorded is requested at most MAX_ATTEMPTS times, then reported and dropped
+    stuck = f"stuck-{suffix}"
+    sagemaker.train(job_name=stuck, source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
+                    hyperparameters={"epochs": 1}, output_prefix="training", tags=TAGS)
+    state = json.loads(settled.cursor)
+    state["seen"].append(stuck)
+    state["waiting"] = {stuck: {"requested_at": 0, "attempts": MAX_ATTEMPTS},
+                        f"gone-{suffix}": {"requested_at": 0, "attempts": 1}}  # no longer listed: dropped
+    given_up = sensor_tick(sagemaker, tracking, json.dumps(state))
+    assert not given_up.run_requests and json.loads(given_up.cursor)["waiting"] == {}
+    assert tracking.tracked([stuck, opted]) == {opted}
 
 
 def test_unreadable_job_records_are_reported(local_jobs, app_db):
