@@ -29,6 +29,7 @@ from credit_assets import customer_store, population  # noqa: E402
 from credit_assets.assets import DECISIONS_KEY  # noqa: E402
 from resources.artifacts import LocalArtifactStore  # noqa: E402
 from resources.datasets import ReferenceDatasets  # noqa: E402
+from resources.model_registry import LocalModelRegistry  # noqa: E402
 from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
 from resources.readonly import ProvisionedReadOnlyDatabase  # noqa: E402
 from resources.sagemaker import SageMakerResource  # noqa: E402
@@ -83,6 +84,8 @@ def main() -> int:
             "artifacts": artifacts,
             "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(work / "sagemaker")),
             "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
+            # the model just trained scores (it is registered; approval is not what is measured here)
+            "registry": LocalModelRegistry(db=app_db, version_policy="newest"),
         }
         assets = [credit.customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
                   credit.credit_scores, credit.limit_decisions, credit.customer_updates, credit.decisions_follow_policy,

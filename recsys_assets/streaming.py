@@ -25,7 +25,6 @@ import numpy as np
 from recsys_assets import embeddings
 from recsys_assets.assets import item_embeddings, user_embeddings
 from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_batch
-from recsys_assets.model_code import two_tower
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
 from resources.metadata import markdown_mapping
 from resources.pgvector import PgVectorStore
@@ -37,7 +36,6 @@ RAW_PREFIX = "raw_events"
 OUTPUT_PREFIX = "recommendations"
 DEAD_LETTER_PREFIX = "dead_letter"
 MAX_EVENTS_PER_TICK = 20_000
-TOWER_FILES = (two_tower.CONFIG_FILE, two_tower.USER_SCALER_FILE, two_tower.MODEL_FILE)
 GROUP = "streaming"
 
 
@@ -103,10 +101,12 @@ _embedders: dict[tuple[str, str], TowerEmbedder] = {}
 
 def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
     """The user tower of a published model version (read once per process)."""
+    from recsys_assets.model_code import two_tower  # torch: imported where a tower is needed, not by every job
+
     cache_key = (artifacts.uri(), version)
     if cache_key not in _embedders:
         files = {}
-        for name in TOWER_FILES:
+        for name in (two_tower.CONFIG_FILE, two_tower.USER_SCALER_FILE, two_tower.MODEL_FILE):
             key = join_key(embeddings.version_prefix(version), name)
             try:
                 files[name] = artifacts.read_bytes(key)
