@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import scratch_folder  # noqa: E402
+from scratch import peak_rss_mb, scratch_folder, settings_for  # noqa: E402
 
 import dagster as dg  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -33,7 +33,6 @@ from resources.model_registry import LocalModelRegistry  # noqa: E402
 from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
 from resources.readonly import ProvisionedReadOnlyDatabase  # noqa: E402
 from resources.sagemaker import SageMakerResource  # noqa: E402
-from resources.settings import PlatformSettings  # noqa: E402
 
 STAGES = ["eligible_customers", "credit_scores", "limit_decisions", "customer_updates"]
 
@@ -75,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
 
     with scratch_folder("credit", Path(args.work_dir) if args.work_dir else None) as work:
-        settings = PlatformSettings.from_env({"DATA_DIR": str(work)})
+        settings = settings_for(work)
         app_db = EmbeddedPostgresDatabase(data_dir=str(settings.embedded_postgres_dir), database="bench_credit")
         artifacts = LocalArtifactStore(root=str(work / "artifacts"))
         resources = {
@@ -121,8 +120,7 @@ def main() -> int:
 
         decisions = artifacts.read_parquet(DECISIONS_KEY).head(args.baseline_sample)
         baseline_rows_per_second = per_row_update_baseline(app_db, decisions)
-        peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        peak_self, peak_children = peak_rss_mb(), peak_rss_mb(resource.RUSAGE_CHILDREN)
         line = {
             "benchmark": "credit_batch",
             "customers": args.customers,
@@ -138,8 +136,8 @@ def main() -> int:
             "baseline_per_row_update_rows_per_second": round(baseline_rows_per_second),
             "baseline_sample": len(decisions),
             "writeback_speedup": round(writeback_rows_per_second / baseline_rows_per_second, 1),
-            "peak_rss_mb": round(peak_self),
-            "peak_rss_children_mb": round(peak_children),
+            "peak_rss_mb": peak_self,
+            "peak_rss_children_mb": peak_children,
             "checks_passed": checks_passed,
             "targets_met": {
                 "writeback_rows_per_second>=100000": writeback_rows_per_second >= 100_000,

@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scratch import peak_rss_mb, scratch_folder  # noqa: E402
+
+from tests.mysql_support import mysql_connection  # noqa: E402
+
 PRODUCTS = 2_000
-
-
-def mysql(database: str | None = None):
-    import pymysql
-
-    return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=database,
-                           autocommit=True)
 
 
 def generate(database: str, ratings: int, customers: int) -> None:
@@ -40,7 +34,7 @@ def generate(database: str, ratings: int, customers: int) -> None:
 
     from resources import classicmodels_demo as demo
 
-    with mysql() as conn:
+    with mysql_connection() as conn:
         conn.cursor().execute(f"DROP DATABASE IF EXISTS `{database}`")
         conn.cursor().execute(f"CREATE DATABASE `{database}`")
     engine = sa.create_engine(f"mysql+pymysql://root@127.0.0.1:3306/{database}")
@@ -54,7 +48,7 @@ def generate(database: str, ratings: int, customers: int) -> None:
             frame = tables[name]
             conn.execute(demo.metadata.tables[name].insert(), frame.astype(object).where(frame.notna(), None).to_dict("records"))
     engine.dispose()
-    with mysql(database) as conn:
+    with mysql_connection(database) as conn:
         cur = conn.cursor()
         cur.execute("ALTER TABLE ratings ADD INDEX by_customer (customerNumber, productCode)")
         cur.execute(
@@ -99,13 +93,10 @@ def child_baseline(url: str, out: Path) -> dict:
 
 
 def run_child(kind: str, url: str) -> dict:
-    out = Path(tempfile.mkdtemp(prefix=f"mldp-bench-etl-{kind}-"))
-    try:
+    with scratch_folder(f"etl-{kind}") as out:
         completed = subprocess.run([sys.executable, __file__, "--child", kind, "--url", url, "--out", str(out / "data")],
                                    capture_output=True, text=True, check=True)
         return json.loads(completed.stdout.strip().splitlines()[-1])
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
 
 
 def main() -> int:
@@ -119,7 +110,7 @@ def main() -> int:
     if args.child:
         measure = child_project if args.child == "project" else child_baseline
         outcome = measure(args.url, Path(args.out))
-        outcome["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        outcome["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(outcome))
         return 0
 
@@ -134,7 +125,7 @@ def main() -> int:
         project = {n: run_child("project", url[n]) for n in sizes}
         baseline = run_child("baseline", url[args.ratings])
     finally:
-        with mysql() as conn:
+        with mysql_connection() as conn:
             for name in databases.values():
                 conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
     big = project[args.ratings]

@@ -2,8 +2,8 @@
 
 Two catalogues: the lab's size (its training data when present, about 110 items and 100 customers; demo
 data otherwise) and 100,000 items. For each: N events (default 100,000) enriched in micro-batches
-(`enrich_batch`: one user-tower pass, one round trip for all recommendations and one for all similar items
-per batch) -> events/s and p50/p99 ms per micro-batch; the naive way (one query per event for each
+(`enrich_in_batches`: per batch one user-tower pass, one round trip for all recommendations and one for all
+similar items) -> events/s and p50/p99 ms per micro-batch; the naive way (one query per event for each
 lookup) measured on a sample in the same run, with the ratio; and recall@5 of the similar items against
 exact cosine search in numpy. One JSON line.
 
@@ -20,33 +20,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import scratch_folder  # noqa: E402
+from scratch import scratch_folder, settings_for  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from recsys_assets.embeddings import EmbeddingRows  # noqa: E402
-from recsys_assets.enrichment import chosen_item, enrich_batch, parse_event  # noqa: E402
+from recsys_assets.enrichment import chosen_item, enrich_in_batches, parse_event  # noqa: E402
 from recsys_assets.session_events import make_events  # noqa: E402
 from recsys_assets.streaming import embedder_for  # noqa: E402
 from resources.artifacts import LocalArtifactStore  # noqa: E402
 from resources.pgvector import PgVectorStore  # noqa: E402
 from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
-from resources.settings import PlatformSettings  # noqa: E402
 from tests.recsys_support import publish_and_load, training_frame  # noqa: E402
 
 K = 5
 
 
 def enrich_all(payloads, embedder, store, batch: int) -> tuple[float, list[float], int]:
-    latencies, enriched = [], 0
     started = time.perf_counter()
-    for start in range(0, len(payloads), batch):
-        began = time.perf_counter()
-        outcome = enrich_batch([(i, p) for i, p in enumerate(payloads[start:start + batch])], embedder, store, K)
-        latencies.append((time.perf_counter() - began) * 1000)
-        enriched += len(outcome.records)
-    return time.perf_counter() - started, latencies, enriched
+    outcome, latencies = enrich_in_batches(list(enumerate(payloads)), embedder, store, K, batch)
+    return time.perf_counter() - started, latencies, len(outcome.records)
 
 
 def one_query_per_event(payloads, embedder, store) -> float:
@@ -111,7 +104,7 @@ def main() -> int:
     with scratch_folder("stream") as work:
         db = EmbeddedPostgresDatabase(data_dir=str(work / "postgres"), database="bench_stream")
         artifacts = LocalArtifactStore(root=str(work / "artifacts"))
-        frame = training_frame(PlatformSettings.from_env({"DATA_DIR": str(work)}).datasets_dir)
+        frame = training_frame(settings_for(work).datasets_dir)
         lab = PgVectorStore(db=db)
         trained = publish_and_load(frame, artifacts, lab, "bench-lab")
         embedder = embedder_for(artifacts, "bench-lab")

@@ -281,14 +281,6 @@ def apply_decisions(
         )
         copy_dataframe(cur, sql.Identifier("credit_decision_staging"), decisions, _STAGING_COLUMNS)
         cur.execute("ANALYZE credit_decision_staging")
-        # a batch seen for the first time needs no per-row look-up in its (empty) audit trail; a concurrent
-        # writer of the same batch is still stopped by the undecided-customer condition and the audit key
-        seen_before = cur.execute(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {audit} WHERE batch_id = %s)").format(audit=sql.Identifier(AUDIT_TABLE)),
-            (batch_id,)).fetchone()[0]
-        not_in_audit = sql.SQL(
-            "AND NOT EXISTS (SELECT 1 FROM {audit} AS a WHERE a.batch_id = %(batch)s AND a.customer_id = s.customer_id)"
-        ).format(audit=sql.Identifier(AUDIT_TABLE)) if seen_before else sql.SQL("")
         cur.execute(
             sql.SQL(
                 """
@@ -304,7 +296,8 @@ def apply_decisions(
                       AND c.limit_increase_decision IS NULL
                       AND c.current_limit IS NOT DISTINCT FROM s.current_limit
                       AND c.current_score IS NOT DISTINCT FROM s.current_score
-                      {not_in_audit}
+                      AND NOT EXISTS (
+                          SELECT 1 FROM {audit} AS a WHERE a.batch_id = %(batch)s AND a.customer_id = s.customer_id)
                     RETURNING s.customer_id, s.current_score, s.new_score, s.current_limit, s.new_limit, s.decision,
                               s.reason, s.probability
                 )
@@ -314,7 +307,7 @@ def apply_decisions(
                        probability, %(model)s, %(run)s
                 FROM applied
                 """
-            ).format(target=target, audit=sql.Identifier(AUDIT_TABLE), not_in_audit=not_in_audit),
+            ).format(target=target, audit=sql.Identifier(AUDIT_TABLE)),
             {"batch": batch_id, "model": model_version, "run": run_id},
         )
         updated = cur.rowcount

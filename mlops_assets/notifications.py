@@ -53,17 +53,12 @@ def notification(change: StatusChange) -> tuple[str, str] | None:
     return SUBJECTS[change.status].format(group=package.group), message
 
 
-def pipeline_of(registry: ModelRegistry, group: str) -> str | None:
-    suffix = f"-{registry.env}-models"
-    return group[: -len(suffix)] if group.endswith(suffix) else None
-
-
 def put_to_work(registry: ModelRegistry, change: StatusChange) -> dg.RunRequest | None:
     """The run that uses a newly approved model, pinned to its version."""
     package = change.package
     if not package.model_version:  # e.g. registered by the exported SageMaker Pipeline, which scores by itself
         return None
-    pipeline = pipeline_of(registry, package.group)
+    pipeline = registry.pipeline_of(package.group)
     run_key = f"approved-{package.arn}-{change.position}-{change.at.isoformat() if change.at else ''}"
     tags = {"model_package": package.arn, "model_version": package.model_version}
     if pipeline == "credit":
@@ -85,7 +80,7 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, registry: ModelRe
     requests: list[dg.RunRequest] = []
     failure = None
     sent = old = 0
-    for change in registry.changes(cursor)[:MAX_CHANGES_PER_TICK]:
+    for change in registry.changes(cursor, limit=MAX_CHANGES_PER_TICK):
         if change.package is None:
             context.log.warning(f"registry change {change.position} ({change.status!r}) names no model package; skipped")
             cursor = registry.advance(cursor, change)

@@ -15,14 +15,13 @@ primary database, and its transaction and audit trail.
 
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import dagster as dg
 
-from credit_assets.assets import MODEL_CODE_DIR
+from credit_assets.assets import MODEL_CODE_DIR, CreditModelConfig, LimitPolicyConfig
 from credit_assets.policy import LimitPolicy
-from resources.artifacts import ArtifactStore, join_key, scratch_dir
+from resources.artifacts import join_key
 from resources.model_registry import PENDING, ModelRegistry
 from resources.sagemaker import SageMakerResource
 
@@ -155,48 +154,21 @@ def _processing_input(name: str, uri, local_path: str) -> dict:
                         "S3DataDistributionType": "FullyReplicated"}}
 
 
+PROCESSING_FILES = {"decide_limits.py": PIPELINE_CODE / "decide_limits.py", "policy.py": POLICY_FILE}
+
+
 def processing_bundle(directory: Path) -> list[Path]:
-    """The DecideLimits step's code: its script with the project's policy module beside it."""
+    """The DecideLimits step's code in one folder: its script with the project's policy module beside it."""
     directory.mkdir(parents=True, exist_ok=True)
-    files = [directory / "decide_limits.py", directory / "policy.py"]
-    shutil.copyfile(PIPELINE_CODE / "decide_limits.py", files[0])
-    shutil.copyfile(POLICY_FILE, files[1])
-    return files
+    return [Path(shutil.copyfile(source, directory / name)) for name, source in PROCESSING_FILES.items()]
 
 
-def publish_code(artifacts: ArtifactStore, prefix: str) -> tuple[str, str]:
+def publish_code(sagemaker: SageMakerResource, prefix: str) -> tuple[str, str]:
     """Upload the script-mode source (sourcedir.tar.gz) and the processing code; returns their URIs."""
-    staging = scratch_dir("pipeline-code")
-    try:
-        archive = staging / "sourcedir.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            for path in sorted(Path(MODEL_CODE_DIR).iterdir()):
-                if path.is_file() and path.suffix in (".py", ".txt"):
-                    tar.add(path, arcname=path.name)
-        source_uri = artifacts.upload_file(join_key(prefix, "sourcedir.tar.gz"), archive)
-        for path in processing_bundle(staging / "processing"):
-            artifacts.upload_file(join_key(prefix, "processing", path.name), path)
-        return source_uri, artifacts.uri(join_key(prefix, "processing"))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def upsert_pipeline(client, name: str, definition: dict, role_arn: str, description: str) -> str:
-    """create_pipeline, or update_pipeline when it exists; returns 'created' or 'updated'."""
-    body = json.dumps(definition)
-    try:
-        client.describe_pipeline(PipelineName=name)
-    except client.exceptions.ClientError as exc:
-        # SageMaker answers ResourceNotFound; some implementations a ValidationException saying so
-        error = exc.response.get("Error", {})
-        if error.get("Code") != "ResourceNotFound" and "could not find" not in error.get("Message", "").lower():
-            raise
-        client.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role_arn,
-                               PipelineDescription=description[:3072])
-        return "created"
-    client.update_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role_arn,
-                           PipelineDescription=description[:3072])
-    return "updated"
+    source_uri = sagemaker.upload_source(join_key(prefix, "sourcedir.tar.gz"), Path(MODEL_CODE_DIR))
+    for name, source in PROCESSING_FILES.items():
+        sagemaker.artifacts.upload_file(join_key(prefix, "processing", name), source)
+    return source_uri, sagemaker.artifacts.uri(join_key(prefix, "processing"))
 
 
 class CreditPipelineExportConfig(dg.Config):
@@ -209,12 +181,10 @@ class CreditPipelineExportConfig(dg.Config):
 def export_credit_pipeline(config: CreditPipelineExportConfig, sagemaker: SageMakerResource,
                            registry: ModelRegistry) -> dict:
     """Build the definition from the platform's configuration, store it, and upsert it when asked."""
-    from credit_assets.assets import CreditModelConfig, LimitPolicyConfig
-
     artifacts = sagemaker.artifacts
     name = f"credit-limit-increase-{registry.env}"
     prefix = f"sagemaker/pipelines/{name}"
-    source_uri, processing_uri = publish_code(artifacts, join_key(prefix, "code"))
+    source_uri, processing_uri = publish_code(sagemaker, join_key(prefix, "code"))
     definition = credit_pipeline_definition(
         role_arn=sagemaker.role_arn or "", training_image=sagemaker.image_uri("training"),
         inference_image=sagemaker.image_uri("inference"), processing_image=sagemaker.image_uri("training"),
@@ -227,10 +197,8 @@ def export_credit_pipeline(config: CreditPipelineExportConfig, sagemaker: SageMa
     definition_uri = artifacts.write_json(join_key(prefix, "definition.json"), definition)
     outcome = "exported"
     if config.upsert if config.upsert is not None else sagemaker.backend == "aws":
-        if not sagemaker.role_arn:
-            raise ValueError("upserting the SageMaker Pipeline needs SAGEMAKER_ROLE_ARN")
-        outcome = upsert_pipeline(sagemaker.client(), name, definition, sagemaker.role_arn,
-                                  "Credit-limit-increase batch scoring, exported from the ml-data-platform code location")
+        outcome = sagemaker.upsert_pipeline(
+            name, definition, "Credit-limit-increase batch scoring, exported from the ml-data-platform code location")
     return {"pipeline": name, "outcome": outcome, "definition_uri": definition_uri, "steps": len(definition["Steps"])}
 
 

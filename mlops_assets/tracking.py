@@ -78,7 +78,8 @@ def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig,
     problems: list[str] = []
     jobs = sagemaker.list_training_jobs(status="Completed", problems=problems)
     if config.job_names:
-        jobs = [job for job in jobs if job.name in set(config.job_names)]
+        wanted = set(config.job_names)
+        jobs = [job for job in jobs if job.name in wanted]
     synced, already, reported, ignored = [], 0, [], 0
     for job in jobs:
         try:
@@ -107,7 +108,7 @@ def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig,
             "reported": len(reported),
             "runs": dg.MetadataValue.md(markdown_table(pd.DataFrame(table)) if table else "none this time"),
             "reports": dg.MetadataValue.md(markdown_table(pd.DataFrame(reported)) if reported else "none"),
-            "tracked_runs_total": len(tracking.runs()),
+            "tracked_runs_total": tracking.count(),
         }
     )
 

@@ -69,7 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flow.tracking()
         print("\nwhere to look:")
         print(f"  artifacts          {resources.artifacts.uri()}")
-        print(f"  model registry     mldp registry list")
+        print("  model registry     mldp registry list")
     print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000; runs are kept in {home})")
     return 0 if flow.ok else 1
 
@@ -106,7 +106,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
         registry = resources.registry
         try:
             if args.action == "list":
-                groups = [args.group] if args.group else [registry.group_for(p) for p in ("credit", "recsys")]
+                groups = [args.group] if args.group else [registry.group_for(p) for p in registry.pipelines]
                 for group in groups:
                     packages = registry.packages(group)
                     print(f"{group}: {len(packages)} version(s)")

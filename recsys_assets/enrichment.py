@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -169,6 +170,20 @@ def enrich_batch(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder, sto
         }
         result.records.append((key, record))
     return result
+
+
+def enrich_in_batches(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder, store: VectorStore,
+                      k: int = DEFAULT_K, batch_size: int = 500) -> tuple[Enriched, list[float]]:
+    """`enrich_batch` over micro-batches of `batch_size`, all outcomes together, with each batch's latency
+    in milliseconds."""
+    result, latencies = Enriched(), []
+    for start in range(0, len(items), batch_size):
+        began = time.perf_counter()
+        outcome = enrich_batch(items[start:start + batch_size], embedder, store, k)
+        latencies.append((time.perf_counter() - began) * 1000)
+        result.records.extend(outcome.records)
+        result.rejected.extend(outcome.rejected)
+    return result, latencies
 
 
 class TowerEmbedder:

@@ -43,7 +43,7 @@ def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: Artif
         return dg.SensorResult(skip_reason=f"no new complete model version ({len(complete)} known)",
                                cursor=context.cursor)
     for version in new:
-        package = registry.find("recsys", version) or register_published(registry, artifacts, complete[version])
+        package = register_published(registry, artifacts, complete[version])  # the existing one if registered
         context.log.info(f"{'republished' if version in requested else 'new'} complete model version {version} "
                          f"({package.arn}, {package.status})")
     # versions deleted from the store are forgotten, so the cursor does not grow forever
@@ -63,7 +63,8 @@ def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: Artif
 
 
 def register_published(registry: ModelRegistry, artifacts: ArtifactStore, version: embeddings.CompleteVersion):
-    """Register a version that arrived in the bucket without going through `recsys_model`."""
+    """The version's package: the one `recsys_model` registered, or, for a version that arrived in the bucket
+    without going through it, a new one."""
     manifest = version.manifest
     metrics = {k: float(v) for k, v in (manifest.get("metrics") or {}).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}

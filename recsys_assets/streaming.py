@@ -15,8 +15,7 @@ Lambda -> S3 under ``YYYY/MM/DD/HH/``). Here:
 """
 
 import json
-import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -24,7 +23,7 @@ import numpy as np
 
 from recsys_assets import embeddings
 from recsys_assets.assets import item_embeddings, user_embeddings
-from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_batch
+from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_in_batches
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
 from resources.metadata import markdown_mapping
 from resources.pgvector import PgVectorStore
@@ -155,22 +154,11 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
     if version is None:
         raise embeddings.EmbeddingsFileError(
             f"no embeddings are loaded in {pgvector.item_table}: materialize item_embeddings and user_embeddings first")
-    embedder = embedder_for(artifacts, version)
-    lines: list[str] = []
-    dead: list[str] = []
-    partial = 0
-    latencies = []
-    reasons: dict[str, int] = defaultdict(int)
-    for start in range(0, len(records), config.batch_size):
-        batch = records[start:start + config.batch_size]
-        began = time.perf_counter()
-        outcome = enrich_batch([(r, r.data) for r in batch], embedder, pgvector, config.k)
-        latencies.append((time.perf_counter() - began) * 1000)
-        lines.extend(json.dumps(record, separators=(",", ":")) + "\n" for _r, record in outcome.records)
-        partial += outcome.partial
-        for record, reason in outcome.rejected:
-            dead.append(json.dumps(dead_letter_line(record, reason)) + "\n")
-            reasons[reason.split(":")[0]] += 1
+    outcome, latencies = enrich_in_batches([(r, r.data) for r in records], embedder_for(artifacts, version), pgvector,
+                                           config.k, config.batch_size)
+    lines = [json.dumps(record, separators=(",", ":")) + "\n" for _r, record in outcome.records]
+    dead = [json.dumps(dead_letter_line(record, reason)) + "\n" for record, reason in outcome.rejected]
+    reasons = Counter(reason.split(":")[0] for _r, reason in outcome.rejected)
     stamp = hour.strftime("%Y-%m-%d-%H")
     output_key = join_key(OUTPUT_PREFIX, hour_folder(hour), f"recommendations-{stamp}.jsonl")
     dead_key = join_key(DEAD_LETTER_PREFIX, hour_folder(hour), f"dead-letter-{stamp}.jsonl")
@@ -186,7 +174,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
             "hour": stamp,
             "events_in": len(records),
             "enriched": len(lines),
-            "partially_enriched": partial,
+            "partially_enriched": outcome.partial,
             "dead_lettered": len(dead),
             "duplicates_dropped": duplicates,
             "model_version": version,

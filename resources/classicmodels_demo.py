@@ -168,12 +168,6 @@ def generate_ratings(raters: pd.DataFrame, products_frame: pd.DataFrame, per_rat
     })
 
 
-def load(engine: sa.Engine, tables: dict[str, pd.DataFrame]) -> None:
-    """Create the tables (dropping earlier ones) and insert the frames, in one transaction."""
-    with engine.begin() as conn:
-        _replace_tables(conn, tables)
-
-
 def _replace_tables(conn: sa.Connection, tables: dict[str, pd.DataFrame]) -> None:
     metadata.drop_all(conn)
     metadata.create_all(conn)

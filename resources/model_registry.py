@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -87,6 +87,11 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
     def group_for(self, pipeline: str) -> str:
         return f"{pipeline}-{self.env}-models"
 
+    def pipeline_of(self, group: str) -> str | None:
+        """The pipeline whose group this is (None for a group of another naming or environment)."""
+        suffix = f"-{self.env}-models"
+        return group[: -len(suffix)] if group.endswith(suffix) else None
+
     @abstractmethod
     def register(self, pipeline: str, *, model_version: str, model_data_url: str, metrics: Mapping[str, float],
                  data_fingerprint: str, description: str = "") -> ModelPackage:
@@ -96,25 +101,31 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
     def packages(self, group: str) -> list[ModelPackage]:
         """The group's packages, newest first (empty when the group does not exist)."""
 
+    def _newest_first(self, group: str) -> Iterator[ModelPackage]:
+        """The group's packages newest first, for look-ups that stop at the first match (a backend where
+        each package costs a call describes them one at a time)."""
+        yield from self.packages(group)
+
     @abstractmethod
     def set_status(self, group: str, version: int, status: str, reason: str) -> ModelPackage: ...
 
     @abstractmethod
-    def changes(self, cursor: Mapping[str, Any] | None) -> list[StatusChange]:
-        """Status changes after `cursor` (a JSON-able mapping; None: from the beginning), oldest first."""
+    def changes(self, cursor: Mapping[str, Any] | None, limit: int | None = None) -> list[StatusChange]:
+        """Status changes after `cursor` (a JSON-able mapping; None: from the beginning), oldest first; at
+        most `limit` of them."""
 
     @abstractmethod
     def advance(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
         """The cursor once `change` has been handled."""
 
     def package(self, group: str, version: int) -> ModelPackage:
-        for package in self.packages(group):
+        for package in self._newest_first(group):
             if package.version == version:
                 return package
         raise RegistryError(f"model package group {group} has no version {version}")
 
     def find(self, pipeline: str, model_version: str) -> ModelPackage | None:
-        return next((p for p in self.packages(self.group_for(pipeline)) if p.model_version == model_version), None)
+        return next((p for p in self._newest_first(self.group_for(pipeline)) if p.model_version == model_version), None)
 
     def approve(self, group: str, version: int, reason: str) -> ModelPackage:
         return self.set_status(group, version, APPROVED, reason)
@@ -125,11 +136,15 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
     def select(self, pipeline: str) -> ModelPackage:
         """The package to put to work under the version policy; a clear error when there is none."""
         group = self.group_for(pipeline)
-        packages = self.packages(group)
         wanted = (lambda p: p.status == APPROVED) if self.version_policy == "approved" else (lambda p: p.status != REJECTED)
-        chosen = next((p for p in packages if wanted(p)), None)
+        first = chosen = None
+        for package in self._newest_first(group):
+            first = first or package
+            if wanted(package):
+                chosen = package
+                break
         if chosen is None:
-            newest = f" (newest: version {packages[0].version}, {packages[0].status})" if packages else ""
+            newest = f" (newest: version {first.version}, {first.status})" if first else ""
             raise RegistryError(
                 f"no {'Approved' if self.version_policy == 'approved' else 'usable'} model in {group}{newest}: approve "
                 f"one with `mldp registry approve {group} <version> --reason ...`, or set MODEL_VERSION_POLICY=newest "
@@ -272,14 +287,14 @@ class LocalModelRegistry(ModelRegistry):
                 self._append_event(conn, row[2], status, reason)
         return _package(row)
 
-    def changes(self, cursor: Mapping[str, Any] | None) -> list[StatusChange]:
+    def changes(self, cursor: Mapping[str, Any] | None, limit: int | None = None) -> list[StatusChange]:
         after = int((cursor or {}).get("event_id", 0))
         with self._connect() as conn:
             rows = conn.execute(
                 f"""SELECT e.event_id, e.status, e.reason, e.at, {', '.join('p.' + c.strip() for c in _COLUMNS.split(','))}
                     FROM model_package_events e LEFT JOIN model_packages p ON p.arn = e.arn
                     WHERE e.event_id > %s AND (p.group_name = ANY(%s) OR p.arn IS NULL)
-                    ORDER BY e.event_id""", (after, [self.group_for(p) for p in self.pipelines])).fetchall()
+                    ORDER BY e.event_id LIMIT %s""", (after, [self.group_for(p) for p in self.pipelines], limit)).fetchall()
         return [StatusChange(event_id, _package(package) if package[0] is not None else None,  # None: package gone
                              status, reason, at)
                 for event_id, status, reason, at, *package in rows]
@@ -371,9 +386,13 @@ class SageMakerModelRegistry(ModelRegistry):
             raise RegistryError(f"cannot list model package group {group}: {exc}") from None
 
     def packages(self, group: str) -> list[ModelPackage]:
+        return list(self._newest_first(group))
+
+    def _newest_first(self, group: str) -> Iterator[ModelPackage]:
         client = self._client()
-        packages = [self._describe(client, s["ModelPackageArn"]) for s in self._summaries(client, group)]
-        return sorted(packages, key=lambda p: p.version, reverse=True)
+        summaries = sorted(self._summaries(client, group), key=lambda s: int(s["ModelPackageVersion"]), reverse=True)
+        for summary in summaries:
+            yield self._describe(client, summary["ModelPackageArn"])
 
     def set_status(self, group: str, version: int, status: str, reason: str) -> ModelPackage:
         _check_change(status, reason)
@@ -392,23 +411,28 @@ class SageMakerModelRegistry(ModelRegistry):
             raise RegistryError(f"cannot set {package.arn} to {status}: {exc}") from None
         return self._describe(client, package.arn)
 
-    def changes(self, cursor: Mapping[str, Any] | None) -> list[StatusChange]:
+    def changes(self, cursor: Mapping[str, Any] | None, limit: int | None = None) -> list[StatusChange]:
         """Packages whose status differs from the one last seen; only those are described. A package seen
-        for the first time in another status than Pending also gives its registration first."""
+        for the first time in another status than Pending also gives its registration first. With `limit`,
+        the oldest changed packages are described first and describing stops once enough are found (the
+        rest come on the next call)."""
         seen = dict((cursor or {}).get("statuses", {}))
         client = self._client()
-        found = []
-        for pipeline in self.pipelines:
-            for summary in self._summaries(client, self.group_for(pipeline)):
-                arn, status = summary["ModelPackageArn"], summary.get("ModelApprovalStatus")
-                if seen.get(arn) == status:
-                    continue
-                package = self._describe(client, arn)
-                if arn not in seen and package.status != PENDING:
-                    found.append(StatusChange(arn, package, PENDING, None, package.created_at))
-                found.append(StatusChange(arn, package, package.status, package.approval_description,
-                                          package.modified_at))
-        return sorted(found, key=lambda c: (c.at, c.status != PENDING, c.package.group, c.package.version))
+        changed = [summary for pipeline in self.pipelines for summary in self._summaries(client, self.group_for(pipeline))
+                   if seen.get(summary["ModelPackageArn"]) != summary.get("ModelApprovalStatus")]
+        changed.sort(key=lambda summary: (str(summary.get("CreationTime", "")), summary["ModelPackageArn"]))
+        found: list[StatusChange] = []
+        for summary in changed:
+            if limit is not None and len(found) >= limit:
+                break
+            arn = summary["ModelPackageArn"]
+            package = self._describe(client, arn)
+            if arn not in seen and package.status != PENDING:
+                found.append(StatusChange(arn, package, PENDING, None, package.created_at))
+            found.append(StatusChange(arn, package, package.status, package.approval_description,
+                                      package.modified_at))
+        found.sort(key=lambda c: (c.at, c.status != PENDING, c.package.group, c.package.version))
+        return found[:limit] if limit is not None else found
 
     def advance(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
         statuses = dict((cursor or {}).get("statuses", {}))

@@ -410,7 +410,6 @@ class SageMakerResource(dg.ConfigurableResource):
 
         return boto3.client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url or None)
 
-
     def _require_role(self) -> str:
         if not self.role_arn:
             raise SageMakerJobError("the aws SageMaker backend needs an execution role (SAGEMAKER_ROLE_ARN)")
@@ -432,13 +431,39 @@ class SageMakerResource(dg.ConfigurableResource):
             image_scope=scope,
         )
 
-    def _upload_source(self, job_name: str, source_dir: Path) -> str:
+    def upload_source(self, key: str, source_dir: Path) -> str:
+        """Pack a script-mode source folder as ``sourcedir.tar.gz`` at `key` in the artifact store; its URI."""
         staging = scratch_dir("sourcedir")
         try:
             archive = pack_directory(source_dir, staging / "sourcedir.tar.gz")
-            return self.artifacts.upload_file(join_key("sagemaker", "code", job_name, "sourcedir.tar.gz"), archive)
+            return self.artifacts.upload_file(key, archive)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _upload_job_source(self, job_name: str, source_dir: Path) -> str:
+        return self.upload_source(join_key("sagemaker", "code", job_name, "sourcedir.tar.gz"), source_dir)
+
+    def upsert_pipeline(self, name: str, definition: dict, description: str) -> str:
+        """Create the SageMaker Pipeline `name` with `definition`, or update it when it exists (as the
+        reference's CI/CD does); returns 'created' or 'updated'."""
+        from botocore.exceptions import ClientError
+
+        role = self._require_role()
+        client = self.client()
+        body = json.dumps(definition)
+        try:
+            client.describe_pipeline(PipelineName=name)
+        except ClientError as exc:
+            # SageMaker answers ResourceNotFound; some implementations a ValidationException saying so
+            error = exc.response.get("Error", {})
+            if error.get("Code") != "ResourceNotFound" and "could not find" not in error.get("Message", "").lower():
+                raise
+            client.create_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role,
+                                   PipelineDescription=description[:3072])
+            return "created"
+        client.update_pipeline(PipelineName=name, PipelineDefinition=body, RoleArn=role,
+                               PipelineDescription=description[:3072])
+        return "updated"
 
     def _wait(self, kind: str, describe: Callable[[], dict]) -> dict:
         deadline = time.monotonic() + self.max_wait_seconds
@@ -460,7 +485,7 @@ class SageMakerResource(dg.ConfigurableResource):
                    metric_definitions, log) -> TrainingJob:
         client = self.client()
         role = self._require_role()
-        source_uri = self._upload_source(job_name, source_dir)
+        source_uri = self._upload_job_source(job_name, source_dir)
         framework_hps = {
             "sagemaker_program": json.dumps(entry_point),
             "sagemaker_submit_directory": json.dumps(source_uri),
@@ -527,7 +552,7 @@ class SageMakerResource(dg.ConfigurableResource):
                        content_type, accept, max_payload_mb, tags, log) -> TransformJob:
         client = self.client()
         role = self._require_role()
-        source_uri = self._upload_source(job_name, source_dir)
+        source_uri = self._upload_job_source(job_name, source_dir)
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         client.create_model(
             ModelName=job_name,

@@ -108,9 +108,6 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
                     pending.unbuffered_active = False
                 raw.invalidate()
 
-    def dialect(self) -> str:
-        return self.engine().dialect.name
-
 
 class SqlSourceDatabase(SourceDatabase):
     """A source given by ``SOURCE_DATABASE_URL`` (MySQL/MariaDB with PyMySQL, or PostgreSQL)."""

@@ -25,8 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 LOCAL_SHARD = "shard-000000000000"
 
@@ -171,11 +173,18 @@ class KinesisEventStream(EventStream):
     region_name: str = "us-east-1"
     endpoint_url: str | None = None
     put_retries: int = 5
+    _kinesis: Any = PrivateAttr(default=None)
 
     def _client(self):
-        import boto3
+        """One client per resource instance, with short timeouts: the stream is read from a sensor tick."""
+        if self._kinesis is None:
+            import boto3
+            from botocore.config import Config
 
-        return boto3.client("kinesis", region_name=self.region_name, endpoint_url=self.endpoint_url or None)
+            config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 4, "mode": "standard"})
+            self._kinesis = boto3.client("kinesis", region_name=self.region_name,
+                                         endpoint_url=self.endpoint_url or None, config=config)
+        return self._kinesis
 
     def describe(self) -> str:
         return f"Kinesis stream {self.stream_name} ({self.region_name})"

@@ -126,6 +126,10 @@ class TrackingStore(dg.ConfigurableResource):
             rows = conn.execute("SELECT job_name FROM tracking_runs WHERE job_name = ANY(%s)", (names,)).fetchall()
         return {row[0] for row in rows}
 
+    def count(self) -> int:
+        with self._connect() as conn:
+            return conn.execute("SELECT count(*) FROM tracking_runs").fetchone()[0]
+
     def runs(self) -> list[dict]:
         """Every recorded run with its project, model and inputs, newest first."""
         with self._connect() as conn:

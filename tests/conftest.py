@@ -19,6 +19,7 @@ import pytest
 from resources.artifacts import LocalArtifactStore, S3ArtifactStore
 from resources.postgres import EmbeddedPostgresDatabase, embedded_server, stop_embedded_server
 from resources.settings import PROJECT_ROOT
+from tests.mysql_support import MYSQL, mysql_connection
 
 REGION = "us-east-1"
 SHARED_DATASETS = Path(os.environ.get("DATASETS_DIR") or PROJECT_ROOT.parent / "shared" / "datasets")
@@ -125,15 +126,6 @@ def s3_artifacts(moto, boto_client) -> S3ArtifactStore:
 
 
 # --- MariaDB / MySQL ---------------------------------------------------------------------------------------
-
-MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-
-
-def mysql_connection(database: str | None = None, **extra):
-    import pymysql
-
-    return pymysql.connect(**MYSQL, database=database, charset="utf8mb4", autocommit=True, **extra)
-
 
 @pytest.fixture(scope="session")
 def mariadb():

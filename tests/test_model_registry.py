@@ -1,7 +1,7 @@
 """The model registry on both backends: local tables and SageMaker (moto's server), same behaviour."""
 
-import socket
 import threading
+import time
 import uuid
 
 import pytest
@@ -14,6 +14,7 @@ from resources.model_registry import (
     RegistryError,
     SageMakerModelRegistry,
 )
+from tests.conftest import free_port
 
 
 @pytest.fixture(params=["local", "sagemaker"])
@@ -148,7 +149,12 @@ def test_local_events_become_visible_in_id_order(app_db):
             LocalModelRegistry._append_event(slow, first.arn, APPROVED, "slow approval")
             thread = threading.Thread(target=lambda: registered.append(register(registry, "v-two")))
             thread.start()
-            thread.join(timeout=1.0)
+            with app_db.connect(autocommit=True) as observer:  # until the second writer waits on the lock
+                deadline = time.monotonic() + 30
+                while not observer.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = "
+                                           "'Lock' AND wait_event = 'advisory')").fetchone()[0]:
+                    assert time.monotonic() < deadline and thread.is_alive(), "the second writer never waited"
+                    time.sleep(0.05)
             assert thread.is_alive() and registry.changes(cursor) == []  # the second change waits for the first
         thread.join(timeout=10)
     assert registered and [(c.package.model_version, c.status) for c in registry.changes(cursor)] == [
@@ -158,9 +164,7 @@ def test_local_events_become_visible_in_id_order(app_db):
 def test_an_unreachable_registry_is_a_clear_error(moto):
     from resources.postgres import ExternalPostgresDatabase
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the socket is closed
+    port = free_port()  # nothing listens there once the probe socket is closed
     local = LocalModelRegistry(db=ExternalPostgresDatabase(url=f"postgresql://nobody@127.0.0.1:{port}/none"))
     with pytest.raises(RegistryError, match="the model registry's database is unreachable"):
         local.changes(None)

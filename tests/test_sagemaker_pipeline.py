@@ -15,7 +15,6 @@ from mlops_assets.sagemaker_pipeline import (
     credit_pipeline_definition,
     export_credit_pipeline,
     processing_bundle,
-    upsert_pipeline,
 )
 from resources.model_registry import LocalModelRegistry
 from resources.sagemaker import SageMakerResource
@@ -56,11 +55,12 @@ def test_definition_has_the_steps_wired_by_property_references():
                                                        "ModelApprovalStatus", "InstanceType"}
 
 
-def test_upsert_creates_then_updates(moto, boto_client):
+def test_upsert_creates_then_updates(moto, boto_client, local_artifacts):
     client = boto_client("sagemaker")
-    assert upsert_pipeline(client, "credit-limit-increase-dev", definition(), ROLE, "credit scoring") == "created"
+    sagemaker = SageMakerResource(artifacts=local_artifacts, backend="aws", endpoint_url=moto, role_arn=ROLE)
+    assert sagemaker.upsert_pipeline("credit-limit-increase-dev", definition(), "credit scoring") == "created"
     changed = definition(policy=LimitPolicy(max_limit=25_000))
-    assert upsert_pipeline(client, "credit-limit-increase-dev", changed, ROLE, "credit scoring") == "updated"
+    assert sagemaker.upsert_pipeline("credit-limit-increase-dev", changed, "credit scoring") == "updated"
     described = client.describe_pipeline(PipelineName="credit-limit-increase-dev")
     stored = json.loads(described["PipelineDefinition"])
     assert stored["Steps"][-1]["Arguments"]["Environment"]["POLICY_MAX_LIMIT"] == "25000"
@@ -102,3 +102,13 @@ def test_the_decide_limits_step_applies_the_project_policy(tmp_path):
     assert produced[["customer_id", "decision", "new_limit", "reason"]].equals(
         expected[["customer_id", "decision", "new_limit", "reason"]])
     assert produced["new_limit"].tolist() == [6_000, 9_000, 20_000]
+
+    # a threshold other than the default: the environment really sets the policy (customer 3, score 655, declined)
+    stricter = subprocess.run(
+        [sys.executable, str(code / "decide_limits.py"), "--scores", str(scores), "--limits", str(limits),
+         "--output", str(tmp_path / "strict")], capture_output=True, text=True,
+        env={"POLICY_APPROVE_MIN_SCORE": "660", "PATH": ""})
+    assert stricter.returncode == 0, stricter.stderr
+    strict = pd.read_csv(tmp_path / "strict" / "decisions.csv").sort_values("customer_id").reset_index(drop=True)
+    assert strict["new_limit"].tolist() == [6_000, 9_000, 19_000]
+    assert strict.loc[2, "decision"] == "DECLINED" and "< 660" in strict.loc[2, "reason"]

@@ -96,8 +96,6 @@ def test_bad_training_files_name_file_column_and_line(tmp_path):
 
 
 def test_scores_must_come_back_exactly_once_per_customer():
-    import pandas as pd
-
     from credit_assets import scoring
 
     sent = pd.DataFrame({"customer_id": [1, 2, 3], "current_score": [610, 620, 630], "current_limit": [1000] * 3})
