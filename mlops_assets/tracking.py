@@ -1,13 +1,12 @@
 """Training-run tracking sync (reference: SageMaker training jobs synced to ModelDB, opted in by tags).
 
 `training_jobs_sensor` lists completed training jobs (the local SageMaker backend's job records, or
-ListTrainingJobs with tags on AWS) and requests a `training_runs` run for the ones it has not seen, and
-again for opted-in ones that a failed run left unrecorded. That
-asset records each opted-in job exactly once in the tracking tables: project (name, user, description),
-model (name, type, artifact URI), hyperparameters, final metrics, input datasets (channel -> URI,
-compression, record wrapper), start/end time and status. A job carrying the sync tag but missing another
-configured tag is reported with the reason; a job without the sync tag is ignored.
-"""
+ListTrainingJobs on AWS, describing only new jobs) and requests a `training_runs` run for the ones it has
+not seen, and again for opted-in ones that a failed run left unrecorded. That asset records each opted-in
+job exactly once in the tracking tables: project (name, user, description), model (name, type, artifact
+URI), hyperparameters, final metrics, input datasets (channel -> URI, compression, record wrapper),
+start/end time and status. A job carrying the sync tag but missing another configured tag is reported with
+the reason; a job without the sync tag is ignored."""
 
 import hashlib
 import json
@@ -76,10 +75,8 @@ def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig,
     """Completed training jobs that opted in (tag ``MODEL_DB_SYNC``), recorded once each in the tracking
     tables; the materialisation history lists what each sync recorded."""
     problems: list[str] = []
-    jobs = sagemaker.list_training_jobs(status="Completed", problems=problems)
-    if config.job_names:
-        wanted = set(config.job_names)
-        jobs = [job for job in jobs if job.name in wanted]
+    jobs = (sagemaker.describe_training_jobs(config.job_names, problems) if config.job_names
+            else sagemaker.list_training_jobs(status="Completed", problems=problems))
     synced, already, reported, ignored = [], 0, [], 0
     for job in jobs:
         try:
@@ -134,12 +131,12 @@ def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMak
     state = json.loads(context.cursor) if context.cursor else {}
     seen = set(state.get("seen", []))
     waiting: dict[str, dict] = dict(state.get("waiting", {}))
-    jobs = {job.name: job for job in sagemaker.list_training_jobs(status="Completed")}
+    listed = set(sagemaker.training_job_names(status="Completed"))  # names only: a tick describes just the new ones
     now = time.time()
 
     done = tracking.tracked(waiting)
     for name in list(waiting):
-        if name in done or name not in jobs:  # recorded; or no longer listed (deleted, or beyond the newest 100)
+        if name in done or name not in listed:  # recorded; or no longer listed (deleted, or beyond the newest 100)
             del waiting[name]
     retry, given_up = [], []
     for name, entry in sorted(waiting.items()):
@@ -154,13 +151,13 @@ def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMak
         context.log.error(f"training job {name} is still not tracked after {MAX_ATTEMPTS} sync runs; see those runs, "
                           "then materialise training_runs to sync it")
 
-    new = sorted(name for name in jobs if name not in seen)
-    for name in new:
-        if _wants_sync(jobs[name]):
-            waiting[name] = {"requested_at": now, "attempts": 1}
+    new = sorted(name for name in listed if name not in seen)
+    for job in sagemaker.describe_training_jobs(new):
+        if _wants_sync(job):
+            waiting[job.name] = {"requested_at": now, "attempts": 1}
     for name in retry:
         waiting[name] = {"requested_at": now, "attempts": waiting[name]["attempts"] + 1}
-    cursor = json.dumps({"seen": sorted((seen & set(jobs)) | set(new)), "waiting": waiting}, sort_keys=True)
+    cursor = json.dumps({"seen": sorted((seen & listed) | set(new)), "waiting": waiting}, sort_keys=True)
     names = sorted(set(new) | set(retry))
     if not names:
         return dg.SensorResult(skip_reason=f"no new completed training job ({len(waiting)} waiting to be recorded)",

@@ -83,12 +83,11 @@ class DemoFlow:
             outcomes.append(self.run(request.job_name, run_config=request.run_config, tags=request.tags))
         return outcomes
 
-    def approve(self, pipeline: str, package_arn: str, reason: str):
+    def approve(self, pipeline: str, model_version: str, reason: str):
         registry = self.resources.registry
-        group = registry.group_for(pipeline)
-        package = next(p for p in registry.packages(group) if p.arn == package_arn)
-        registry.approve(group, package.version, reason)
-        print(f"  approved {group} version {package.version}: {reason}")
+        package = registry.find(pipeline, model_version)
+        registry.approve(package.group, package.version, reason)
+        print(f"  approved {package.group} version {package.version}: {reason}")
 
     # --- the workflows -----------------------------------------------------------------------------------
 
@@ -102,7 +101,7 @@ class DemoFlow:
         print(f"  model {model['model_version']}: validation AUC {model['validation_auc']:.3f}, "
               f"Gini {model['validation_gini']:.3f}; registered as {model['model_package']} ({model['approval_status']})")
         self.notify_tick()
-        self.approve("credit", model["model_package"], f"validation Gini {model['validation_gini']:.3f} reviewed by the demo")
+        self.approve("credit", model["model_version"], f"validation Gini {model['validation_gini']:.3f} reviewed by the demo")
         outcomes = self.put_to_work(self.notify_tick())
         for scored in outcomes:
             if not scored.success:
@@ -139,7 +138,7 @@ class DemoFlow:
         print(f"  model artifacts    {model.get('uri')}")
         self.tick("model_artifacts_sensor", artifacts=artifacts, registry=self.resources.registry)
         self.notify_tick()
-        self.approve("recsys", model["model_package"],
+        self.approve("recsys", model["model_version"],
                      f"NDCG@5 {model['validation_ndcg_at_5']:.3f} against popularity {model['popularity_ndcg_at_5']:.3f}")
         for loaded in self.put_to_work(self.notify_tick()):
             items, users = metadata(loaded, "item_embeddings"), metadata(loaded, "user_embeddings")

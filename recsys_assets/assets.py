@@ -185,17 +185,14 @@ class EmbeddingsVersionConfig(dg.Config):
 
 def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pgvector: PgVectorStore,
           registry: ModelRegistry, relative: str, table: str) -> dg.MaterializeResult:
-    available = embeddings.complete_versions(artifacts)
-    if not available:
-        raise embeddings.EmbeddingsFileError(
-            f"no complete model version under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)} (a version needs "
-            "manifest.json listing files that are all present)")
     package = registry.resolve("recsys", config.version)  # a named version must pass the version policy too
     version = package.model_version if package else config.version
-    if version not in available:
+    complete = embeddings.complete_version(artifacts, version)
+    if complete is None:
         raise embeddings.EmbeddingsFileError(
-            f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)}")
-    manifest = available[version].manifest
+            f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)} (a version "
+            "needs manifest.json listing files that are all present)")
+    manifest = complete.manifest
     rows = embeddings.read_embeddings(artifacts, version, manifest, relative)
     report = pgvector.load_embeddings(table, rows, rows.dimension, version=version)  # checked against the manifest
     context.log.info(f"{table}: version {version} live with {report.rows:,} rows"

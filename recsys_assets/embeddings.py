@@ -174,30 +174,43 @@ def complete_versions(store: ArtifactStore, problems: list[str] | None = None) -
         version, _, relative = info.key[len(prefix):].partition("/")
         if relative:
             present.setdefault(version, {})[relative] = (info.last_modified, info.size)
-    complete = {}
-    for version, files in sorted(present.items()):
-        if MANIFEST not in files or not _VERSION.match(version):
-            continue
-        key = join_key(prefix, version, MANIFEST)
-        try:
-            manifest = store.read_json(key)
-        except (ValueError, ArtifactNotFoundError) as exc:
-            if problems is not None:
-                problems.append(f"{store.uri(key)} is not readable: {exc}")
-            continue
-        if not isinstance(manifest, dict):
-            if problems is not None:
-                problems.append(f"{store.uri(key)} is not a JSON object")
-            continue
-        listed = listed_files(manifest)
-        if listed and set(listed) <= set(files) and ITEM_FILE in listed and USER_FILE in listed:
-            relevant = sorted({*listed, MANIFEST})
-            completed_at = max(files[name][0] for name in relevant)
-            signature = sha256_hex(json.dumps(
-                [manifest, [(name, files[name][1], files[name][0].isoformat()) for name in relevant]],
-                sort_keys=True, default=str).encode())
-            complete[version] = CompleteVersion(version, manifest, completed_at, signature)
-    return complete
+    found = (_complete(store, version, files, problems) for version, files in sorted(present.items()))
+    return {complete.version: complete for complete in found if complete is not None}
+
+
+def complete_version(store: ArtifactStore, version: str, problems: list[str] | None = None) -> CompleteVersion | None:
+    """One version, if it is complete (as `complete_versions` decides, from a listing of that version only)."""
+    if not _VERSION.match(version):
+        return None
+    prefix = version_prefix(version) + "/"
+    files = {info.key[len(prefix):]: (info.last_modified, info.size) for info in store.list(prefix)}
+    return _complete(store, version, files, problems)
+
+
+def _complete(store: ArtifactStore, version: str, files: Mapping[str, tuple[datetime, int]],
+              problems: list[str] | None) -> CompleteVersion | None:
+    if MANIFEST not in files or not _VERSION.match(version):
+        return None
+    key = join_key(version_prefix(version), MANIFEST)
+    try:
+        manifest = store.read_json(key)
+    except (ValueError, ArtifactNotFoundError) as exc:
+        if problems is not None:
+            problems.append(f"{store.uri(key)} is not readable: {exc}")
+        return None
+    if not isinstance(manifest, dict):
+        if problems is not None:
+            problems.append(f"{store.uri(key)} is not a JSON object")
+        return None
+    listed = listed_files(manifest)
+    if not (listed and set(listed) <= set(files) and ITEM_FILE in listed and USER_FILE in listed):
+        return None
+    relevant = sorted({*listed, MANIFEST})
+    completed_at = max(files[name][0] for name in relevant)
+    signature = sha256_hex(json.dumps(
+        [manifest, [(name, files[name][1], files[name][0].isoformat()) for name in relevant]],
+        sort_keys=True, default=str).encode())
+    return CompleteVersion(version, manifest, completed_at, signature)
 
 
 def manifest_number(section: Mapping[str, Any], field: str, uri: str, prefix: str = "") -> int | None:

@@ -33,9 +33,24 @@ import psycopg
 from psycopg import sql
 from pydantic import PrivateAttr
 
-from resources.postgres import PostgresDatabase
+from resources.postgres import PostgresDatabase, SchemaOnce
 
 REGISTRY = "embedding_versions"
+_REGISTRY_DDL = f"""
+CREATE TABLE IF NOT EXISTS {REGISTRY} (
+    logical_table text NOT NULL,
+    version text NOT NULL,
+    physical_table text NOT NULL,
+    rows integer NOT NULL,
+    dimension integer NOT NULL,
+    status text NOT NULL CHECK (status IN ('active', 'previous', 'dropped')),
+    loaded_at timestamptz NOT NULL DEFAULT now(),
+    content_sha text,
+    load_seconds double precision,
+    index_seconds double precision,
+    PRIMARY KEY (logical_table, version)
+)
+"""
 _PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _PGCOPY_TRAILER = struct.pack("!h", -1)
 
@@ -158,7 +173,7 @@ class PgVectorStore(dg.ConfigurableResource):
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _pgvector_version: tuple[int, ...] = PrivateAttr(default=(0,))
     _row_counts: dict = PrivateAttr(default_factory=dict)
-    _registry_ready: bool = PrivateAttr(default=False)
+    _registry: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(REGISTRY, _REGISTRY_DDL))
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -212,32 +227,7 @@ class PgVectorStore(dg.ConfigurableResource):
     # --- loading ---------------------------------------------------------------------------------------
 
     def _ensure_registry(self, conn: psycopg.Connection) -> None:
-        if self._registry_ready:
-            return
-        try:
-            self._create_registry(conn)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-            pass  # created by a concurrent step at the same moment
-        self._registry_ready = True
-
-    def _create_registry(self, conn: psycopg.Connection) -> None:
-        conn.execute(
-            f"""
-            CREATE TABLE IF NOT EXISTS {REGISTRY} (
-                logical_table text NOT NULL,
-                version text NOT NULL,
-                physical_table text NOT NULL,
-                rows integer NOT NULL,
-                dimension integer NOT NULL,
-                status text NOT NULL CHECK (status IN ('active', 'previous', 'dropped')),
-                loaded_at timestamptz NOT NULL DEFAULT now(),
-                content_sha text,
-                load_seconds double precision,
-                index_seconds double precision,
-                PRIMARY KEY (logical_table, version)
-            )
-            """
-        )
+        self._registry.ensure(conn)
 
     def active_version(self, table: str) -> str | None:
         conn = self.connection()

@@ -273,13 +273,17 @@ class SchemaOnce:
 
     def connect(self, db: PostgresDatabase) -> psycopg.Connection:
         conn = db.connect()
+        self.ensure(conn)
+        return conn
+
+    def ensure(self, conn: psycopg.Connection) -> None:
+        """Create the tables through `conn` unless this instance already did."""
         with self._lock:
             if not self._ready:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.lock_name,))
                     conn.execute(self.ddl)
                 self._ready = True
-        return conn
 
 
 class PostgresDatabase(dg.ConfigurableResource, ABC):

@@ -69,7 +69,7 @@ def test_each_complete_version_once_whatever_the_upload_order(store, registry):
     assert requested(result) == []
 
 
-def test_an_unreadable_manifest_is_reported_not_loaded(store):
+def test_an_unreadable_manifest_is_reported_not_loaded(store, registry):
     store.write_text(f"ml-artifacts/broken/{ITEM_FILE}", "id,embedding\n")
     store.write_text("ml-artifacts/broken/manifest.json", "{not json")
     problems = []
@@ -77,6 +77,8 @@ def test_an_unreadable_manifest_is_reported_not_loaded(store):
 
     assert complete_versions(store, problems) == {}
     assert len(problems) == 1 and "broken/manifest.json is not readable" in problems[0]
+    result, _ = tick(store, registry)  # the sensor passes it over: nothing registered, nothing loaded
+    assert requested(result) == [] and registry.find("recsys", "broken") is None
 
 
 def test_files_without_a_manifest_or_unlisted_layout_are_not_versions(store, registry):

@@ -79,6 +79,11 @@ def test_training_jobs_are_listed_newest_first_up_to_the_limit(sagemaker, s3_art
     assert [job.name for job in sagemaker.list_training_jobs()] == ["job-c", "job-b", "job-a"]
     assert len(sagemaker.list_training_jobs(max_results=2)) == 2  # which two is the server's sort (moto ignores it)
     assert sagemaker.list_training_jobs(status="Failed") == []
+    assert sagemaker.training_job_names() == ["job-c", "job-b", "job-a"]  # one listing call, no describes
+    problems = []
+    [described] = sagemaker.describe_training_jobs(["job-a", "never-ran"], problems)
+    assert described.name == "job-a" and described.tags == {"n": "job-a"}
+    assert len(problems) == 1 and "training job never-ran could not be described" in problems[0]
 
 
 def test_training_without_model_output_is_an_error(sagemaker, code_dir):

@@ -137,7 +137,7 @@ def test_duplicated_archives_are_deduplicated_and_an_hour_is_reproducible(world,
     assert read_lines(artifacts, dead)[0]["reason"].startswith("not JSON")
 
 
-def test_events_of_two_hours_request_two_partitions(world, tmp_path):
+def test_events_of_two_hours_are_archived_as_two_partitions(tmp_path):
     artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
     start = datetime(2026, 5, 6, 7, 59, 50, tzinfo=timezone.utc)
     records = [StreamRecord("shard-a", str(i), b"{}", start + timedelta(seconds=5 * i)) for i in range(4)]
