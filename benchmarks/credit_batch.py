@@ -26,7 +26,7 @@ from psycopg import sql  # noqa: E402
 
 import credit_assets as credit  # noqa: E402
 from credit_assets import customer_store, population  # noqa: E402
-from credit_assets.assets import DECISIONS_KEY  # noqa: E402
+from credit_assets.batches import DECISIONS_FILE, batch_key  # noqa: E402
 from resources.artifacts import LocalArtifactStore  # noqa: E402
 from resources.datasets import ReferenceDatasets  # noqa: E402
 from resources.model_registry import LocalModelRegistry  # noqa: E402
@@ -118,7 +118,8 @@ def main() -> int:
         eligible = result.asset_materializations_for_node("eligible_customers")[-1].metadata["eligible"].value
         writeback_rows_per_second = updates["rows_per_second"].value
 
-        decisions = artifacts.read_parquet(DECISIONS_KEY).head(args.baseline_sample)
+        batch = updates["batch_id"].value
+        decisions = artifacts.read_parquet(batch_key(batch, DECISIONS_FILE)).head(args.baseline_sample)
         baseline_rows_per_second = per_row_update_baseline(app_db, decisions)
         peak_self, peak_children = peak_rss_mb(), peak_rss_mb(resource.RUSAGE_CHILDREN)
         line = {

@@ -6,8 +6,9 @@ steps passing JSON files). Here each step is an asset with lineage, metadata and
     customers (bank table) -> eligible_customers -> credit_scores -> limit_decisions -> customer_updates
     credit_training_data -> credit_model ----------^
 
-A scoring batch is identified by the run that selected its eligible customers (``batch_id``); every
-downstream file carries it, and the write-back is idempotent per batch.
+A scoring batch is identified by the run that selected its eligible customers (``batch_id``); its files
+live under ``credit/batches/<batch_id>/`` and each step reads the batch its own run selected
+(`credit_assets.batches`), so concurrent runs never mix batches. The write-back is idempotent per batch.
 """
 
 
@@ -20,6 +21,18 @@ import numpy as np
 import pandas as pd
 
 from credit_assets import customer_store, scoring, training_data
+from credit_assets.batches import (
+    DECISIONS_FILE,
+    ELIGIBLE_FILE,
+    EVALUATIONS_FILE,
+    RESULTS_FILE,
+    SCORES_FILE,
+    SKIPPED_FILE,
+    batch_key,
+    batch_step,
+    read_step_file,
+    write_batch_file,
+)
 from credit_assets.model_code import scorecard
 from credit_assets.policy import APPROVED, LimitPolicy, decide_limits
 from resources.artifacts import ArtifactStore, join_key
@@ -32,16 +45,14 @@ from resources.readonly import ReadOnlyDatabase
 from resources.sagemaker import MetricDefinition, SageMakerResource
 
 GROUP = "credit"
-# One scoring batch at a time: the batch's files have fixed keys, and the instance limits each pool to one
-# run (deploy/dagster.*.yaml), so overlapping runs queue instead of overwriting each other's batch.
+# Scoring runs queue one after the other (deploy/dagster.*.yaml limits each pool to one run), so batches are
+# decided in the order they were selected. Correctness does not depend on it: every batch has files of its
+# own, and runs started outside the queue each write back their own decisions.
 SCORING_POOL = "credit_batch"
 MODEL_CODE_DIR = Path(__file__).with_name("model_code")
 TRAINING_DATA_PREFIX = "credit/training_data"
 TRAINING_DATA_POINTER = "credit/training_data/current.json"
 MODEL_PREFIX = "credit/models"
-ELIGIBLE_KEY = "credit/eligible_customers.parquet"
-SCORES_KEY = "credit/credit_scores.parquet"
-DECISIONS_KEY = "credit/limit_decisions.parquet"
 MODEL_BUNDLE_FILES = [scorecard.MODEL_FILE, scorecard.PREPROCESSING_FILE, scorecard.SCORECARD_FILE, scorecard.METRICS_FILE]
 TRANSFORM_PART_ROWS = 250_000
 METRIC_DEFINITIONS = [
@@ -49,10 +60,6 @@ METRIC_DEFINITIONS = [
     MetricDefinition("validation:gini", r"metric validation:gini=([0-9.eE+-]+)"),
     MetricDefinition("train:auc", r"metric train:auc=([0-9.eE+-]+)"),
 ]
-
-
-def batch_prefix(batch_id: str) -> str:
-    return f"credit/batches/{batch_id}"
 
 
 customers = dg.AssetSpec(
@@ -195,11 +202,14 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
 
 
 class EligibilityConfig(dg.Config):
-    """Which customers get a limit review (defaults as the reference: score >= 600, limit < 10,000)."""
+    """Which customers get a limit review (defaults as the reference: score >= 600, limit < 10,000), and the
+    plausible range of each numeric column, e.g. ``{"gross_annual_income": [0, 5000000]}`` (see
+    `customer_store.PLAUSIBLE_RANGES` for the defaults); rows outside are skipped with their reason."""
 
     min_current_score: int = 600
     max_current_limit: int = 10_000
     customers_table: str = "customers"
+    plausible_ranges: dict[str, list[float]] = {}
 
 
 @dg.asset(group_name=GROUP, deps=[customers], kinds={"postgres", "pandas"}, pool=SCORING_POOL)
@@ -208,24 +218,22 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
     """Customers up for a credit-limit review, read through the read-only role / replica.
 
     Undecided customers with ``current_score >= min_current_score`` and ``current_limit <
-    max_current_limit``. Rows with a NULL or negative limit are skipped and counted by reason. The run that
-    materialises this asset starts a new scoring batch (``batch_id``).
+    max_current_limit``. Rows with a missing, infinite or implausible value (a NULL or negative limit, an
+    income at the integer limit, ...) are skipped and counted by reason. The run that materialises this asset
+    starts a new scoring batch (``batch_id``, the run's id).
     """
+    ranges = customer_store.plausible_ranges(config.plausible_ranges)
     table = config.customers_table
     columns = readonly_db.query(*customer_store.columns_query(table))
     customer_store.check_customers_columns(set(columns["column_name"]) if not columns.empty else set(), table)
     statement, params = customer_store.eligible_query(table, config.min_current_score, config.max_current_limit)
     frame = readonly_db.query(statement, params)
-    valid, skipped_counts, skipped = customer_store.split_invalid_limits(frame)
-    batch_id = context.run.run_id
-    uri = artifacts.write_parquet(
-        ELIGIBLE_KEY,
-        valid,
-        metadata={"batch_id": batch_id, "selected": str(len(frame)), "skipped": json.dumps(skipped_counts),
-                  "filter": config.model_dump_json()},
-    )
+    valid, skipped_counts, skipped = customer_store.split_implausible_rows(frame, ranges)
+    batch_id = run_id = context.run.run_id
+    uri = write_batch_file(artifacts, batch_id, ELIGIBLE_FILE, valid, run_id=run_id, selected=str(len(frame)),
+                           skipped=json.dumps(skipped_counts), filter=config.model_dump_json())
     if not skipped.empty:
-        artifacts.write_parquet(join_key(batch_prefix(batch_id), "eligibility_skipped.parquet"), skipped)
+        write_batch_file(artifacts, batch_id, SKIPPED_FILE, skipped, run_id=run_id)
     context.log.info(f"batch {batch_id}: {len(valid):,} eligible customers, {len(skipped):,} skipped")
     return dg.MaterializeResult(
         metadata={
@@ -252,15 +260,16 @@ class CreditScoresConfig(dg.Config):
 @dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"}, pool=SCORING_POOL)
 def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig, sagemaker: SageMakerResource,
                   artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
-    """New scorecard points and decline probability for each eligible customer, from the newest Approved
-    model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest), or the version the
-    run config names (the approval sensor pins the version it approved).
+    """New scorecard points and decline probability for each eligible customer of the run's batch, from the
+    newest Approved model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest), or
+    the version the run config names (the approval sensor pins the version it approved).
 
     Batch inference through SageMaker Batch Transform (``model_code/inference.py``; run locally by default).
     Customers with a category value the model never saw are skipped and counted per column.
     """
-    eligible = artifacts.read_parquet(ELIGIBLE_KEY)
-    batch_id = artifacts.parquet_metadata(ELIGIBLE_KEY)["batch_id"]
+    upstream = batch_step(context, "eligible_customers")
+    eligible, _meta = read_step_file(artifacts, upstream, ELIGIBLE_FILE)
+    batch_id, run_id = upstream.batch_id, context.run.run_id
     package = registry.resolve("credit", config.model_version)
     manifest = read_manifest(artifacts, MODEL_PREFIX, package.model_version if package else config.model_version)
     version = manifest["version"]
@@ -268,15 +277,15 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
     read_verified(artifacts, MODEL_PREFIX, manifest, "model.tar.gz")  # fail here, clearly, if it is corrupt
 
     scorable, skipped_counts = scoring.scorable_customers(eligible, preprocessing)
-    prefix = batch_prefix(batch_id)
-    input_prefix, output_prefix = join_key(prefix, "transform-input"), join_key(prefix, "transform-output")
     job_name = None
     scored = scoring.read_transform_output([])
     if not scorable.empty:
-        artifacts.delete_prefix(input_prefix + "/")
+        job_name = f"credit-score-{new_version(run_id)}"
+        # the transform's files are this run's own: a concurrent run scoring the same batch writes elsewhere
+        input_prefix = batch_key(batch_id, f"transform/{job_name}/input")
+        output_prefix = batch_key(batch_id, f"transform/{job_name}/output")
         for name, data in scoring.transform_input(scorable, TRANSFORM_PART_ROWS):
             artifacts.write_bytes(join_key(input_prefix, name), data)
-        job_name = f"credit-score-{new_version(context.run.run_id)}"
         job = sagemaker.batch_transform(
             job_name=job_name, source_dir=MODEL_CODE_DIR, entry_point="inference.py",
             model_data_key=join_key(MODEL_PREFIX, version, "model.tar.gz"),
@@ -287,11 +296,9 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
         scored = scoring.read_transform_output(
             [(artifacts.uri(k), artifacts.read_bytes(k)) for k in job.output_keys if k.endswith(".out")])
     scores = scoring.attach_scores(scorable, scored)
-    uri = artifacts.write_parquet(
-        SCORES_KEY, scores,
-        metadata={"batch_id": batch_id, "model_version": version, "skipped": json.dumps(skipped_counts),
-                  "transform_job": job_name or ""},
-    )
+    uri = write_batch_file(artifacts, batch_id, SCORES_FILE, scores, run_id=run_id, model_version=version,
+                           skipped=json.dumps(skipped_counts), transform_job=job_name or "",
+                           eligible_run_id=upstream.run_id)
     distribution = scorecard.score_distribution(scores["new_score"].to_numpy()) if len(scores) else {}
     return dg.MaterializeResult(
         metadata={
@@ -339,20 +346,19 @@ class LimitPolicyConfig(dg.Config):
 @dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"}, pool=SCORING_POOL)
 def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig,
                     artifacts: ArtifactStore) -> dg.MaterializeResult:
-    """APPROVED / DECLINED with the new limit and the reason, per scored customer (the reference's rule)."""
-    scores = artifacts.read_parquet(SCORES_KEY)
-    upstream = artifacts.parquet_metadata(SCORES_KEY)
+    """APPROVED / DECLINED with the new limit and the reason, per scored customer of the run's batch (the
+    reference's rule)."""
+    upstream = batch_step(context, "credit_scores")
+    scores, meta = read_step_file(artifacts, upstream, SCORES_FILE)
+    batch_id, version = upstream.batch_id, meta["model_version"]
     policy = LimitPolicy(**config.model_dump())
     decisions = decide_limits(scores, policy)
-    uri = artifacts.write_parquet(
-        DECISIONS_KEY, decisions,
-        metadata={"batch_id": upstream["batch_id"], "model_version": upstream["model_version"],
-                  "policy": json.dumps(policy.as_dict())},
-    )
-    summary = evaluation_summary(decisions, upstream["batch_id"], upstream["model_version"], policy.as_dict())
+    uri = write_batch_file(artifacts, batch_id, DECISIONS_FILE, decisions, run_id=context.run.run_id,
+                           model_version=version, policy=json.dumps(policy.as_dict()), scores_run_id=upstream.run_id)
+    summary = evaluation_summary(decisions, batch_id, version, policy.as_dict())
     return dg.MaterializeResult(
         metadata={
-            "batch_id": upstream["batch_id"],
+            "batch_id": batch_id,
             "decisions": summary["customers_scored"],
             "approved": summary["approved"],
             "declined": summary["declined"],
@@ -374,30 +380,32 @@ class WriteBackConfig(dg.Config):
 def customer_updates(context: dg.AssetExecutionContext, config: WriteBackConfig, app_db: PostgresDatabase,
                      artifacts: ArtifactStore) -> dg.MaterializeResult:
     """The batch's decisions written to the customers table on the primary, with an append-only audit row
-    per applied decision, in one transaction; idempotent per batch. Also writes the reference's
+    per applied decision, in one transaction; idempotent per batch. Only the decisions file that this run's
+    `limit_decisions` wrote (or, run alone, the latest one) is written back. Also writes the reference's
     ``evaluations.json`` and ``results.json`` under ``credit/batches/<batch_id>/``.
     """
-    decisions = artifacts.read_parquet(DECISIONS_KEY)
-    meta = artifacts.parquet_metadata(DECISIONS_KEY)
-    batch_id, version = meta["batch_id"], meta["model_version"]
+    upstream = batch_step(context, "limit_decisions")
+    decisions, meta = read_step_file(artifacts, upstream, DECISIONS_FILE)
+    batch_id, version, run_id = upstream.batch_id, meta["model_version"], context.run.run_id
     started = datetime.now(timezone.utc)
     with app_db.connect() as conn:
         result = customer_store.apply_decisions(conn, decisions, batch_id=batch_id, model_version=version,
-                                                run_id=context.run.run_id, table=config.customers_table)
+                                                run_id=run_id, table=config.customers_table)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     status = "Succeeded" if result.conflicts == 0 and result.missing_customers == 0 else "SucceededWithConflicts"
-    prefix = batch_prefix(batch_id)
-    artifacts.write_json(join_key(prefix, "evaluations.json"),
+    artifacts.write_json(batch_key(batch_id, EVALUATIONS_FILE),
                          evaluation_summary(decisions, batch_id, version, json.loads(meta["policy"])))
     results = {**result.as_dict(), "status": status, "time": datetime.now(timezone.utc).isoformat(),
-               "dagster_run_id": context.run.run_id, "model_version": version}
-    results_uri = artifacts.write_json(join_key(prefix, "results.json"), results)
+               "dagster_run_id": run_id, "decisions_run_id": upstream.run_id, "model_version": version}
+    results_uri = artifacts.write_json(batch_key(batch_id, RESULTS_FILE), results)
     context.log.info(f"batch {batch_id}: {result.updated:,} customers updated, {result.already_applied:,} already "
                      f"applied, {result.conflicts:,} changed since selection")
     return dg.MaterializeResult(
         metadata={
             "batch_id": batch_id,
+            "decisions_run_id": upstream.run_id,
             "model_version": version,
+            "decisions": result.decisions,
             "updated": result.updated,
             "already_applied": result.already_applied,
             "conflicts": result.conflicts,

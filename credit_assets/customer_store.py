@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
 
 from credit_assets.model_code import scorecard
-from resources.postgres import copy_dataframe
+from resources.postgres import copy_dataframe, create_schema
 
 DECISION_COLUMNS = [
     "customer_id",
@@ -91,46 +92,46 @@ def create_customers_table(cur: psycopg.Cursor, table: str = "customers") -> Non
     )
 
 
+_AUDIT_DDL = f"""
+CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
+    batch_id uuid NOT NULL,
+    customer_id bigint NOT NULL,
+    old_score integer,
+    new_score integer NOT NULL,
+    old_limit integer NOT NULL,
+    new_limit integer NOT NULL,
+    decision text NOT NULL,
+    reason text NOT NULL,
+    probability double precision,
+    model_version text NOT NULL,
+    dagster_run_id uuid NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch_id, customer_id)
+);
+CREATE INDEX IF NOT EXISTS {AUDIT_TABLE}_run ON {AUDIT_TABLE} (dagster_run_id);
+CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '{AUDIT_TABLE} is append-only (% refused)', TG_OP;
+END $$;
+CREATE OR REPLACE TRIGGER {AUDIT_TABLE}_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON {AUDIT_TABLE}
+    FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
+"""
+
+
 def ensure_audit_table(conn: psycopg.Connection) -> None:
-    """Create the append-only audit table (UPDATE, DELETE and TRUNCATE rejected by a trigger) if it is not
-    there yet: once, in a transaction of its own, never inside a write-back."""
+    """Create the append-only audit table (UPDATE, DELETE and TRUNCATE rejected by a trigger; indexed by
+    batch and by run) if it is not complete yet: in a transaction of its own, never inside a write-back."""
     was_idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    exists = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s)",
-        (AUDIT_TABLE, f"{AUDIT_TABLE}_append_only"),
+    complete = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
+        "AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s)",
+        (AUDIT_TABLE, f"{AUDIT_TABLE}_run", f"{AUDIT_TABLE}_append_only"),
     ).fetchone()[0]
     if was_idle and not conn.autocommit:
         conn.commit()  # end the transaction the check opened; the caller's connection stays as it was
-    if exists:
-        return
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (AUDIT_TABLE,))  # one creator at a time
-        conn.execute(
-            f"""
-            CREATE TABLE IF NOT EXISTS {AUDIT_TABLE} (
-                batch_id uuid NOT NULL,
-                customer_id bigint NOT NULL,
-                old_score integer,
-                new_score integer NOT NULL,
-                old_limit integer NOT NULL,
-                new_limit integer NOT NULL,
-                decision text NOT NULL,
-                reason text NOT NULL,
-                probability double precision,
-                model_version text NOT NULL,
-                dagster_run_id uuid NOT NULL,
-                decided_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (batch_id, customer_id)
-            );
-            CREATE OR REPLACE FUNCTION {AUDIT_TABLE}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                RAISE EXCEPTION '{AUDIT_TABLE} is append-only (% refused)', TG_OP;
-            END $$;
-            CREATE OR REPLACE TRIGGER {AUDIT_TABLE}_append_only
-                BEFORE UPDATE OR DELETE OR TRUNCATE ON {AUDIT_TABLE}
-                FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_TABLE}_append_only();
-            """
-        )
+    if not complete:
+        create_schema(conn, _AUDIT_DDL)
 
 
 def load_customers(conn: psycopg.Connection, frame: pd.DataFrame, table: str = "customers", replace: bool = False) -> int:
@@ -200,13 +201,63 @@ def eligible_query(table: str, min_current_score: int, max_current_limit: int) -
     return statement, {"min_score": min_current_score, "max_limit": max_current_limit}
 
 
-def split_invalid_limits(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
-    """(rows with a usable limit, skip counts by reason, the skipped rows with their reason)."""
-    limit = pd.to_numeric(frame["current_limit"], errors="coerce")
+# Plausible values per column, inclusive. A row outside them is not scored: it is skipped with its reason,
+# counted in the batch's metadata and kept in ``eligibility_skipped.parquet``. Defaults are wide: the public
+# bank data set lies well inside them (scores 555-1085, amounts and incomes up to 900,000, times up to 6,100,
+# loan-to-income up to 11,603). Run config (`EligibilityConfig.plausible_ranges`) overrides any of them.
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    "current_score": (0, 2_000),
+    "current_limit": (0, 10_000_000),
+    "application_score": (0, 2_000),
+    "bureau_score": (0, 2_000),
+    "loan_amount": (0, 10_000_000),
+    "time_with_bank": (0, 10_000),
+    "time_in_employment": (0, 10_000),
+    "loan_to_income": (0, 100_000),
+    "gross_annual_income": (0, 100_000_000),
+}
+# The data set's own codes for "not applicable" (loan-to-income without an income): the model knows them as
+# missing values, so they are not implausible.
+NOT_APPLICABLE_CODES: dict[str, frozenset[float]] = {"loan_to_income": frozenset({-9_999_997.0, -9_999_998.0})}
+
+
+def plausible_ranges(overrides: dict[str, list[float]] | None = None) -> dict[str, tuple[float, float]]:
+    """The default ranges with `overrides` applied; a clear error for an unknown column or a bad range."""
+    ranges = dict(PLAUSIBLE_RANGES)
+    for column, bounds in (overrides or {}).items():
+        if column not in PLAUSIBLE_RANGES:
+            raise ValueError(f"plausible_ranges: unknown column {column!r}; known: {', '.join(PLAUSIBLE_RANGES)}")
+        if len(bounds) != 2 or not all(np.isfinite(bounds)) or bounds[0] > bounds[1]:
+            raise ValueError(f"plausible_ranges.{column} must be [minimum, maximum] with minimum <= maximum, "
+                             f"not {list(bounds)!r}")
+        ranges[column] = (float(bounds[0]), float(bounds[1]))
+    return ranges
+
+
+def split_implausible_rows(frame: pd.DataFrame, ranges: dict[str, tuple[float, float]] | None = None
+                           ) -> tuple[pd.DataFrame, dict[str, int], pd.DataFrame]:
+    """(rows fit to score, skip counts by reason, the skipped rows with their reason).
+
+    A row is skipped for its first problem, column by column: a numeric value that is missing (NULL, or
+    NaN in a floating-point column), infinite, or outside its plausible range; a negative limit is named as
+    such. Categorical features may be missing: the model knows that value.
+    """
+    ranges = PLAUSIBLE_RANGES if ranges is None else ranges
     reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
-    reasons[limit.isna()] = "current_limit is NULL"
-    reasons[limit.notna() & (limit < 0)] = "current_limit is negative"
-    skipped = frame.loc[reasons.notna(), ["customer_id", "current_limit"]].assign(reason=reasons[reasons.notna()])
+
+    def flag(mask, reason: str) -> None:
+        reasons[np.asarray(mask) & reasons.isna().to_numpy()] = reason
+
+    for column, (low, high) in ranges.items():
+        values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+        codes = values.isin(NOT_APPLICABLE_CODES.get(column, ()))
+        flag(values.isna(), f"{column} is NULL" if column == "current_limit" else f"{column} is missing")
+        flag(np.isinf(values), f"{column} is infinite")
+        if column == "current_limit":
+            flag(values < 0, "current_limit is negative")
+        flag(~codes & ((values < low) | (values > high)), f"{column} outside [{low:,.0f}, {high:,.0f}]")
+    skipped = frame.loc[reasons.notna(), ["customer_id", "current_score", "current_limit"]].assign(
+        reason=reasons[reasons.notna()])
     counts = {str(k): int(v) for k, v in reasons.value_counts().items()}
     valid = frame.loc[reasons.isna()].copy()
     valid["current_limit"] = valid["current_limit"].astype("int64")
@@ -270,6 +321,9 @@ def apply_decisions(
     target = table_identifier(table)
     ensure_audit_table(conn)
     with conn.transaction(), conn.cursor() as cur:
+        # Write-backs take turns (two batches deciding the same customers cannot deadlock). A table lock that
+        # needs a write privilege, so no read-only session can hold it; readers of the audit are not blocked.
+        cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(AUDIT_TABLE)))
         cur.execute(
             """
             CREATE TEMP TABLE credit_decision_staging (

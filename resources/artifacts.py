@@ -137,8 +137,7 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
             raise ValueError(f"{self.uri(key)} is not a readable Parquet file: {exc}") from None
 
     def parquet_metadata(self, key: str) -> dict[str, str]:
-        schema = pq.read_schema(io.BytesIO(self.read_bytes(key)))
-        return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if not k.startswith(b"pandas")}
+        return schema_metadata(pq.read_schema(io.BytesIO(self.read_bytes(key))))
 
     def delete_prefix(self, prefix: str) -> int:
         keys = [info.key for info in self.list(prefix)]
@@ -340,6 +339,11 @@ class S3ArtifactStore(ArtifactStore):
                 raise ArtifactNotFoundError(f"no artifact at {self.uri(key)}") from None
             raise
         return path
+
+
+def schema_metadata(schema: pa.Schema) -> dict[str, str]:
+    """The key/value metadata written with `write_parquet` (pandas' own entry left out)."""
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if not k.startswith(b"pandas")}
 
 
 def parse_artifacts_uri(uri: str) -> tuple[str, str, str]:

@@ -5,7 +5,7 @@ Two backends with SageMaker's model package semantics (states, versions, approva
 
 - `LocalModelRegistry`: tables in the application PostgreSQL, with an append-only log of status changes
   (the local stand-in for EventBridge's "SageMaker Model Package State Change" events). Each event keeps
-  the status and reason it was made with; events are numbered in commit order (an advisory lock), so a
+  the status and reason it was made with; events are numbered in commit order (a table lock), so a
   reader that moves past event n has seen every event before it.
 - `SageMakerModelRegistry`: model package groups and packages through boto3; approval with
   `update_model_package`. Status changes are found by polling: each package's status against the last one
@@ -210,8 +210,6 @@ CREATE TABLE IF NOT EXISTS model_package_events (
 );
 ALTER TABLE model_package_events ADD COLUMN IF NOT EXISTS reason text;
 """
-# taken by every transaction that appends an event, until it commits: event ids become visible in order
-_EVENTS_LOCK = 0x6D6C6470_0001
 _COLUMNS = ("group_name, version, arn, status, model_version, model_data_url, metrics, data_fingerprint, description, "
             "approval_description, created_at, modified_at")
 
@@ -227,7 +225,7 @@ class LocalModelRegistry(ModelRegistry):
     """Model packages in tables of the application database."""
 
     db: PostgresDatabase
-    _tables: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce("model_packages", _SCHEMA))
+    _tables: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(_SCHEMA))
 
     def _connect(self) -> psycopg.Connection:
         try:
@@ -237,9 +235,11 @@ class LocalModelRegistry(ModelRegistry):
 
     @staticmethod
     def _append_event(conn: psycopg.Connection, arn: str, status: str, reason: str | None) -> None:
-        """Log a change inside the caller's transaction. The lock is held until commit, so a transaction
-        that got a lower event id has always committed before a higher one becomes visible."""
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
+        """Log a change inside the caller's transaction. The table lock (one writer at a time; readers are
+        not blocked) is held until commit, so a transaction that got a lower event id has always committed
+        before a higher one becomes visible. It takes a write privilege, unlike an advisory lock, so no
+        read-only session can hold it."""
+        conn.execute("LOCK TABLE model_package_events IN SHARE ROW EXCLUSIVE MODE")
         conn.execute("INSERT INTO model_package_events (arn, status, reason) VALUES (%s, %s, %s)", (arn, status, reason))
 
     def register(self, pipeline: str, *, model_version: str, model_data_url: str, metrics: Mapping[str, float],

@@ -173,7 +173,7 @@ class PgVectorStore(dg.ConfigurableResource):
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _pgvector_version: tuple[int, ...] = PrivateAttr(default=(0,))
     _row_counts: dict = PrivateAttr(default_factory=dict)
-    _registry: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(REGISTRY, _REGISTRY_DDL))
+    _registry: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(_REGISTRY_DDL))
 
     # --- connections -----------------------------------------------------------------------------------
 

@@ -262,12 +262,34 @@ def fetch_dataframe(cur: psycopg.Cursor) -> pd.DataFrame:
 # --- the resource --------------------------------------------------------------------------------------
 
 
-class SchemaOnce:
-    """Creates a resource's tables on its first connection: once per process, and one creator at a time
-    across processes (a transaction-scoped advisory lock named after the tables)."""
+# What a concurrent creator of the same tables makes a `CREATE ... IF NOT EXISTS` fail with: the loser of the
+# race on the catalogue's unique indexes, or "tuple concurrently updated" for CREATE OR REPLACE.
+_CONCURRENT_DDL = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject,
+                   psycopg.errors.DuplicateFunction, psycopg.errors.InternalError_)
 
-    def __init__(self, lock_name: str, ddl: str):
-        self.lock_name, self.ddl = lock_name, ddl
+
+def create_schema(conn: psycopg.Connection, ddl: str | sql.Composable, attempts: int = 5) -> None:
+    """Run idempotent DDL (``CREATE ... IF NOT EXISTS``) in a transaction of its own; when another process
+    creates the same objects at the same moment, run it again (it then finds them).
+
+    No advisory lock: any role that can connect could hold an advisory key and stall every process of the
+    platform on its first connection."""
+    for attempt in range(attempts):
+        try:
+            with conn.transaction():
+                conn.execute(ddl)
+            return
+        except _CONCURRENT_DDL:
+            if attempt == attempts - 1:
+                raise
+
+
+class SchemaOnce:
+    """Creates a resource's tables on its first connection: once per process; concurrent creators in other
+    processes are handled by `create_schema`."""
+
+    def __init__(self, ddl: str):
+        self.ddl = ddl
         self._ready = False
         self._lock = threading.Lock()
 
@@ -280,9 +302,7 @@ class SchemaOnce:
         """Create the tables through `conn` unless this instance already did."""
         with self._lock:
             if not self._ready:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.lock_name,))
-                    conn.execute(self.ddl)
+                create_schema(conn, self.ddl)
                 self._ready = True
 
 

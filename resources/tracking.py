@@ -82,7 +82,7 @@ class TrackingStore(dg.ConfigurableResource):
     """The tracking tables, written once per training job."""
 
     db: PostgresDatabase
-    _tables: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce("tracking_runs", _SCHEMA))
+    _tables: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(_SCHEMA))
 
     def _connect(self) -> psycopg.Connection:
         return self._tables.connect(self.db)

@@ -2,6 +2,8 @@
 idempotency, checks, and what users see on bad input (nothing half-written)."""
 
 import json
+from pathlib import Path
+from typing import Any, ClassVar
 
 import dagster as dg
 import pandas as pd
@@ -9,7 +11,8 @@ import pytest
 
 import credit_assets as credit
 from credit_assets import customer_store, population
-from credit_assets.assets import DECISIONS_KEY, ELIGIBLE_KEY, MODEL_PREFIX, SCORES_KEY, batch_prefix
+from credit_assets.assets import MODEL_PREFIX
+from credit_assets.batches import DECISIONS_FILE, SCORES_FILE, batch_key, batch_prefix
 from credit_assets.policy import LimitPolicy, policy_violations
 from resources.artifacts import LocalArtifactStore
 from resources.datasets import ReferenceDatasets
@@ -44,14 +47,21 @@ def make_resources(app_db, workdir, datasets_dir, readonly=None, policy="newest"
 
 
 @pytest.fixture(scope="module")
-def resources(app_db, workdir, datasets_dir):
+def instance():
+    """One Dagster instance for the module, as in a deployment: a step finds its batch in its event log."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def resources(app_db, workdir, datasets_dir, instance):
     return make_resources(app_db, workdir, datasets_dir)
 
 
 @pytest.fixture(scope="module")
-def trained(resources):
+def trained(resources, instance):
     """Train once for the module (through the local SageMaker backend)."""
-    result = dg.materialize(ALL, resources=resources,
+    result = dg.materialize(ALL, resources=resources, instance=instance,
                             selection=dg.AssetSelection.assets(credit.credit_training_data, credit.credit_model))
     assert result.success
     return result
@@ -62,9 +72,21 @@ def seed(app_db, frame):
         customer_store.load_customers(conn, frame, replace=True)
 
 
-def run_scoring(resources, run_config=None, raise_on_error=True, selection=SCORING):
-    return dg.materialize(ALL, resources=resources, selection=selection, run_config=run_config,
-                          raise_on_error=raise_on_error)
+@pytest.fixture
+def run_scoring(instance):
+    """Materialise (the scoring batch by default) in the module's Dagster instance."""
+
+    def run(resources, run_config=None, raise_on_error=True, selection=SCORING):
+        return dg.materialize(ALL, resources=resources, selection=selection, run_config=run_config,
+                              raise_on_error=raise_on_error, instance=instance)
+
+    return run
+
+
+def tamper(artifacts, batch_id: str, name: str, change) -> None:
+    """Rewrite a batch file in place, keeping its batch and run stamps (a corrupted file, not another run's)."""
+    key = batch_key(batch_id, name)
+    artifacts.write_parquet(key, change(artifacts.read_parquet(key)), metadata=artifacts.parquet_metadata(key))
 
 
 SCORING_CHECKS = {"decisions_follow_policy", "each_eligible_customer_decided_once", "counts_reconcile"}
@@ -104,7 +126,7 @@ def failure_message(result) -> str:
     return "\n".join(messages)
 
 
-def test_model_is_trained_and_versioned(trained, resources, datasets_dir):
+def test_model_is_trained_and_versioned(trained, resources, run_scoring, datasets_dir):
     meta = metadata(trained, "credit_model")
     artifacts = resources["artifacts"]
     [version] = list_versions(artifacts, MODEL_PREFIX)
@@ -123,7 +145,7 @@ def test_model_is_trained_and_versioned(trained, resources, datasets_dir):
     assert preprocessing["format"] == 1  # JSON, never pickle
 
 
-def test_batch_scores_decides_writes_back_and_is_idempotent(trained, resources, app_db):
+def test_batch_scores_decides_writes_back_and_is_idempotent(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(3_000, seed=5))
     before = customers_table(app_db)
     result = run_scoring(resources)
@@ -170,7 +192,7 @@ def test_batch_scores_decides_writes_back_and_is_idempotent(trained, resources, 
     assert metadata(fresh, "customer_updates")["updated"] == 0
 
 
-def test_eligibility_filter_is_configurable(trained, resources, app_db):
+def test_eligibility_filter_is_configurable(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(1_000, seed=8))
     before = customers_table(app_db)
     config = dg.RunConfig({"eligible_customers": credit.assets.EligibilityConfig(min_current_score=650,
@@ -180,7 +202,7 @@ def test_eligibility_filter_is_configurable(trained, resources, app_db):
     assert metadata(result, "eligible_customers")["eligible"] == len(expected) > 0
 
 
-def test_null_negative_limits_and_unknown_categories_are_skipped_and_counted(trained, resources, app_db):
+def test_null_negative_limits_and_unknown_categories_are_skipped_and_counted(trained, resources, run_scoring, app_db):
     frame = population.customers(400, seed=9)
     frame["current_score"] = 640
     frame["current_limit"] = 3_000
@@ -203,23 +225,23 @@ def test_null_negative_limits_and_unknown_categories_are_skipped_and_counted(tra
     assert_checks_passed(result)
 
 
-def test_missing_table_or_column_is_named_and_nothing_is_written(trained, resources, app_db):
+def test_missing_table_or_column_is_named_and_nothing_is_written(trained, resources, run_scoring, app_db):
     artifacts = resources["artifacts"]
     seed(app_db, population.customers(50, seed=1))
     with app_db.connect(autocommit=True) as conn:
         conn.execute("ALTER TABLE customers DROP COLUMN bureau_score")
-    stamp = artifacts.read_bytes(ELIGIBLE_KEY) if artifacts.exists(ELIGIBLE_KEY) else None
+    batches = artifacts.list("credit/batches/")
     result = run_scoring(resources, raise_on_error=False)
     assert not result.success
     assert "table customers is missing column(s): bureau_score" in failure_message(result)
-    assert (artifacts.read_bytes(ELIGIBLE_KEY) if artifacts.exists(ELIGIBLE_KEY) else None) == stamp
+    assert artifacts.list("credit/batches/") == batches
     with app_db.connect(autocommit=True) as conn:
         conn.execute("DROP TABLE customers")
     result = run_scoring(resources, raise_on_error=False)
     assert "table customers does not exist" in failure_message(result)
 
 
-def test_unreachable_database(trained, resources):
+def test_unreachable_database(trained, resources, run_scoring):
     broken = {**resources, "readonly_db": ReadOnlyUrlDatabase(url="postgresql://ro:pw@127.0.0.1:1/bank?connect_timeout=2")}
     result = run_scoring(broken, raise_on_error=False)
     message = failure_message(result)
@@ -227,7 +249,7 @@ def test_unreachable_database(trained, resources):
     assert DatabaseUnavailableError.__name__ in message
 
 
-def test_corrupt_and_missing_model_artifacts(trained, resources, app_db, workdir, datasets_dir):
+def test_corrupt_and_missing_model_artifacts(trained, resources, run_scoring, app_db, workdir, datasets_dir):
     artifacts = resources["artifacts"]
     seed(app_db, population.customers(200, seed=2))
     [version] = list_versions(artifacts, MODEL_PREFIX)[-1:]
@@ -243,22 +265,20 @@ def test_corrupt_and_missing_model_artifacts(trained, resources, app_db, workdir
 
     # the registry names a version whose files are not in this artifact store
     empty = make_resources(app_db, workdir / "no-model", datasets_dir)
-    empty["artifacts"].write_parquet(ELIGIBLE_KEY, pd.DataFrame({"customer_id": []}), metadata={"batch_id": "b"})
-    result = dg.materialize(ALL, resources=empty, selection=dg.AssetSelection.assets(credit.credit_scores),
-                            raise_on_error=False)
+    upto_scores = dg.AssetSelection.assets(credit.eligible_customers, credit.credit_scores)
+    result = run_scoring(empty, selection=upto_scores, raise_on_error=False)
     assert "is missing or incomplete: no file://" in failure_message(result)
     # no model registered at all (another environment's registry)
     empty["registry"] = LocalModelRegistry(db=app_db, env="staging", version_policy="newest")
-    result = dg.materialize(ALL, resources=empty, selection=dg.AssetSelection.assets(credit.credit_scores),
-                            raise_on_error=False)
+    result = run_scoring(empty, selection=upto_scores, raise_on_error=False)
     assert "no usable model in credit-staging-models" in failure_message(result)
 
 
-def test_changed_customers_are_conflicts_not_overwritten(trained, resources, app_db):
+def test_changed_customers_are_conflicts_not_overwritten(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(300, seed=3))
     upto_decisions = dg.AssetSelection.assets(credit.eligible_customers, credit.credit_scores, credit.limit_decisions)
-    run_scoring(resources, selection=upto_decisions)
-    decisions = resources["artifacts"].read_parquet(DECISIONS_KEY)
+    batch = metadata(run_scoring(resources, selection=upto_decisions), "limit_decisions")["batch_id"]
+    decisions = resources["artifacts"].read_parquet(batch_key(batch, DECISIONS_FILE))
     changed = int(decisions.customer_id.iloc[0])
     with app_db.connect(autocommit=True) as conn:  # the bank changes a limit meanwhile
         conn.execute("UPDATE customers SET current_limit = current_limit + 1 WHERE customer_id = %s", (changed,))
@@ -271,15 +291,14 @@ def test_changed_customers_are_conflicts_not_overwritten(trained, resources, app
     assert_checks_passed(result, SCORING_CHECKS - {"decisions_follow_policy"})
 
 
-def test_a_failing_write_back_leaves_nothing_half_written(trained, resources, app_db):
+def test_a_failing_write_back_leaves_nothing_half_written(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(300, seed=4))
     upto_decisions = dg.AssetSelection.assets(credit.eligible_customers, credit.credit_scores, credit.limit_decisions)
-    run_scoring(resources, selection=upto_decisions)
+    batch = metadata(run_scoring(resources, selection=upto_decisions), "limit_decisions")["batch_id"]
     artifacts = resources["artifacts"]
-    decisions = artifacts.read_parquet(DECISIONS_KEY)
-    meta = artifacts.parquet_metadata(DECISIONS_KEY)
-    broken = pd.concat([decisions, decisions.tail(1)], ignore_index=True)  # one customer twice: staging refuses it
-    artifacts.write_parquet(DECISIONS_KEY, broken, metadata=meta)
+    decisions = artifacts.read_parquet(batch_key(batch, DECISIONS_FILE))
+    # one customer twice: staging refuses it
+    tamper(artifacts, batch, DECISIONS_FILE, lambda frame: pd.concat([frame, frame.tail(1)], ignore_index=True))
     audit_before = len(audit_rows(app_db))
     result = run_scoring(resources, selection=dg.AssetSelection.assets(credit.customer_updates), raise_on_error=False)
     assert not result.success
@@ -292,20 +311,22 @@ def test_a_failing_write_back_leaves_nothing_half_written(trained, resources, ap
     import psycopg
 
     with app_db.connect() as conn, pytest.raises(psycopg.errors.NotNullViolation):
-        customer_store.apply_decisions(conn, decisions, batch_id=meta["batch_id"], model_version=None, run_id=meta["batch_id"])
+        customer_store.apply_decisions(conn, decisions, batch_id=batch, model_version=None, run_id=batch)
     assert customers_table(app_db).limit_increase_decision.isna().all()
     assert len(audit_rows(app_db)) == audit_before
 
 
-def test_policy_check_blocks_the_write_back(trained, resources, app_db):
+def test_policy_check_blocks_the_write_back(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(300, seed=6))
-    run_scoring(resources, selection=dg.AssetSelection.assets(credit.eligible_customers, credit.credit_scores,
-                                                               credit.limit_decisions))
+    decided = run_scoring(resources, selection=dg.AssetSelection.assets(credit.eligible_customers,
+                                                                         credit.credit_scores, credit.limit_decisions))
     artifacts = resources["artifacts"]
-    decisions = artifacts.read_parquet(DECISIONS_KEY)
-    meta = artifacts.parquet_metadata(DECISIONS_KEY)
-    decisions.loc[decisions.index[0], "new_limit"] = 99_999  # above the cap
-    artifacts.write_parquet(DECISIONS_KEY, decisions, metadata=meta)
+
+    def above_the_cap(frame):
+        frame.loc[frame.index[0], "new_limit"] = 99_999
+        return frame
+
+    tamper(artifacts, metadata(decided, "limit_decisions")["batch_id"], DECISIONS_FILE, above_the_cap)
     result = run_scoring(
         resources, raise_on_error=False,
         selection=dg.AssetSelection.checks(credit.decisions_follow_policy) | dg.AssetSelection.assets(credit.customer_updates),
@@ -316,7 +337,7 @@ def test_policy_check_blocks_the_write_back(trained, resources, app_db):
     assert customers_table(app_db).limit_increase_decision.isna().all()
 
 
-def test_scoring_uses_the_newest_approved_model_and_says_which(trained, resources, app_db):
+def test_scoring_uses_the_newest_approved_model_and_says_which(trained, resources, run_scoring, app_db):
     registry = LocalModelRegistry(db=app_db, version_policy="approved")
     strict = {**resources, "registry": registry}
     seed(app_db, population.customers(150, seed=12))
@@ -333,7 +354,7 @@ def test_scoring_uses_the_newest_approved_model_and_says_which(trained, resource
     assert meta["model_package"] == f"{package.arn} (Approved)"
 
 
-def test_audit_trail_is_append_only(trained, resources, app_db):
+def test_audit_trail_is_append_only(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(200, seed=7))
     run_scoring(resources)
     import psycopg
@@ -346,19 +367,17 @@ def test_audit_trail_is_append_only(trained, resources, app_db):
             conn.rollback()
 
 
-def test_counts_reconcile_detects_a_mismatch(trained, resources, app_db):
+def test_counts_reconcile_detects_a_mismatch(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(200, seed=10))
-    run_scoring(resources)
-    artifacts = resources["artifacts"]
-    scores = artifacts.read_parquet(SCORES_KEY)
-    artifacts.write_parquet(SCORES_KEY, scores.iloc[1:], metadata=artifacts.parquet_metadata(SCORES_KEY))
-    result = dg.materialize(ALL, resources=resources, selection=dg.AssetSelection.checks(credit.counts_reconcile))
+    batch = metadata(run_scoring(resources), "customer_updates")["batch_id"]
+    tamper(resources["artifacts"], batch, SCORES_FILE, lambda frame: frame.iloc[1:])
+    result = run_scoring(resources, selection=dg.AssetSelection.checks(credit.counts_reconcile))
     [check] = result.get_asset_check_evaluations()
     assert not check.passed
     assert json.loads(json.dumps(check.metadata["broken"].value))["eligible = scored + skipped at scoring"]
 
 
-def test_a_batch_is_not_written_back_again_with_other_decisions(trained, resources, app_db):
+def test_a_batch_is_not_written_back_again_with_other_decisions(trained, resources, run_scoring, app_db):
     seed(app_db, population.customers(300, seed=11))
     run_scoring(resources)
     before, audit_before = customers_table(app_db), audit_rows(app_db)
@@ -370,3 +389,180 @@ def test_a_batch_is_not_written_back_again_with_other_decisions(trained, resourc
     assert "was already written back with other decisions" in failure_message(result)
     assert customers_table(app_db).equals(before)
     assert len(audit_rows(app_db)) == len(audit_before)
+
+
+# --- concurrent batches, mixed batches and hostile rows --------------------------------------------------
+
+
+class RendezvousArtifactStore(LocalArtifactStore):
+    """The local artifact store, holding each run right after it has written its eligible customers until
+    the other run has too: both runs select their batch before either scores it, every time."""
+
+    barrier: ClassVar[Any] = None  # a multiprocessing.Barrier, set in each scoring process
+
+    def write_parquet(self, key, frame, metadata=None):
+        uri = super().write_parquet(key, frame, metadata)
+        if key.endswith("/eligible_customers.parquet") and self.barrier is not None:
+            self.barrier.wait(timeout=120)
+        return uri
+
+
+def score_in_another_process(barrier, home: str, database: str, pg_dir: str, workdir: str, datasets_dir: str,
+                             approve_min_score: int, results) -> None:
+    """One `credit_scoring_job` run in a process of its own, as `dagster job execute` would start it."""
+    from resources.postgres import EmbeddedPostgresDatabase
+
+    RendezvousArtifactStore.barrier = barrier
+    app_db = EmbeddedPostgresDatabase(data_dir=pg_dir, database=database)
+    resources = make_resources(app_db, Path(workdir), Path(datasets_dir))
+    resources["artifacts"] = RendezvousArtifactStore(root=str(Path(workdir) / "artifacts"))
+    resources["sagemaker"] = SageMakerResource(artifacts=resources["artifacts"],
+                                               work_dir=str(Path(workdir) / "sagemaker"))
+    policy = dg.RunConfig({"limit_decisions": credit.assets.LimitPolicyConfig(approve_min_score=approve_min_score)})
+    with dg.DagsterInstance.from_config(home) as instance:
+        result = dg.materialize(ALL, resources=resources, selection=SCORING, run_config=policy, instance=instance,
+                                raise_on_error=False)
+        results.put({"run_id": result.run_id, "success": result.success,
+                     "checks": {e.check_name: e.passed for e in result.get_asset_check_evaluations()},
+                     "batch_id": metadata(result, "eligible_customers").get("batch_id") if result.success else None,
+                     "updates": metadata(result, "customer_updates") if result.success else None})
+
+
+def test_concurrent_scoring_runs_each_write_back_their_own_batch(trained, resources, app_db, workdir, datasets_dir,
+                                                                tmp_path):
+    """Two scoring runs outside any queue, one configured to decline everyone, both selecting the same
+    undecided customers before either scores: each run writes back exactly its own decisions under its own
+    batch, no customer is decided twice, and the checks of both runs hold."""
+    import multiprocessing
+
+    customers = population.customers(600, seed=21)
+    eligible = int(((customers.current_score >= 600) & (customers.current_limit < 10_000)).sum())
+    seed(app_db, customers)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(2), spawn.Queue()
+    pg_dir = str(Path(app_db.data_dir))
+    processes = [spawn.Process(target=score_in_another_process, args=(
+        barrier, str(home), app_db.database, pg_dir, str(workdir), str(datasets_dir), threshold, results))
+        for threshold in (10_000, 650)]  # 10,000: no score is that high, every customer is declined
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert all(o["success"] for o in outcomes), outcomes
+    assert all(all(o["checks"].values()) and len(o["checks"]) == 3 for o in outcomes), outcomes
+    decline_all, default = outcomes
+    assert decline_all["batch_id"] == decline_all["run_id"] and default["batch_id"] == default["run_id"]
+
+    audit = audit_rows(app_db)
+    audit = audit[audit.batch_id.astype(str).isin([decline_all["batch_id"], default["batch_id"]])]
+    for outcome in outcomes:  # each run's audit rows: its own batch, as many as it says it updated
+        own = audit[audit.dagster_run_id.astype(str) == outcome["run_id"]]
+        assert (own.batch_id.astype(str) == outcome["batch_id"]).all()
+        assert len(own) == outcome["updates"]["updated"]
+        results_json = resources["artifacts"].read_json(f"{batch_prefix(outcome['batch_id'])}/results.json")
+        assert results_json["dagster_run_id"] == outcome["run_id"]
+    declined_run = audit[audit.dagster_run_id.astype(str) == decline_all["run_id"]]
+    assert (declined_run.decision == "DECLINED").all()
+    assert not audit.customer_id.duplicated().any()  # nobody decided twice
+    # both batches selected the same customers; the write-backs took turns, and the later one found every
+    # customer decided by the earlier one: conflicts, not overwrites
+    assert len(audit) == eligible
+    counts = sorted((o["updates"]["updated"], o["updates"]["conflicts"]) for o in outcomes)
+    assert counts == [(0, eligible), (eligible, 0)]
+    table = customers_table(app_db).set_index("customer_id")
+    decided = audit.set_index("customer_id")
+    assert (table.loc[decided.index].limit_increase_decision == decided.decision).all()
+
+
+def test_the_checks_fail_when_a_run_wrote_back_another_batch(trained, resources, app_db, run_scoring):
+    seed(app_db, population.customers(200, seed=22))
+    result = run_scoring(resources)
+    assert_checks_passed(result)
+    updates = metadata(result, "customer_updates")
+    row = audit_rows(app_db, updates["batch_id"]).iloc[0]
+    with app_db.connect() as conn:  # an audit row under this run's id, but of another batch
+        conn.execute(
+            "INSERT INTO credit_limit_audit (batch_id, customer_id, old_score, new_score, old_limit, new_limit, "
+            "decision, reason, model_version, dagster_run_id) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, "
+            "'APPROVED', 'from another batch', %s, %s)",
+            (int(row.customer_id), int(row.old_score), int(row.new_score), int(row.old_limit), int(row.new_limit),
+             row.model_version, result.run_id))
+        conn.commit()
+    checked = run_scoring(resources, selection=dg.AssetSelection.checks(credit.each_eligible_customer_decided_once))
+    [check] = checked.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.metadata["run_audit_rows_of_another_batch"].value == 1
+    assert check.metadata["write_back_run_id"].value == result.run_id
+
+
+def test_the_write_back_refuses_a_decisions_file_another_run_rewrote(trained, resources, app_db, run_scoring):
+    seed(app_db, population.customers(200, seed=23))
+    upto_decisions = dg.AssetSelection.assets(credit.eligible_customers, credit.credit_scores, credit.limit_decisions)
+    batch = metadata(run_scoring(resources, selection=upto_decisions), "limit_decisions")["batch_id"]
+    artifacts = resources["artifacts"]
+    key = batch_key(batch, DECISIONS_FILE)
+    stamps = {**artifacts.parquet_metadata(key), "run_id": "another-run"}
+    artifacts.write_parquet(key, artifacts.read_parquet(key), metadata=stamps)
+    audit_before = len(audit_rows(app_db))
+    result = run_scoring(resources, selection=dg.AssetSelection.assets(credit.customer_updates), raise_on_error=False)
+    assert not result.success
+    message = failure_message(result)
+    assert "BatchMismatchError" in message and "by run 'another-run'" in message and batch in message
+    assert len(audit_rows(app_db)) == audit_before
+    assert customers_table(app_db).limit_increase_decision.isna().all()
+
+
+def test_hostile_customer_rows_are_skipped_with_their_reasons(trained, resources, app_db, run_scoring):
+    frame = population.customers(300, seed=24)
+    frame["current_score"], frame["current_limit"] = 700, 3_000
+    seed(app_db, frame)
+    first = int(frame.customer_id.iloc[0])
+    hostile = {
+        first: "application_score = NULL",
+        first + 1: "loan_to_income = 'NaN'",
+        first + 2: "loan_to_income = 'Infinity'",
+        first + 3: "loan_to_income = '-Infinity'",
+        first + 4: "loan_to_income = 1e12",
+        first + 5: "gross_annual_income = 2147483647",
+        first + 6: "current_score = 2147483647",
+        first + 7: "bureau_score = -5",
+        first + 8: "time_with_bank = NULL",
+    }
+    with app_db.connect() as conn:
+        for customer, assignment in hostile.items():
+            conn.execute(f"UPDATE customers SET {assignment} WHERE customer_id = %s", (customer,))
+        # the data set's own "no income" code is a value the model knows, not a hostile one
+        conn.execute("UPDATE customers SET loan_to_income = -9999997 WHERE customer_id = %s", (first + 9,))
+        conn.commit()
+    result = run_scoring(resources)
+    assert metadata(result, "eligible_customers")["skipped"] == {
+        "application_score is missing": 1,
+        "loan_to_income is missing": 1,
+        "loan_to_income is infinite": 2,
+        "loan_to_income outside [0, 100,000]": 1,
+        "gross_annual_income outside [0, 100,000,000]": 1,
+        "current_score outside [0, 2,000]": 1,
+        "bureau_score outside [0, 2,000]": 1,
+        "time_with_bank is missing": 1,
+    }
+    assert metadata(result, "customer_updates")["updated"] == 300 - len(hostile)
+    table = customers_table(app_db).set_index("customer_id")
+    assert table.loc[list(hostile)].limit_increase_decision.isna().all()
+    assert table.loc[first + 9].limit_increase_decision in ("APPROVED", "DECLINED")
+    batch = metadata(result, "customer_updates")["batch_id"]
+    skipped = resources["artifacts"].read_parquet(f"{batch_prefix(batch)}/eligibility_skipped.parquet")
+    assert sorted(skipped.customer_id) == sorted(hostile)
+    assert_checks_passed(result)
+
+    # the ranges are run config: a bank whose incomes run higher widens one
+    seed(app_db, frame.assign(gross_annual_income=150_000_000))
+    wider = dg.RunConfig({"eligible_customers": credit.assets.EligibilityConfig(
+        plausible_ranges={"gross_annual_income": [0, 200_000_000]})})
+    assert metadata(run_scoring(resources, run_config=wider), "eligible_customers")["skipped"] == {}
+    bad = dg.RunConfig({"eligible_customers": credit.assets.EligibilityConfig(plausible_ranges={"income": [0, 1]})})
+    failed = run_scoring(resources, run_config=bad, raise_on_error=False)
+    assert "plausible_ranges: unknown column 'income'" in failure_message(failed)

@@ -152,7 +152,7 @@ def test_local_events_become_visible_in_id_order(app_db):
             with app_db.connect(autocommit=True) as observer:  # until the second writer waits on the lock
                 deadline = time.monotonic() + 30
                 while not observer.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = "
-                                           "'Lock' AND wait_event = 'advisory')").fetchone()[0]:
+                                           "'Lock' AND wait_event = 'relation')").fetchone()[0]:
                     assert time.monotonic() < deadline and thread.is_alive(), "the second writer never waited"
                     time.sleep(0.05)
             assert thread.is_alive() and registry.changes(cursor) == []  # the second change waits for the first

@@ -15,6 +15,7 @@ import pandas as pd
 
 from credit_assets import customer_store, population
 from recsys_assets.session_events import make_events
+from recsys_assets.streaming import hour_partition
 from resources.stream import LocalEventStream
 from resources.dagster_instance import prepare_dagster_home
 from resources.model_registry import LocalModelRegistry
@@ -146,7 +147,7 @@ def test_ui_trains_approves_and_the_sensors_put_models_to_work(dagster_dev):
 
     launch_and_wait(port, "credit_training_job", log_tail)
     credit_version = approve_through_the_ui(port, registry, "credit", log_tail)
-    [scoring_run] = wait_for_sensor_run(port, "credit_scoring_job", log_tail)
+    [scoring_run] = wait_for_sensor_run(port, "credit_scoring_job", log_tail, model_version=credit_version)
     data = graphql(port, CHECKS, {"runId": scoring_run})
     [materialization] = data["assetNodes"][0]["assetMaterializations"]
     updated = {e["label"]: e.get("intValue") for e in materialization["metadataEntries"]}["updated"]
@@ -157,7 +158,7 @@ def test_ui_trains_approves_and_the_sensors_put_models_to_work(dagster_dev):
 
     launch_and_wait(port, "recsys_training_job", log_tail)
     recsys_version = approve_through_the_ui(port, registry, "recsys", log_tail)
-    wait_for_sensor_run(port, "embeddings_load_job", log_tail)
+    wait_for_sensor_run(port, "embeddings_load_job", log_tail, model_version=recsys_version)
     with db.connect() as conn:
         loaded = conn.execute("SELECT version, rows FROM embedding_versions WHERE logical_table = 'item_emb' "
                               "AND status = 'active'").fetchone()
@@ -174,29 +175,47 @@ def test_ui_trains_approves_and_the_sensors_put_models_to_work(dagster_dev):
     customers = pd.DataFrame({"customernumber": [103, 112], "city": ["Nantes", "Las Vegas"],
                               "country": ["France", "USA"], "creditlimit": [21000.0, 71800.0]})
     stream.put(make_events(codes, customers, 40, seed=5))
-    wait_for_sensor_run(port, "recommendations_job", log_tail)
-    output = Path(data_dir) / "artifacts" / "recommendations"  # the events' hour (or two, at an hour's turn)
+    hours = sorted({hour_partition(record.arrival) for record in stream.read({}, max_records=1_000)[0]})
+    for hour in hours:  # the events' hour (or two, at an hour's turn): each one's own run
+        wait_for_sensor_run(port, "recommendations_job", log_tail, **{"dagster/partition": hour})
+    output = Path(data_dir) / "artifacts" / "recommendations"
     deadline = time.monotonic() + 120
     while sum(len(p.read_text().splitlines()) for p in output.rglob("*.jsonl")) != 40 and time.monotonic() < deadline:
-        time.sleep(2)  # a second hour's run may still be on its way
+        time.sleep(2)  # a tick that archived part of the events has a later run of the same hour on its way
     assert sum(len(p.read_text().splitlines()) for p in output.rglob("*.jsonl")) == 40
 
-    wait_for_sensor_run(port, "training_runs_job", log_tail)
-    with db.connect() as conn:
-        tracked = {row[0].split("-model-")[0] for row in conn.execute("SELECT job_name FROM tracking_runs").fetchall()}
-    assert {"credit", "recsys"} <= tracked
+    wait_for_tracked(db, {f"credit-model-{credit_version}", f"recsys-model-{recsys_version}"}, log_tail)
 
 
-def wait_for_sensor_run(port: int, job: str, log_tail) -> list[str]:
-    """Wait until a sensor has started `job` and the run succeeded; returns the job's run ids."""
+def wait_for_sensor_run(port: int, job: str, log_tail, **tags: str) -> list[str]:
+    """Wait until a sensor has started a run of `job` carrying every tag in `tags` (this version, this
+    partition) and that run succeeded; returns the ids of those runs. Runs of the job for something else
+    (an earlier version, another hour) neither satisfy nor fail the wait."""
     deadline = time.monotonic() + 240
-    runs = []
+    matching = []
     while time.monotonic() < deadline:
         runs = graphql(port, JOB_RUNS, {"job": job})["runsOrError"]["results"]
-        if any(r["status"] == "SUCCESS" for r in runs):
-            assert all(any(t["key"] == "dagster/sensor_name" for t in r["tags"]) for r in runs)
-            return [r["runId"] for r in runs]
-        if any(r["status"] == "FAILURE" for r in runs):
+        matching = [r for r in runs if tags.items() <= {t["key"]: t["value"] for t in r["tags"]}.items()]
+        if any(r["status"] == "SUCCESS" for r in matching):
+            assert all(any(t["key"] == "dagster/sensor_name" for t in r["tags"]) for r in matching)
+            return [r["runId"] for r in matching if r["status"] == "SUCCESS"]
+        if any(r["status"] == "FAILURE" for r in matching):
             break
         time.sleep(3)
-    pytest.fail(f"no successful sensor-triggered {job} run ({[r['status'] for r in runs]}):\n{log_tail()}")
+    pytest.fail(f"no successful sensor-triggered {job} run with tags {tags} "
+                f"({[r['status'] for r in matching]}):\n{log_tail()}")
+
+
+def wait_for_tracked(db: EmbeddedPostgresDatabase, job_names: set[str], log_tail) -> None:
+    """Wait until the tracking sync has recorded every one of `job_names` (the sensor may sync them in one run
+    or in several, a tick apart)."""
+    deadline = time.monotonic() + 240
+    tracked: set[str] = set()
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            if conn.execute("SELECT to_regclass('tracking_runs') IS NOT NULL").fetchone()[0]:
+                tracked = {row[0] for row in conn.execute("SELECT job_name FROM tracking_runs").fetchall()}
+        if job_names <= tracked:
+            return
+        time.sleep(3)
+    pytest.fail(f"training jobs {sorted(job_names - tracked)} were not tracked:\n{log_tail()}")
