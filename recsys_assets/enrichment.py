@@ -14,9 +14,12 @@ as received plus:
 - ``enrichment``: ``{status: "complete" | "partial", notes: [...], model_version}`` saying what could not be
   done (no browse history, unknown product, city or country unseen in training).
 
-Events that cannot be enriched at all (not JSON, a missing or mistyped field) are returned as rejections
-with a reason; a micro-batch never fails because of one event. Each micro-batch makes one round trip for
-all its recommendations and one for all its similar items.
+Events that cannot be enriched at all (not JSON, too large or too deeply nested, a missing or mistyped
+field, text that is not valid Unicode or holds a NUL character, numbers beyond what the model can embed)
+are returned as rejections with a reason; a micro-batch never fails because of one event. Should an event
+the checks let through still break a query (`ValueError`, arithmetic errors), the micro-batch is split in
+halves until the event is alone, and only it is rejected. Each micro-batch makes one round trip for all
+its recommendations and one for all its similar items.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_K = 5
+MAX_TEXT_LENGTH = 1_000  # session ids, cities, countries, product codes
+MAX_CREDIT_LIMIT = 1e12
+MAX_WHOLE_NUMBER = 2**63 - 1  # what every consumer of the output (Athena, Redshift, pandas) can hold
 
 
 class EventRejected(ValueError):
@@ -54,20 +60,42 @@ class UserEmbedder(Protocol):
 # --- validation -----------------------------------------------------------------------------------------------
 
 
-def _text(event: dict, name: str) -> str:
-    value = event.get(name)
-    if value is None:
-        raise EventRejected(f"missing field {name}")
+def _shown(value) -> str:
+    """A value for a rejection reason: JSON, at most 80 characters."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _valid_text(value, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise EventRejected(f"field {name} must be a non-empty string, not {json.dumps(value)}")
+        raise EventRejected(f"{where} must be a non-empty string, not {_shown(value)}")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise EventRejected(f"{where} is longer than {MAX_TEXT_LENGTH} characters ({len(value)})")
+    if "\x00" in value:
+        raise EventRejected(f"{where} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventRejected(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
     return value
 
 
-def parse_event(payload: bytes | str) -> dict:
-    """The event as a dict after checking every field the enrichment needs; `EventRejected` says why not."""
+def _text(event: dict, name: str) -> str:
+    if event.get(name) is None:
+        raise EventRejected(f"missing field {name}")
+    return _valid_text(event[name], f"field {name}")
+
+
+def parse_event(payload: bytes | str, max_bytes: int | None = None) -> dict:
+    """The event as a dict after checking every field the enrichment needs; `EventRejected` says why not.
+    `max_bytes`: the largest payload accepted (``MAX_EVENT_BYTES``)."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise EventRejected(f"event too large: {len(payload):,} bytes, over the limit of {max_bytes:,} (MAX_EVENT_BYTES)")
     try:
         event = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise EventRejected("not JSON this platform reads: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
         raise EventRejected(f"not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
     if not isinstance(event, dict):
         raise EventRejected(f"not a JSON object but a {type(event).__name__}")
@@ -75,15 +103,16 @@ def parse_event(payload: bytes | str) -> dict:
     number = event.get("customer_number")
     if number is None:
         raise EventRejected("missing field customer_number")
-    if isinstance(number, bool) or not isinstance(number, int):
-        raise EventRejected(f"field customer_number must be an integer, not {json.dumps(number)}")
+    if isinstance(number, bool) or not isinstance(number, int) or abs(number) > MAX_WHOLE_NUMBER:
+        raise EventRejected(f"field customer_number must be a 64-bit integer, not {_shown(number)}")
     _text(event, "city")
     _text(event, "country")
     limit = event.get("credit_limit")
     if limit is None:
         raise EventRejected("missing field credit_limit")
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0:
-        raise EventRejected(f"field credit_limit must be a non-negative number, not {json.dumps(limit)}")
+    if (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0
+            or limit > MAX_CREDIT_LIMIT):
+        raise EventRejected(f"field credit_limit must be a number from 0 to {MAX_CREDIT_LIMIT:.0e}, not {_shown(limit)}")
     history = event.get("browse_history")
     if history is None:
         raise EventRejected("missing field browse_history")
@@ -93,15 +122,15 @@ def parse_event(payload: bytes | str) -> dict:
         where = f"browse_history[{position}]"
         if not isinstance(item, dict):
             raise EventRejected(f"{where} must be an object")
-        code = item.get("product_code")
-        if not isinstance(code, str) or not code.strip():
-            raise EventRejected(f"{where}.product_code must be a non-empty string, not {json.dumps(code)}")
+        _valid_text(item.get("product_code"), f"{where}.product_code")
         quantity = item.get("quantity")
         # the lab's producer sends quantities as strings ("1"); numbers are accepted too
-        if isinstance(quantity, bool) or not (isinstance(quantity, int) or (isinstance(quantity, str) and quantity.isdigit())):
-            raise EventRejected(f"{where}.quantity must be a whole number, not {json.dumps(quantity)}")
+        if isinstance(quantity, bool) or not (
+                (isinstance(quantity, int) and 0 <= quantity <= MAX_WHOLE_NUMBER)
+                or (isinstance(quantity, str) and quantity.isascii() and quantity.isdigit() and len(quantity) <= 18)):
+            raise EventRejected(f"{where}.quantity must be a whole number, not {_shown(quantity)}")
         if not isinstance(item.get("in_shopping_cart"), bool):
-            raise EventRejected(f"{where}.in_shopping_cart must be true or false, not {json.dumps(item.get('in_shopping_cart'))}")
+            raise EventRejected(f"{where}.in_shopping_cart must be true or false, not {_shown(item.get('in_shopping_cart'))}")
     return event
 
 
@@ -130,18 +159,55 @@ class Enriched:
 
 
 def enrich_batch(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder, store: VectorStore,
-                 k: int = DEFAULT_K) -> Enriched:
-    """Enrich a micro-batch of (key, payload) pairs; keys are passed through (stream positions, record ids)."""
+                 k: int = DEFAULT_K, max_bytes: int | None = None) -> Enriched:
+    """Enrich a micro-batch of (key, payload) pairs; keys are passed through (stream positions, record ids).
+    Payloads over `max_bytes` are rejected as too large."""
     result = Enriched()
     events: list[tuple[Any, dict]] = []
     for key, payload in items:
         try:
-            events.append((key, parse_event(payload)))
+            events.append((key, parse_event(payload, max_bytes)))
         except EventRejected as exc:
             result.rejected.append((key, str(exc)))
+    _enrich_isolating(events, embedder, store, k, result)
+    return result
+
+
+# What data that passed the checks can still raise (a value the database refuses, an encoding error): one
+# event's fault, to be found by splitting the batch. Anything else (the database is down) fails the batch.
+_DATA_ERRORS = (ValueError, ArithmeticError, RecursionError)
+
+
+def _enrich_isolating(events: list[tuple[Any, dict]], embedder: UserEmbedder, store: VectorStore, k: int,
+                      result: Enriched) -> None:
     if not events:
-        return result
+        return
+    try:
+        outcome = _enrich_events(events, embedder, store, k)
+    except _DATA_ERRORS as exc:
+        if len(events) == 1:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result.rejected.append((events[0][0], f"enrichment failed: {type(exc).__name__}: {reason}"[:300]))
+            return
+        middle = len(events) // 2
+        _enrich_isolating(events[:middle], embedder, store, k, result)
+        _enrich_isolating(events[middle:], embedder, store, k, result)
+        return
+    result.records.extend(outcome.records)
+    result.rejected.extend(outcome.rejected)
+
+
+def _enrich_events(events: list[tuple[Any, dict]], embedder: UserEmbedder, store: VectorStore, k: int) -> Enriched:
+    result = Enriched()
     vectors, notes = embedder.embed([event for _key, event in events])
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        result.rejected.extend((key, "the user tower gives no finite embedding for this customer's features")
+                               for (key, _event), ok in zip(events, finite) if not ok)
+        events = [pair for pair, ok in zip(events, finite) if ok]
+        vectors, notes = vectors[finite], [n for n, ok in zip(notes, finite) if ok]
+        if not events:
+            return result
     browsed = [[item["product_code"] for item in event["browse_history"]] for _key, event in events]
     recommendations = store.recommend_batch(vectors, k, browsed)
     chosen = [chosen_item(event) for _key, event in events]

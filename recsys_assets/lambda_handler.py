@@ -1,12 +1,15 @@
 """The enrichment as a Kinesis Data Firehose transformation Lambda (the lab's streaming path).
 
 ``lambda_handler(event, context)`` takes Firehose's ``{"records": [{"recordId", "data"}]}`` (data base64) and
-returns ``{"records": [{"recordId", "result", "data"}]}``: ``Ok`` with the enriched record as one JSON line,
-``ProcessingFailed`` with the original data for events that cannot be enriched (Firehose routes those to
-its error output), ``Dropped`` for empty records. The vector database, the artifact store and the model
-version come from the same environment variables as everywhere else (``DATABASE_URL``, ``ARTIFACTS_URI``,
-...; see README); connections and the user tower are kept between invocations of a warm container, and
-the live model version is checked on each invocation.
+returns ``{"records": [{"recordId", "result", "data"}]}``, one result per record, in order: ``Ok`` with the
+enriched record as one JSON line, ``ProcessingFailed`` with the original data for records that cannot be
+enriched (Firehose routes those to its error output: data that is not a base64 string, not JSON, over
+``MAX_EVENT_BYTES``, or an event a check refuses), ``Dropped`` for empty records. Nothing in a record's
+content makes the handler raise; only a malformed envelope does (no ``records`` list, a record without a
+string ``recordId``, or one ``recordId`` twice: Firehose could not match the answers to its records). The
+vector database, the artifact store and the model version come from the same environment variables as
+everywhere else (``DATABASE_URL``, ``ARTIFACTS_URI``, ...; see README); connections and the user tower are
+kept between invocations of a warm container, and the live model version is checked on each invocation.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ logger = logging.getLogger(__name__)
 _state: dict = {}
 
 
+class FirehoseEnvelopeError(ValueError):
+    """The invocation is not a Firehose transformation request; names what is wrong, never record data."""
+
+
 def _resources():
     if "resources" not in _state:
-        from resources.settings import open_resources
+        from resources.settings import PlatformSettings, open_resources
 
+        settings = PlatformSettings.from_env()
         stack = ExitStack()
-        _state["resources"] = stack.enter_context(open_resources())
+        _state["resources"] = stack.enter_context(open_resources(settings))
+        _state["max_event_bytes"] = settings.max_event_bytes
         _state["stack"] = stack
     return _state["resources"]
 
@@ -41,35 +50,58 @@ def reset() -> None:
         stack.close()
 
 
+def firehose_records(event) -> list[dict]:
+    """The invocation's records, after checking the envelope (not the records' content)."""
+    records = event.get("records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        raise FirehoseEnvelopeError("not a Firehose transformation event: it has no 'records' list")
+    seen: set[str] = set()
+    for position, record in enumerate(records):
+        record_id = record.get("recordId") if isinstance(record, dict) else None
+        if not isinstance(record_id, str) or not record_id:
+            raise FirehoseEnvelopeError(f"record {position} of the Firehose event has no string 'recordId'")
+        if record_id in seen:
+            raise FirehoseEnvelopeError(f"recordId {record_id[:100]!r} appears twice in the Firehose event")
+        seen.add(record_id)
+    return records
+
+
+def _result(record_id: str, result: str, data: str) -> dict:
+    return {"recordId": record_id, "result": result, "data": data}
+
+
 def lambda_handler(event: dict, context=None) -> dict:
+    records = firehose_records(event)
     resources = _resources()
     store, artifacts = resources.pgvector, resources.artifacts
     version = store.active_version(store.item_table)
     if version is None:
         raise RuntimeError(f"no embeddings are loaded in {store.item_table}; nothing to recommend from")
     embedder = embedder_for(artifacts, version)
-    records = event.get("records") or []
     results: dict[str, dict] = {}
     items = []
     for record in records:
-        record_id = record["recordId"]
+        record_id, data = record["recordId"], record.get("data")
+        if not isinstance(data, str):
+            results[record_id] = _result(record_id, "ProcessingFailed", "")
+            logger.warning("record %s: data is not a base64 string but %s", record_id, type(data).__name__)
+            continue
         try:
-            payload = base64.b64decode(record.get("data") or "", validate=True)
+            payload = base64.b64decode(data, validate=True)
         except ValueError:
-            results[record_id] = {"recordId": record_id, "result": "ProcessingFailed", "data": record.get("data", "")}
+            results[record_id] = _result(record_id, "ProcessingFailed", data)
             logger.warning("record %s: data is not base64", record_id)
             continue
         if not payload.strip():
-            results[record_id] = {"recordId": record_id, "result": "Dropped", "data": record.get("data", "")}
+            results[record_id] = _result(record_id, "Dropped", data)
             continue
         items.append((record_id, payload))
-    outcome = enrich_batch(items, embedder, store, DEFAULT_K)
+    outcome = enrich_batch(items, embedder, store, DEFAULT_K, max_bytes=_state["max_event_bytes"])
     for record_id, enriched in outcome.records:
         line = json.dumps(enriched, separators=(",", ":")) + "\n"
-        results[record_id] = {"recordId": record_id, "result": "Ok",
-                              "data": base64.b64encode(line.encode()).decode("ascii")}
-    originals = {record["recordId"]: record.get("data", "") for record in records}
+        results[record_id] = _result(record_id, "Ok", base64.b64encode(line.encode()).decode("ascii"))
+    originals = {record["recordId"]: record["data"] for record in records}
     for record_id, reason in outcome.rejected:
         logger.warning("record %s not enriched: %s", record_id, reason)
-        results[record_id] = {"recordId": record_id, "result": "ProcessingFailed", "data": originals[record_id]}
+        results[record_id] = _result(record_id, "ProcessingFailed", originals[record_id])
     return {"records": [results[record["recordId"]] for record in records]}

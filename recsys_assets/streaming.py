@@ -118,12 +118,21 @@ def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
 
 
 def dead_letter_line(record: StreamRecord, reason: str) -> dict:
+    """A dead letter: the reason, where the event was in the stream, and its payload (of an oversize event,
+    the first bytes and the size)."""
     try:
         payload = {"payload": record.data.decode("utf-8")}
     except UnicodeDecodeError:
         payload = {"payload_base64": record.to_json()["data"]}
+    if record.oversize_bytes:
+        payload.update(payload_bytes=record.oversize_bytes, payload_truncated=True)
     return {"reason": reason, "shard": record.shard, "sequence": record.sequence,
             "arrival": record.arrival.isoformat(), **payload}
+
+
+def oversize_reason(record: StreamRecord) -> str:
+    return (f"event too large: {record.oversize_bytes:,} bytes, over the stream's limit (MAX_EVENT_BYTES); "
+            f"its first {len(record.data):,} bytes are kept here")
 
 
 def count_lines(artifacts: ArtifactStore, key: str) -> int:
@@ -154,8 +163,9 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
     if version is None:
         raise embeddings.EmbeddingsFileError(
             f"no embeddings are loaded in {pgvector.item_table}: materialize item_embeddings and user_embeddings first")
-    outcome, latencies = enrich_in_batches([(r, r.data) for r in records], embedder_for(artifacts, version), pgvector,
-                                           config.k, config.batch_size)
+    outcome, latencies = enrich_in_batches([(r, r.data) for r in records if not r.oversize_bytes],
+                                           embedder_for(artifacts, version), pgvector, config.k, config.batch_size)
+    outcome.rejected.extend((r, oversize_reason(r)) for r in records if r.oversize_bytes)
     lines = [json.dumps(record, separators=(",", ":")) + "\n" for _r, record in outcome.records]
     dead = [json.dumps(dead_letter_line(record, reason)) + "\n" for record, reason in outcome.rejected]
     reasons = Counter(reason.split(":")[0] for _r, reason in outcome.rejected)

@@ -63,6 +63,11 @@ class UnknownItemError(KeyError):
     """An item id that the embeddings table does not hold."""
 
 
+class QueryValueError(ValueError):
+    """The database refused a value of a query (text with a NUL character, a vector that is not finite):
+    the fault of the data asked about, not of the database."""
+
+
 @dataclass(frozen=True)
 class LoadReport:
     table: str
@@ -383,7 +388,15 @@ class PgVectorStore(dg.ConfigurableResource):
             return self._row_counts[table]
 
     def _query(self, index: int, statement: sql.Composable, params: dict, table: str) -> list[tuple]:
-        """Run a kNN query on one connection: exactly (index scans off) for small tables, else through HNSW."""
+        """Run a kNN query on one connection: exactly (index scans off) for small tables, else through HNSW.
+        A value the database refuses is a `QueryValueError`."""
+        try:
+            return self._query_on(index, statement, params, table)
+        except psycopg.DataError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QueryValueError(f"{table}: the database refused a value of the query: {reason}") from None
+
+    def _query_on(self, index: int, statement: sql.Composable, params: dict, table: str) -> list[tuple]:
         conn = self._reader(index)
         exact = self.row_count(table) < self.exact_scan_below
         with self._conn_locks[index]:

@@ -50,6 +50,7 @@ class PlatformSettings:
     sns_topic_arn: str | None = None
     notify_webhook_url: str | None = None
     embeddings_retention: int = 2
+    max_event_bytes: int = 1024 * 1024
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
@@ -117,6 +118,10 @@ class PlatformSettings:
         retention = get("EMBEDDINGS_RETENTION") or "2"
         if not retention.isdigit():
             raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
+        max_event_bytes = get("MAX_EVENT_BYTES") or str(1024 * 1024)
+        if not max_event_bytes.isdigit() or not 1024 <= int(max_event_bytes) <= 10 * 1024 * 1024:
+            raise ConfigurationError("MAX_EVENT_BYTES must be a whole number of bytes from 1024 to 10485760 (10 MiB, "
+                                     f"Kinesis' largest record), not {max_event_bytes!r}")
         return cls(
             data_dir=data_dir,
             datasets_dir=datasets_dir,
@@ -134,6 +139,7 @@ class PlatformSettings:
             sns_topic_arn=get("SNS_TOPIC_ARN"),
             notify_webhook_url=get("NOTIFY_WEBHOOK_URL"),
             embeddings_retention=int(retention),
+            max_event_bytes=int(max_event_bytes),
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
@@ -234,9 +240,10 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         source_db = EmbeddedClassicModels(primary=embedded)
 
     if settings.stream_backend == "kinesis":
-        events = KinesisEventStream(stream_name=settings.kinesis_stream_name, **aws)
+        events = KinesisEventStream(stream_name=settings.kinesis_stream_name, max_record_bytes=settings.max_event_bytes,
+                                    **aws)
     else:
-        events = LocalEventStream(root=str(settings.local_stream_dir))
+        events = LocalEventStream(root=str(settings.local_stream_dir), max_record_bytes=settings.max_event_bytes)
 
     registry_settings = {"env": settings.environment, "version_policy": settings.model_version_policy}
     if settings.registry_backend == "sagemaker":

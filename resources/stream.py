@@ -11,6 +11,11 @@ skipped.
   ``DATA_DIR/stream/<name>/``, one shard, checkpoints as byte offsets ``<segment>:<offset>``. Writers append
   whole lines under an exclusive file lock and roll to a new segment past a size; readers take complete
   lines only, so a concurrent writer is never read half-way.
+
+An event larger than ``max_record_bytes`` (``MAX_EVENT_BYTES``, 1 MiB by default) is read as a record that
+keeps only the payload's first `PREVIEW_BYTES` and its size, so it can be dead-lettered with its reason, and
+reading goes on past it. A line of the local stream that is not one of its own records is read the same
+way (its raw bytes as the payload), never blocking the lines after it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import base64
 import fcntl
 import json
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -31,6 +37,8 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 LOCAL_SHARD = "shard-000000000000"
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' own default record size limit
+PREVIEW_BYTES = 1024  # what is kept of an oversize event, for its dead letter
 
 
 @dataclass(frozen=True)
@@ -39,21 +47,34 @@ class StreamRecord:
 
     shard: str
     sequence: str  # orders records within a shard
-    data: bytes  # the payload exactly as produced (may not even be JSON)
+    data: bytes  # the payload exactly as produced (may not even be JSON); its first bytes only when oversize
     arrival: datetime  # when the stream accepted it (UTC)
+    # the payload's size when it was over the limit and cut to a preview (for a local-stream line too long to
+    # read whole, the stored line's size: the payload plus a few dozen bytes of envelope and escapes)
+    oversize_bytes: int = 0
 
     def to_json(self) -> dict:
-        return {"shard": self.shard, "sequence": self.sequence, "arrival": self.arrival.isoformat(),
+        item = {"shard": self.shard, "sequence": self.sequence, "arrival": self.arrival.isoformat(),
                 "data": base64.b64encode(self.data).decode("ascii")}
+        return {**item, "oversize_bytes": self.oversize_bytes} if self.oversize_bytes else item
 
     @classmethod
     def from_json(cls, item: Mapping) -> StreamRecord:
         return cls(item["shard"], item["sequence"], base64.b64decode(item["data"]),
-                   datetime.fromisoformat(item["arrival"]))
+                   datetime.fromisoformat(item["arrival"]), int(item.get("oversize_bytes", 0)))
+
+    @classmethod
+    def limited(cls, shard: str, sequence: str, data: bytes, arrival: datetime, max_bytes: int) -> StreamRecord:
+        """The record, or its preview when `data` is over `max_bytes`."""
+        if len(data) > max_bytes:
+            return cls(shard, sequence, data[:PREVIEW_BYTES], arrival, len(data))
+        return cls(shard, sequence, data, arrival)
 
 
 class EventStream(dg.ConfigurableResource, ABC):
     """Where session events arrive."""
+
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # larger events are read as previews, to be dead-lettered
 
     @abstractmethod
     def put(self, payloads: Sequence[bytes], partition_keys: Sequence[str] | None = None) -> int:
@@ -142,25 +163,67 @@ class LocalEventStream(EventStream):
                 segment, offset = segment + 1, 0
         return records, {**checkpoint, LOCAL_SHARD: f"{segment:08d}:{offset:012d}"}
 
-    @staticmethod
-    def _read_segment(path: Path, segment: int, offset: int, limit: int) -> tuple[list[StreamRecord], int]:
+    def _read_segment(self, path: Path, segment: int, offset: int, limit: int) -> tuple[list[StreamRecord], int]:
         if not path.exists():
             return [], offset
+        # a chunk holds any line of an acceptable event (JSON escapes make a line up to 6x its payload)
+        chunk_bytes = max(8 * 1024 * 1024, 6 * self.max_record_bytes + 4096)
         with open(path, "rb") as handle:
             handle.seek(offset)
-            chunk = handle.read(8 * 1024 * 1024)
-        records = []
-        position = 0
-        while len(records) < limit:
-            end = chunk.find(b"\n", position)
-            if end < 0:
+            chunk = handle.read(chunk_bytes)
+            records = []
+            position = 0
+            while len(records) < limit:
+                end = chunk.find(b"\n", position)
+                if end >= 0:
+                    records.append(self._line_record(chunk[position:end], segment, offset + position))
+                    position = end + 1
+                    continue
+                if position == 0 and len(chunk) == chunk_bytes:
+                    # a whole chunk without a line end: one line longer than any acceptable event
+                    line_end = _find_line_end(handle)
+                    if line_end is None:
+                        break  # still being written
+                    records.append(_oversize_line(chunk, segment, offset, line_end - offset))
+                    return records, line_end + 1
                 break  # a line still being written: wait for it
-            line = json.loads(chunk[position:end])
-            data = base64.b64decode(line["data_b64"]) if "data_b64" in line else line["data"].encode("utf-8")
-            records.append(StreamRecord(LOCAL_SHARD, f"{segment:08d}:{offset + position:012d}", data,
-                                        datetime.fromisoformat(line["arrival"])))
-            position = end + 1
         return records, offset + position
+
+    def _line_record(self, line: bytes, segment: int, position: int) -> StreamRecord:
+        sequence = f"{segment:08d}:{position:012d}"
+        try:
+            item = json.loads(line)
+            data = base64.b64decode(item["data_b64"]) if "data_b64" in item else item["data"].encode("utf-8")
+            arrival = datetime.fromisoformat(item["arrival"])
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            # not a line `put` wrote (another writer, a damaged file): its bytes are the event, to be dead-lettered
+            return StreamRecord.limited(LOCAL_SHARD, sequence, line, datetime.now(timezone.utc), self.max_record_bytes)
+        return StreamRecord.limited(LOCAL_SHARD, sequence, data, arrival, self.max_record_bytes)
+
+
+_ARRIVAL = re.compile(rb'^\{"arrival":"([^"]{1,64})"')
+
+
+def _find_line_end(handle) -> int | None:
+    """The file offset of the next line end from the handle's position, None if the line is not complete."""
+    while True:
+        start = handle.tell()
+        block = handle.read(8 * 1024 * 1024)
+        if not block:
+            return None
+        found = block.find(b"\n")
+        if found >= 0:
+            return start + found
+
+
+def _oversize_line(head: bytes, segment: int, offset: int, length: int) -> StreamRecord:
+    """A record for a line too long to read whole: its first bytes and its size, arrival from its start."""
+    match = _ARRIVAL.match(head)
+    try:
+        arrival = datetime.fromisoformat(match.group(1).decode()) if match else datetime.now(timezone.utc)
+    except ValueError:
+        arrival = datetime.now(timezone.utc)
+    return StreamRecord(LOCAL_SHARD, f"{segment:08d}:{offset:012d}", head[:PREVIEW_BYTES], arrival, length)
 
 
 # --- Kinesis backend ----------------------------------------------------------------------------------------
@@ -238,8 +301,8 @@ class KinesisEventStream(EventStream):
                 page = client.get_records(ShardIterator=iterator, Limit=min(10_000, max_records - len(records)))
                 for item in page["Records"]:
                     arrival = item["ApproximateArrivalTimestamp"]
-                    records.append(StreamRecord(shard, item["SequenceNumber"], item["Data"],
-                                                arrival.astimezone(timezone.utc)))
+                    records.append(StreamRecord.limited(shard, item["SequenceNumber"], item["Data"],
+                                                        arrival.astimezone(timezone.utc), self.max_record_bytes))
                     after[shard] = item["SequenceNumber"]
                 iterator = page.get("NextShardIterator")
                 if page.get("MillisBehindLatest", 0) == 0:

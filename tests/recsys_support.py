@@ -63,3 +63,38 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
                                                           "users"), 32, version=version)
     return {"products": products, "users": users, "item_vectors": item_vectors, "model": model,
             "user_scaler": user_scaler}
+
+
+# --- session events, good and poisonous ------------------------------------------------------------------
+
+GOOD = {"session_id": "s-1", "customer_number": 103, "city": "Nantes", "country": "France", "credit_limit": 21000,
+        "browse_history": [{"product_code": "S10_1678", "quantity": "1", "in_shopping_cart": True}]}
+
+
+def nested(depth: int) -> bytes:
+    return b'{"session_id": "s", "deep": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def with_history(code: str) -> dict:
+    return {**GOOD, "browse_history": [{"product_code": code, "quantity": "1", "in_shopping_cart": True}]}
+
+
+# Each of these failed a whole micro-batch (and so a whole hour, or a whole Firehose invocation) before.
+POISON = {
+    "deeply nested": (nested(1_500), "nested too deeply"),
+    "NUL in a product code": (json.dumps(with_history("S10_\u0000")).encode(), "product_code contains a NUL character"),
+    "NUL in the city": (json.dumps({**GOOD, "city": "Nan\u0000tes"}).encode(), "field city contains a NUL character"),
+    "lone surrogate in a product code": (json.dumps(with_history("S10_\ud800")).encode(),
+                                         "product_code is not valid Unicode text"),
+    "lone surrogate in the country": (json.dumps({**GOOD, "country": "Fran\udc00ce"}).encode(),
+                                      "field country is not valid Unicode text"),
+    "credit limit 1e308": (json.dumps({**GOOD, "credit_limit": 1e308}).encode(),
+                           "field credit_limit must be a number from 0 to 1e+12, not 1e+308"),
+    "a 5,000-digit customer number": (
+        b'{"session_id": "s", "customer_number": ' + b"9" * 5_000 + b', "city": "a"}', "not JSON"),
+    "a 1e400 credit limit": (json.dumps(GOOD).replace("21000", "1e400").encode(), "must be a number from 0"),
+    "a quantity of 10^40": (json.dumps({**GOOD, "browse_history": [
+        {"product_code": "S10_1678", "quantity": 10**40, "in_shopping_cart": True}]}).encode(),
+        "browse_history[0].quantity must be a whole number"),
+    "too large": (json.dumps({**GOOD, "padding": "x" * 20_000}).encode(), "event too large: 20,"),
+}

@@ -9,8 +9,9 @@ import pytest
 from recsys_assets.enrichment import EventRejected, chosen_item, enrich_batch, parse_event
 from recsys_assets.streaming import embedder_for
 from resources.artifacts import LocalArtifactStore
-from resources.pgvector import PgVectorStore
-from tests.recsys_support import publish_and_load, training_frame
+from resources.pgvector import PgVectorStore, QueryValueError
+from resources.postgres import DatabaseUnavailableError
+from tests.recsys_support import GOOD, POISON, publish_and_load, training_frame, with_history
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,6 @@ def test_the_chosen_item_is_the_first_in_the_cart_else_the_first_browsed():
     assert chosen_item({"browse_history": []}) is None
 
 
-GOOD = {"session_id": "s-1", "customer_number": 103, "city": "Nantes", "country": "France", "credit_limit": 21000,
-        "browse_history": [{"product_code": "S10_1678", "quantity": "1", "in_shopping_cart": True}]}
 
 
 @pytest.mark.parametrize(
@@ -104,9 +103,9 @@ GOOD = {"session_id": "s-1", "customer_number": 103, "city": "Nantes", "country"
         (b"{not json", "not JSON"),
         (b"[1, 2]", "not a JSON object but a list"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "city"}).encode(), "missing field city"),
-        (json.dumps({**GOOD, "customer_number": "103"}).encode(), 'field customer_number must be an integer, not "103"'),
-        (json.dumps({**GOOD, "credit_limit": "lots"}).encode(), "field credit_limit must be a non-negative number"),
-        (json.dumps({**GOOD, "credit_limit": -5}).encode(), "field credit_limit must be a non-negative number, not -5"),
+        (json.dumps({**GOOD, "customer_number": "103"}).encode(), 'field customer_number must be a 64-bit integer, not "103"'),
+        (json.dumps({**GOOD, "credit_limit": "lots"}).encode(), "field credit_limit must be a number from 0 to 1e+12"),
+        (json.dumps({**GOOD, "credit_limit": -5}).encode(), "field credit_limit must be a number from 0 to 1e+12, not -5"),
         (json.dumps({**GOOD, "browse_history": {"a": 1}}).encode(), "field browse_history must be a list, not dict"),
         (json.dumps({**GOOD, "browse_history": [{"product_code": "X", "quantity": "two", "in_shopping_cart": True}]}).encode(),
          'browse_history[0].quantity must be a whole number, not "two"'),
@@ -148,3 +147,47 @@ def test_a_batch_with_bad_and_partial_events_enriches_the_rest_in_two_round_trip
     assert len(records["unknown-product"]["recommended_items"]) == 5
     assert any("country 'Portugal' not seen in training" in n for n in records["new-country"]["enrichment"]["notes"])
     assert outcome.partial == 2
+
+
+@pytest.mark.parametrize("name", POISON)
+def test_a_poison_event_is_rejected_alone_and_the_batch_around_it_is_enriched(model, name):
+    payload, reason = POISON[name]
+    codes = model["products"]["productcode"].tolist()
+    good = [(f"good-{i}", json.dumps(with_history(codes[i])).encode()) for i in range(6)]
+    outcome = enrich_batch([*good[:3], ("poison", payload), *good[3:]], model["embedder"], model["store"],
+                           max_bytes=16_384)
+    assert [key for key, _record in outcome.records] == [key for key, _payload in good]
+    [(key, why)] = outcome.rejected
+    assert key == "poison" and reason in why, why
+
+
+class RefusingStore(CountingStore):
+    """The real store, refusing one product code the way a database refuses a value no check foresaw."""
+
+    def similar_items_batch(self, codes, k):
+        if "S10_REFUSED" in codes:
+            raise QueryValueError("item_emb: the database refused a value of the query: invalid byte sequence")
+        return super().similar_items_batch(codes, k)
+
+
+def test_an_event_the_checks_let_through_but_the_database_refuses_is_isolated(model):
+    codes = model["products"]["productcode"].tolist()
+    items = [(f"good-{i}", json.dumps(with_history(codes[i % len(codes)])).encode()) for i in range(40)]
+    items.insert(17, ("refused", json.dumps(with_history("S10_REFUSED")).encode()))
+    store = RefusingStore(model["store"])
+    outcome = enrich_batch(items, model["embedder"], store)
+    assert [key for key, _r in outcome.records] == [key for key, _p in items if key != "refused"]
+    assert outcome.rejected == [("refused", "enrichment failed: QueryValueError: item_emb: the database refused a "
+                                            "value of the query: invalid byte sequence")]
+    assert len(store.calls) <= 2 * 2 * 7  # halving: a handful of queries, not one per event
+
+
+class BrokenDatabase(CountingStore):
+    def recommend_batch(self, vectors, k, exclude_ids):
+        raise DatabaseUnavailableError("cannot connect to PostgreSQL embedded server: connection refused")
+
+
+def test_a_database_that_is_down_fails_the_batch_instead_of_dead_lettering_it(model):
+    items = [("good", json.dumps(GOOD).encode())]
+    with pytest.raises(DatabaseUnavailableError):
+        enrich_batch(items, model["embedder"], BrokenDatabase(model["store"]))

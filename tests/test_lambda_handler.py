@@ -8,7 +8,7 @@ import pytest
 from recsys_assets import lambda_handler
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore
-from tests.recsys_support import publish_and_load, training_frame
+from tests.recsys_support import GOOD, POISON, publish_and_load, training_frame
 
 
 @pytest.fixture
@@ -58,3 +58,37 @@ def test_firehose_records_come_back_ok_failed_or_dropped(configured, datasets_di
     # a warm container answers the next invocation with the same connections and tower
     again = lambda_handler.lambda_handler(firehose(good))
     assert again["records"][0]["result"] == "Ok"
+
+
+def test_poison_records_fail_alone_and_the_invocation_goes_on(configured, monkeypatch):
+    monkeypatch.setenv("MAX_EVENT_BYTES", "16384")
+    lambda_handler.reset()
+    good = json.dumps(GOOD).encode()
+    names = list(POISON)
+    payloads = [good]
+    for name in names:
+        payloads += [POISON[name][0], good]
+    event = firehose(*payloads)
+    event["records"].append({"recordId": "not-a-string", "data": 12345})
+    event["records"].append({"recordId": "not-base64", "data": "***"})
+    event["records"].append({"recordId": "not-ascii", "data": "é"})
+    response = lambda_handler.lambda_handler(event)
+    results = {r["recordId"]: r["result"] for r in response["records"]}
+    assert [r["recordId"] for r in response["records"]] == [r["recordId"] for r in event["records"]]
+    assert [results[f"r{i}"] for i in range(0, len(payloads), 2)] == ["Ok"] * (len(names) + 1)
+    assert {name: results[f"r{2 * i + 1}"] for i, name in enumerate(names)} == {name: "ProcessingFailed" for name in names}
+    assert results["not-a-string"] == results["not-base64"] == results["not-ascii"] == "ProcessingFailed"
+    failed = {r["recordId"]: r["data"] for r in response["records"]}
+    assert failed["r1"] == event["records"][1]["data"]  # a failed record keeps its original data
+
+
+@pytest.mark.parametrize("event, message", [
+    ({}, "has no 'records' list"),
+    ({"records": "abc"}, "has no 'records' list"),
+    ({"records": [{"data": "e30="}]}, "record 0 of the Firehose event has no string 'recordId'"),
+    ({"records": [{"recordId": 7, "data": "e30="}]}, "record 0 of the Firehose event has no string 'recordId'"),
+    ({"records": [{"recordId": "a", "data": "e30="}, {"recordId": "a", "data": "e30="}]}, "recordId 'a' appears twice"),
+])
+def test_a_malformed_envelope_is_a_clear_error(configured, event, message):
+    with pytest.raises(lambda_handler.FirehoseEnvelopeError, match=message):
+        lambda_handler.lambda_handler(event)

@@ -104,3 +104,53 @@ def test_kinesis_read_in_limited_steps_still_gets_everything_once(kinesis):
         if not records:
             break
     assert sorted(numbers(seen)) == list(range(30)) and len(seen) == 30
+
+
+def test_local_stream_reads_past_oversize_events_and_foreign_lines(tmp_path):
+    """An event over the limit comes back as a preview with its size (to be dead-lettered), one longer than
+    a whole read chunk too, and reading goes on past both, as past a line `put` did not write."""
+    stream = LocalEventStream(root=str(tmp_path / "s"), max_record_bytes=4_096)
+    stream.put(payloads(0, 2))
+    stream.put([b"x" * 10_000])  # over the limit, inside one read chunk
+    stream.put(payloads(2, 1))
+    huge = b'{"session_id": "' + b"y" * (9 * 1024 * 1024) + b'"}'  # longer than a read chunk (8 MiB)
+    stream.put([huge])
+    segment = next((tmp_path / "s").glob("segment-*.jsonl"))
+    with open(segment, "ab") as handle:
+        handle.write(b"a line some other program wrote\n")
+    stream.put(payloads(3, 2))
+    records, checkpoint = stream.read({})
+    assert len(records) == 8, [(r.oversize_bytes, len(r.data)) for r in records]
+    assert numbers([records[i] for i in (0, 1, 3, 6, 7)]) == [0, 1, 2, 3, 4]
+    assert records[2].oversize_bytes == 10_000 and records[2].data == b"x" * 1024
+    assert records[4].oversize_bytes > len(huge) and len(records[4].data) == 1024  # the stored line's size
+    assert records[3].arrival <= records[4].arrival <= records[6].arrival  # read off the line's start
+    assert records[5].data == b"a line some other program wrote" and not records[5].oversize_bytes
+    again, same = stream.read(checkpoint)
+    assert again == [] and same == checkpoint
+
+
+def test_local_stream_waits_for_an_oversize_line_still_being_written(tmp_path):
+    stream = LocalEventStream(root=str(tmp_path / "s"), max_record_bytes=4_096)
+    stream.put(payloads(0, 1))
+    records, checkpoint = stream.read({})
+    segment = next((tmp_path / "s").glob("segment-*.jsonl"))
+    with open(segment, "ab") as handle:
+        handle.write(b'{"arrival":"2026-11-22T10:00:00+00:00","data":"' + b"z" * (9 * 1024 * 1024))
+    records, later = stream.read(checkpoint)
+    assert records == [] and later == checkpoint  # not complete yet: nothing read, nothing skipped
+    with open(segment, "ab") as handle:
+        handle.write(b'"}\n')
+    stream.put(payloads(1, 1))
+    records, _ = stream.read(checkpoint)
+    assert records[0].oversize_bytes > 9 * 1024 * 1024 and numbers(records[1:]) == [1]
+    assert records[0].arrival.isoformat() == "2026-11-22T10:00:00+00:00"
+
+
+def test_kinesis_oversize_records_are_previews(moto, boto_client):
+    boto_client("kinesis").create_stream(StreamName="small", ShardCount=1)
+    stream = KinesisEventStream(stream_name="small", region_name="us-east-1", endpoint_url=moto, max_record_bytes=2_048)
+    stream.put([*payloads(0, 1), b"w" * 5_000, *payloads(1, 1)], ["a", "a", "a"])
+    records, _checkpoint = stream.read({})
+    assert [r.oversize_bytes for r in records] == [0, 5_000, 0]
+    assert records[1].data == b"w" * 1024 and numbers([records[0], records[2]]) == [0, 1]

@@ -12,7 +12,7 @@ from recsys_assets.session_events import break_event, make_events
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore
 from resources.stream import KinesisEventStream, LocalEventStream, StreamRecord
-from tests.recsys_support import publish_and_load, training_frame
+from tests.recsys_support import GOOD, POISON, publish_and_load, training_frame
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,51 @@ def test_the_sensor_reads_a_kinesis_stream(world, moto, boto_client, tmp_path):
     result, cursor = tick(stream, artifacts, cursor)
     archived = sum(len(artifacts.read_text(i.key).splitlines()) for i in artifacts.list("raw_events/"))
     assert archived == 45
+
+
+def test_poison_and_oversize_events_are_dead_lettered_and_the_hour_is_enriched(world, tmp_path):
+    """Each poison event (and one of 9 MiB) in the local stream: the sensor reads past it, the hour's run
+    dead-letters exactly it, with its reason, and enriches every good event around it."""
+    stream = LocalEventStream(root=str(tmp_path / "stream"), max_record_bytes=16_384)
+    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    good = produce(stream, world, 30, seed=12)
+    poison = [payload for payload, _reason in POISON.values() if len(payload) <= 16_384]
+    stream.put(poison)
+    huge = json.dumps({**GOOD, "padding": "p" * (9 * 1024 * 1024)}).encode()
+    stream.put([huge])
+    more = produce(stream, world, 30, seed=13)
+    result, cursor = tick(stream, artifacts)
+    partitions = sorted(r.partition_key for r in result.run_requests)
+    assert partitions, result.skip_reason
+    enriched = dead = 0
+    letters = []
+    for partition in partitions:
+        outcome = materialize_hour({**world, "artifacts": artifacts}, partition)
+        [check] = outcome.get_asset_check_evaluations()
+        assert check.passed
+        meta = outcome.asset_materializations_for_node("recommendations")[0].metadata
+        enriched, dead = enriched + meta["enriched"].value, dead + meta["dead_lettered"].value
+        letters += read_lines(artifacts, hour_files(partition)[1])
+    expected_good = [json.loads(p)["session_id"] for p in good + more if _is_good(p)]
+    assert enriched == len(expected_good)
+    assert dead == len(good) + len(more) - len(expected_good) + len(poison) + 1
+    by_size = [letter for letter in letters if letter.get("payload_truncated")]
+    # too long to read whole, the local stream's line is measured as stored: a little more than the payload
+    assert len(by_size) == 1 and len(huge) <= by_size[0]["payload_bytes"] < len(huge) + 200
+    assert by_size[0]["reason"].startswith("event too large: ") and len(by_size[0]["payload"]) == 1024
+    reasons = " | ".join(letter["reason"] for letter in letters)
+    for name, (payload, reason) in POISON.items():
+        if len(payload) <= 16_384:
+            assert reason in reasons, name
+    again, _ = tick(stream, artifacts, cursor)
+    assert not again.run_requests  # nothing left unread, nothing read twice
+
+
+def _is_good(payload: bytes) -> bool:
+    from recsys_assets.enrichment import EventRejected, parse_event
+
+    try:
+        parse_event(payload)
+    except EventRejected:
+        return False
+    return True
