@@ -21,8 +21,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def metadata(result, asset: str) -> dict:
-    events = result.asset_materializations_for_node(asset)
-    return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()} if events else {}
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+    return {k: getattr(v, "value", v) for k, v in events[-1].materialization.metadata.items()} if events else {}
 
 
 def checks_line(result) -> tuple[str, bool]:

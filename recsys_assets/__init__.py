@@ -3,7 +3,7 @@
 import dagster as dg
 
 from recsys_assets.assets import (
-    item_embeddings,
+    embeddings_tables,
     ratings_training_data,
     ratings_training_data_not_empty,
     recsys_catalog,
@@ -11,7 +11,6 @@ from recsys_assets.assets import (
     source_customers,
     source_products,
     source_ratings,
-    user_embeddings,
 )
 from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_training_job
 from recsys_assets.sensors import model_artifacts_sensor
@@ -19,7 +18,7 @@ from recsys_assets.streaming import recommendations, recommendations_job, sessio
 
 defs = dg.Definitions(
     assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,
-            item_embeddings, user_embeddings, recommendations],
+            embeddings_tables, recommendations],
     asset_checks=[ratings_training_data_not_empty],
     jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
     sensors=[model_artifacts_sensor, session_events_sensor],

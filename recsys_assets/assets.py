@@ -8,8 +8,9 @@ into PostgreSQL + pgvector tables used for recommendations. Here:
     classicmodels/{ratings,customers,products} -> ratings_training_data -> recsys_model -> item_embeddings
                        {customers,products}    -> recsys_catalog ------^              -> user_embeddings
 
-`item_embeddings` / `user_embeddings` load any complete version under ``ml-artifacts/``, ours or one a
-data scientist dropped there (`model_artifacts_sensor` requests the loads).
+`item_embeddings` / `user_embeddings` (one step, `embeddings_tables`: the two tables of a version go live
+together) load any complete version under ``ml-artifacts/``, ours or one a data scientist dropped there
+(`model_artifacts_sensor` requests the loads).
 """
 
 import json
@@ -183,8 +184,26 @@ class EmbeddingsVersionConfig(dg.Config):
     version: str = ""
 
 
-def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pgvector: PgVectorStore,
-          registry: ModelRegistry, relative: str, table: str) -> dg.MaterializeResult:
+TABLE_FILES = {"item_embeddings": embeddings.ITEM_FILE, "user_embeddings": embeddings.USER_FILE}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("item_embeddings", group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"},
+                     description="``item_emb (id varchar primary key, embedding vector(32))`` with an HNSW cosine "
+                                 "index, from a model version's ``embeddings/item_embeddings.csv``."),
+        dg.AssetSpec("user_embeddings", group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"},
+                     description="``user_emb (id int primary key, embedding vector(32))`` with an HNSW cosine "
+                                 "index, from a model version's ``embeddings/user_embeddings.csv``."),
+    ],
+    can_subset=False,
+    pool="recsys_embeddings",
+)
+def embeddings_tables(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
+                      pgvector: PgVectorStore, registry: ModelRegistry):
+    """The item and user embeddings tables of one model version, which go live together or not at all: both
+    files are read and checked against the manifest, both tables staged, validated and indexed, then both
+    swapped in one transaction. A corrupt file of either leaves both live tables as they were."""
     package = registry.resolve("recsys", config.version)  # a named version must pass the version policy too
     version = package.model_version if package else config.version
     complete = embeddings.complete_version(artifacts, version)
@@ -192,38 +211,31 @@ def _load(context, config: EmbeddingsVersionConfig, artifacts: ArtifactStore, pg
         raise embeddings.EmbeddingsFileError(
             f"model version {version!r} is not complete under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)} (a version "
             "needs manifest.json listing files that are all present)")
-    manifest = complete.manifest
-    rows = embeddings.read_embeddings(artifacts, version, manifest, relative)
-    report = pgvector.load_embeddings(table, rows, rows.dimension, version=version)  # checked against the manifest
-    context.log.info(f"{table}: version {version} live with {report.rows:,} rows"
-                     + (" (already live, nothing to do)" if report.skipped else ""))
-    return dg.MaterializeResult(
-        metadata={
-            "version": version,
-            "rows": report.rows,
-            "dimension": report.dimension,
-            "load_seconds": report.load_seconds,
-            "index_seconds": report.index_seconds,
-            "swap_seconds": report.swap_seconds,
-            "previous_version": report.previous_version or "",
-            "dropped_tables": dg.MetadataValue.json(report.dropped_tables),
-            "already_live": report.skipped,
-            "model_package": f"{package.arn} ({package.status})" if package else "not registered",
-            "source": rows.source,
-        }
-    )
-
-
-@dg.asset(group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"}, pool="recsys_embeddings")
-def item_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
-                    pgvector: PgVectorStore, registry: ModelRegistry) -> dg.MaterializeResult:
-    """``item_emb (id varchar primary key, embedding vector(32))`` with an HNSW cosine index, loaded from a
-    model version's ``embeddings/item_embeddings.csv`` by staging and swap."""
-    return _load(context, config, artifacts, pgvector, registry, embeddings.ITEM_FILE, pgvector.item_table)
-
-
-@dg.asset(group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"}, pool="recsys_embeddings")
-def user_embeddings(context: dg.AssetExecutionContext, config: EmbeddingsVersionConfig, artifacts: ArtifactStore,
-                    pgvector: PgVectorStore, registry: ModelRegistry) -> dg.MaterializeResult:
-    """``user_emb (id int primary key, embedding vector(32))``, loaded like `item_embeddings`."""
-    return _load(context, config, artifacts, pgvector, registry, embeddings.USER_FILE, pgvector.user_table)
+    rows = {asset: embeddings.read_embeddings(artifacts, version, complete.manifest, relative)
+            for asset, relative in TABLE_FILES.items()}
+    dimensions = {asset: r.dimension for asset, r in rows.items()}
+    if len(set(dimensions.values())) != 1:
+        raise embeddings.EmbeddingsFileError(f"model version {version}: the item and user embeddings differ in "
+                                             f"dimension ({dimensions})")
+    tables = {"item_embeddings": pgvector.item_table, "user_embeddings": pgvector.user_table}
+    reports = pgvector.load_version(version, {tables[a]: r for a, r in rows.items()}, dimensions["item_embeddings"])
+    for asset, table in tables.items():
+        report = reports[table]
+        context.log.info(f"{table}: version {version} live with {report.rows:,} rows"
+                         + (" (already live, nothing to do)" if report.skipped else ""))
+        yield dg.MaterializeResult(
+            asset_key=asset,
+            metadata={
+                "version": version,
+                "rows": report.rows,
+                "dimension": report.dimension,
+                "load_seconds": report.load_seconds,
+                "index_seconds": report.index_seconds,
+                "swap_seconds": report.swap_seconds,
+                "previous_version": report.previous_version or "",
+                "dropped_tables": dg.MetadataValue.json(report.dropped_tables),
+                "already_live": report.skipped,
+                "model_package": f"{package.arn} ({package.status})" if package else "not registered",
+                "source": rows[asset].source,
+            },
+        )

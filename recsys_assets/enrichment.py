@@ -45,9 +45,14 @@ class EventRejected(ValueError):
 
 
 class VectorStore(Protocol):
-    def recommend_batch(self, vectors, k: int, exclude_ids: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]: ...
+    """Nearest items; each query checks that the items are of `version`, the user tower's model version (and
+    raises otherwise, so users of one version are never paired with items of another)."""
 
-    def similar_items_batch(self, product_codes: Sequence[str], k: int) -> list[list[tuple[str, float]] | None]: ...
+    def recommend_batch(self, vectors, k: int, exclude_ids: Sequence[Sequence[str]],
+                        version: str | None = None) -> list[list[tuple[str, float]]]: ...
+
+    def similar_items_batch(self, product_codes: Sequence[str], k: int,
+                            version: str | None = None) -> list[list[tuple[str, float]] | None]: ...
 
 
 class UserEmbedder(Protocol):
@@ -209,10 +214,10 @@ def _enrich_events(events: list[tuple[Any, dict]], embedder: UserEmbedder, store
         if not events:
             return result
     browsed = [[item["product_code"] for item in event["browse_history"]] for _key, event in events]
-    recommendations = store.recommend_batch(vectors, k, browsed)
+    recommendations = store.recommend_batch(vectors, k, browsed, version=embedder.version)
     chosen = [chosen_item(event) for _key, event in events]
     wanted = sorted({code for code in chosen if code})
-    similar = dict(zip(wanted, store.similar_items_batch(wanted, k))) if wanted else {}
+    similar = dict(zip(wanted, store.similar_items_batch(wanted, k, version=embedder.version))) if wanted else {}
     for (key, event), recommended, code, event_notes in zip(events, recommendations, chosen, notes):
         if not recommended:
             result.rejected.append((key, "no recommendations: the item embeddings table is empty"))
@@ -239,13 +244,14 @@ def _enrich_events(events: list[tuple[Any, dict]], embedder: UserEmbedder, store
 
 
 def enrich_in_batches(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder, store: VectorStore,
-                      k: int = DEFAULT_K, batch_size: int = 500) -> tuple[Enriched, list[float]]:
+                      k: int = DEFAULT_K, batch_size: int = 500,
+                      max_bytes: int | None = None) -> tuple[Enriched, list[float]]:
     """`enrich_batch` over micro-batches of `batch_size`, all outcomes together, with each batch's latency
     in milliseconds."""
     result, latencies = Enriched(), []
     for start in range(0, len(items), batch_size):
         began = time.perf_counter()
-        outcome = enrich_batch(items[start:start + batch_size], embedder, store, k)
+        outcome = enrich_batch(items[start:start + batch_size], embedder, store, k, max_bytes)
         latencies.append((time.perf_counter() - began) * 1000)
         result.records.extend(outcome.records)
         result.rejected.extend(outcome.rejected)

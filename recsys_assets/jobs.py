@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from recsys_assets.assets import item_embeddings, ratings_training_data, recsys_catalog, recsys_model, user_embeddings
+from recsys_assets.assets import embeddings_tables, ratings_training_data, recsys_catalog, recsys_model
 
 recsys_training_job = dg.define_asset_job(
     "recsys_training_job",
@@ -11,7 +11,7 @@ recsys_training_job = dg.define_asset_job(
 )
 embeddings_load_job = dg.define_asset_job(
     "embeddings_load_job",
-    selection=dg.AssetSelection.assets(item_embeddings, user_embeddings),
+    selection=dg.AssetSelection.assets(embeddings_tables),
     description="Load a model version's item and user embeddings into the pgvector tables (staging and swap).",
 )
 recsys_pipeline_job = dg.define_asset_job(
@@ -22,8 +22,7 @@ recsys_pipeline_job = dg.define_asset_job(
 
 
 def embeddings_run_config(version: str) -> dg.RunConfig:
-    """Run config that pins both embeddings tables to one model version."""
+    """Run config that pins the embeddings tables to one model version."""
     from recsys_assets.assets import EmbeddingsVersionConfig
 
-    return dg.RunConfig({"item_embeddings": EmbeddingsVersionConfig(version=version),
-                         "user_embeddings": EmbeddingsVersionConfig(version=version)})
+    return dg.RunConfig({"embeddings_tables": EmbeddingsVersionConfig(version=version)})

@@ -4,12 +4,15 @@
 returns ``{"records": [{"recordId", "result", "data"}]}``, one result per record, in order: ``Ok`` with the
 enriched record as one JSON line, ``ProcessingFailed`` with the original data for records that cannot be
 enriched (Firehose routes those to its error output: data that is not a base64 string, not JSON, over
-``MAX_EVENT_BYTES``, or an event a check refuses), ``Dropped`` for empty records. Nothing in a record's
-content makes the handler raise; only a malformed envelope does (no ``records`` list, a record without a
-string ``recordId``, or one ``recordId`` twice: Firehose could not match the answers to its records). The
-vector database, the artifact store and the model version come from the same environment variables as
-everywhere else (``DATABASE_URL``, ``ARTIFACTS_URI``, ...; see README); connections and the user tower are
-kept between invocations of a warm container, and the live model version is checked on each invocation.
+``MAX_EVENT_BYTES``, or an event a check refuses), ``Dropped`` for empty records.
+
+Nothing in a record's content makes the handler raise; only a malformed envelope does (no ``records``
+list, a record without a string ``recordId``, or one ``recordId`` twice: Firehose could not match the
+answers to its records), and having no embeddings loaded (Firehose retries the batch). The user tower and
+the items are always of one model version, the live one. The vector database, the artifact store and the
+limits come from the same environment variables as everywhere else (``DATABASE_URL``, ``ARTIFACTS_URI``,
+``MAX_EVENT_BYTES``, ...; see README); connections and the user tower are kept between invocations of a
+warm container, and the live model version is checked on each invocation.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import json
 import logging
 from contextlib import ExitStack
 
-from recsys_assets.enrichment import DEFAULT_K, enrich_batch
-from recsys_assets.streaming import embedder_for
+from recsys_assets.enrichment import DEFAULT_K
+from recsys_assets.streaming import enrich_with_live_model
 
 logger = logging.getLogger(__name__)
 _state: dict = {}
@@ -73,11 +76,6 @@ def _result(record_id: str, result: str, data: str) -> dict:
 def lambda_handler(event: dict, context=None) -> dict:
     records = firehose_records(event)
     resources = _resources()
-    store, artifacts = resources.pgvector, resources.artifacts
-    version = store.active_version(store.item_table)
-    if version is None:
-        raise RuntimeError(f"no embeddings are loaded in {store.item_table}; nothing to recommend from")
-    embedder = embedder_for(artifacts, version)
     results: dict[str, dict] = {}
     items = []
     for record in records:
@@ -96,7 +94,9 @@ def lambda_handler(event: dict, context=None) -> dict:
             results[record_id] = _result(record_id, "Dropped", data)
             continue
         items.append((record_id, payload))
-    outcome = enrich_batch(items, embedder, store, DEFAULT_K, max_bytes=_state["max_event_bytes"])
+    _version, outcome, _latencies = enrich_with_live_model(items, resources.artifacts, resources.pgvector, DEFAULT_K,
+                                                           batch_size=max(1, len(items)),
+                                                           max_bytes=_state["max_event_bytes"])
     for record_id, enriched in outcome.records:
         line = json.dumps(enriched, separators=(",", ":")) + "\n"
         results[record_id] = _result(record_id, "Ok", base64.b64encode(line.encode()).decode("ascii"))

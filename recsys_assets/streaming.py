@@ -22,11 +22,10 @@ import dagster as dg
 import numpy as np
 
 from recsys_assets import embeddings
-from recsys_assets.assets import item_embeddings, user_embeddings
-from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_in_batches
+from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, enrich_in_batches
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
 from resources.metadata import markdown_mapping
-from resources.pgvector import PgVectorStore
+from resources.pgvector import EmbeddingsVersionChanged, PgVectorStore
 from resources.stream import EventStream, StreamRecord
 
 # end_offset=1: the hour in progress is a partition too, so its events are enriched while it lasts
@@ -117,6 +116,29 @@ def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
     return _embedders[cache_key]
 
 
+def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorStore, k: int = DEFAULT_K,
+                           batch_size: int = 500, max_bytes: int | None = None,
+                           attempts: int = 3) -> tuple[str, Enriched, list[float]]:
+    """Enrich (key, payload) items with the live model version: the user tower and the items always of that
+    one version. When a new version goes live meanwhile, the queries notice and everything starts again
+    with the new one. Returns (model version, outcome, micro-batch latencies)."""
+    attempt = 1
+    while True:
+        version = pgvector.active_version(pgvector.item_table)
+        if version is None:
+            raise embeddings.EmbeddingsFileError(
+                f"no embeddings are loaded in {pgvector.item_table}: materialize item_embeddings and user_embeddings "
+                "first")
+        try:
+            outcome, latencies = enrich_in_batches(items, embedder_for(artifacts, version), pgvector, k, batch_size,
+                                                   max_bytes)
+            return version, outcome, latencies
+        except EmbeddingsVersionChanged:
+            if attempt >= attempts:  # versions changing faster than an hour is enriched: fail, retry later
+                raise
+            attempt += 1
+
+
 def dead_letter_line(record: StreamRecord, reason: str) -> dict:
     """A dead letter: the reason, where the event was in the stream, and its payload (of an oversize event,
     the first bytes and the size)."""
@@ -147,7 +169,7 @@ class RecommendationsConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     partitions_def=HOURLY,
-    deps=[item_embeddings, user_embeddings],
+    deps=["item_embeddings", "user_embeddings"],
     kinds={"pgvector", "json"},
     pool="recsys_recommendations",
     check_specs=[dg.AssetCheckSpec("events_reconcile", asset="recommendations",
@@ -159,12 +181,8 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
     ``recommendations/YYYY/MM/DD/HH/`` (and ``dead_letter/YYYY/MM/DD/HH/`` with reasons)."""
     hour = context.partition_time_window.start
     records, duplicates = archived_records(artifacts, hour)
-    version = pgvector.active_version(pgvector.item_table)
-    if version is None:
-        raise embeddings.EmbeddingsFileError(
-            f"no embeddings are loaded in {pgvector.item_table}: materialize item_embeddings and user_embeddings first")
-    outcome, latencies = enrich_in_batches([(r, r.data) for r in records if not r.oversize_bytes],
-                                           embedder_for(artifacts, version), pgvector, config.k, config.batch_size)
+    version, outcome, latencies = enrich_with_live_model([(r, r.data) for r in records if not r.oversize_bytes],
+                                                         artifacts, pgvector, config.k, config.batch_size)
     outcome.rejected.extend((r, oversize_reason(r)) for r in records if r.oversize_bytes)
     lines = [json.dumps(record, separators=(",", ":")) + "\n" for _r, record in outcome.records]
     dead = [json.dumps(dead_letter_line(record, reason)) + "\n" for record, reason in outcome.rejected]

@@ -23,7 +23,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -63,6 +63,34 @@ class UnknownItemError(KeyError):
     """An item id that the embeddings table does not hold."""
 
 
+class EmbeddingsVersionChanged(RuntimeError):
+    """A query meant for one model version found another one live (a new version went live meanwhile)."""
+
+    def __init__(self, table: str, expected: str, found: set[str | None]):
+        self.table, self.expected = table, expected
+        self.found = sorted(str(v) for v in found)
+        super().__init__(f"{table}: expected model version {expected}, found {', '.join(self.found)} live")
+
+    @property
+    def live(self) -> str | None:
+        """The version now live, when the answer came from one version only."""
+        return self.found[0] if len(self.found) == 1 and self.found[0] != "None" else None
+
+
+# The live version of the queried table, read by the same statement that reads the table: one snapshot
+# taken after the table's lock, so the two always agree, even while a swap is under way.
+_LIVE_VERSION = sql.SQL(
+    f"SELECT version FROM {REGISTRY} WHERE logical_table = %(table)s AND status = 'active'")
+
+
+def _check_version(rows: list[tuple], expected: str | None, table: str) -> None:
+    if expected is None or not rows:
+        return
+    found = {row[-1] for row in rows}
+    if found != {expected}:
+        raise EmbeddingsVersionChanged(table, expected, found)
+
+
 class QueryValueError(ValueError):
     """The database refused a value of a query (text with a NUL character, a vector that is not finite):
     the fault of the data asked about, not of the database."""
@@ -81,6 +109,17 @@ class LoadReport:
     previous_version: str | None
     dropped_tables: list[str]
     skipped: bool = False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One table's rows, checked, ready to stage."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    source: str
+    integer_ids: bool
+    content_sha: str
 
 
 def encode_copy_binary(ids: np.ndarray, vectors: np.ndarray, integer_ids: bool) -> bytes:
@@ -252,94 +291,133 @@ class PgVectorStore(dg.ConfigurableResource):
 
     def load_embeddings(self, table: str, rows, dim: int, *, version: str,
                         expected_rows: int | None = None) -> LoadReport:
-        """Replace `table` by `rows` (ids and an (n, dim) matrix) for `version`, by staging and swap.
+        """Replace one table by `rows` for `version` (`load_version` with a single table)."""
+        return self.load_version(version, {table: rows}, dim, expected_rows={table: expected_rows})[table]
 
-        Raises `EmbeddingsLoadError` (live table untouched) on a dimension mismatch, non-finite values,
-        duplicate, missing or out-of-range ids, or a row count other than `expected_rows`. Loading the version
-        that is live, with the same content, changes nothing.
+    def load_version(self, version: str, tables: Mapping[str, object], dim: int, *,
+                     expected_rows: Mapping[str, int | None] | None = None) -> dict[str, LoadReport]:
+        """Replace each table of `tables` ({table: rows with ids and an (n, dim) matrix}) by its rows for
+        `version`, by staging and swap: every table is staged, validated and indexed first, then all of them
+        are swapped in one transaction. The tables of a model version go live together or not at all.
+
+        Raises `EmbeddingsLoadError` (every live table untouched) on a dimension mismatch, non-finite
+        values, duplicate, missing or out-of-range ids, or a row count other than `expected_rows[table]`.
+        Loading the version that is live, with the same content in every table, changes nothing.
         """
+        expected_rows = expected_rows or {}
+        prepared = {table: self._prepare(table, rows, dim, expected_rows.get(table)) for table, rows in tables.items()}
+        conn = self.connection()
+        with self._lock:
+            self._ensure_registry(conn)
+            live = {row[0]: row[1:] for row in conn.execute(
+                f"SELECT logical_table, version, content_sha, physical_table, rows, dimension FROM {REGISTRY} "
+                "WHERE logical_table = ANY(%s) AND status = 'active'", (list(tables),)).fetchall()}
+            if all(live.get(table, (None, None))[:2] == (version, item.content_sha) for table, item in prepared.items()):
+                return {table: LoadReport(table, version, live[table][3], live[table][4], live[table][2], 0.0, 0.0,
+                                          0.0, None, [], skipped=True) for table in tables}
+            staged: dict[str, tuple[str, float, float]] = {}
+            try:
+                for table, item in prepared.items():
+                    staged[table] = (staging_name(table, version), 0.0, 0.0)
+                    staged[table] = self._stage(conn, table, staged[table][0], item, dim)
+                started = time.perf_counter()
+                for attempt in range(3):
+                    try:
+                        swapped = self._swap(conn, version, dim, prepared, staged)
+                        break
+                    except psycopg.errors.DeadlockDetected:
+                        # a reader that locked the tables in the other order; the swap rolled back whole
+                        if attempt == 2:
+                            raise
+                swap_seconds = time.perf_counter() - started
+            except BaseException:
+                for staging, _load, _index in staged.values():
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
+                raise
+            reports = {}
+            for table, (previous, replaced) in swapped.items():
+                for orphan in replaced:  # an earlier load of this same version, now superseded
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(orphan)))
+                dropped = replaced + self._apply_retention(conn, table)
+                self._row_counts.pop(table, None)
+                staging, load_seconds, index_seconds = staged[table]
+                reports[table] = LoadReport(table, version, len(prepared[table].ids), dim, staging,
+                                            round(load_seconds, 3), round(index_seconds, 3), round(swap_seconds, 4),
+                                            previous, dropped)
+        return reports
+
+    @staticmethod
+    def _prepare(table: str, rows, dim: int, expected_rows: int | None) -> _Prepared:
+        """Rows checked before any write, with the content hash that recognises a reload of the same data."""
         ids, vectors = np.asarray(rows.ids), np.asarray(rows.vectors, dtype=np.float32)
         source = getattr(rows, "source", table)
         integer_ids = check_rows(table, source, ids, vectors, dim, expected_rows)
         content = hashlib.sha256(ids.astype(np.int64).tobytes() if integer_ids else "\x00".join(map(str, ids)).encode())
         content.update(np.ascontiguousarray(vectors).tobytes())
-        content_sha = content.hexdigest()
-        id_type = sql.SQL("integer" if integer_ids else "varchar")
-        conn = self.connection()
-        with self._lock:
-            self._ensure_registry(conn)
-            live = conn.execute(
-                f"SELECT version, content_sha, physical_table, rows, dimension FROM {REGISTRY} "
-                "WHERE logical_table = %s AND status = 'active'", (table,)).fetchone()
-            if live and live[0] == version and live[1] == content_sha:
-                return LoadReport(table, version, live[3], live[4], live[2], 0.0, 0.0, 0.0, None, [], skipped=True)
-            staging = staging_name(table, version)
-            started = time.perf_counter()
-            try:
-                conn.execute(sql.SQL("CREATE TABLE {} (id {} NOT NULL, embedding vector({}) NOT NULL)").format(
-                    sql.Identifier(staging), id_type, sql.Literal(dim)))
-                with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
-                        sql.Identifier(staging))) as copy:
-                    copy.write(encode_copy_binary(ids, vectors, integer_ids))
-                count, distinct, wrong_dims = conn.execute(
-                    sql.SQL("SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE vector_dims(embedding) <> %s) "
-                            "FROM {}").format(sql.Identifier(staging)), (dim,)).fetchone()
-                if count != len(ids) or distinct != count or wrong_dims:
-                    raise EmbeddingsLoadError(
-                        f"{source} -> {table}: staging holds {count} rows ({count - distinct} duplicate ids, "
-                        f"{wrong_dims} of the wrong dimension) for {len(ids)} given")
-                load_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(sql.Identifier(staging)))
-                conn.execute(sql.SQL(
-                    "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
-                ).format(sql.Identifier(f"{staging}_hnsw"), sql.Identifier(staging), sql.Literal(self.hnsw_m),
-                         sql.Literal(self.hnsw_ef_construction)))
-                conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staging)))
-                index_seconds = time.perf_counter() - started
-                started = time.perf_counter()
-                previous, replaced = self._swap(conn, table, staging, version, len(ids), dim, content_sha,
-                                                load_seconds, index_seconds)
-                swap_seconds = time.perf_counter() - started
-            except BaseException:
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
-                raise
-            for orphan in replaced:  # an earlier load of this same version, now superseded
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(orphan)))
-            dropped = replaced + self._apply_retention(conn, table)
-            self._row_counts.pop(table, None)
-        return LoadReport(table, version, len(ids), dim, staging, round(load_seconds, 3), round(index_seconds, 3),
-                          round(swap_seconds, 4), previous, dropped)
+        return _Prepared(ids, vectors, source, integer_ids, content.hexdigest())
 
-    def _swap(self, conn, table, staging, version, rows, dim, content_sha, load_seconds,
-              index_seconds) -> tuple[str | None, list[str]]:
-        """Put `staging` in place of `table` in one short transaction. The replaced table goes back to the name
-        it was loaded under (kept for rollback); returns (previous version, tables of this version replaced)."""
+    def _stage(self, conn, table: str, staging: str, item: _Prepared, dim: int) -> tuple[str, float, float]:
+        """COPY the rows into a new table, check it in SQL, add the primary key and the HNSW index."""
+        started = time.perf_counter()
+        conn.execute(sql.SQL("CREATE TABLE {} (id {} NOT NULL, embedding vector({}) NOT NULL)").format(
+            sql.Identifier(staging), sql.SQL("integer" if item.integer_ids else "varchar"), sql.Literal(dim)))
+        with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
+                sql.Identifier(staging))) as copy:
+            copy.write(encode_copy_binary(item.ids, item.vectors, item.integer_ids))
+        count, distinct, wrong_dims = conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE vector_dims(embedding) <> %s) "
+                    "FROM {}").format(sql.Identifier(staging)), (dim,)).fetchone()
+        if count != len(item.ids) or distinct != count or wrong_dims:
+            raise EmbeddingsLoadError(
+                f"{item.source} -> {table}: staging holds {count} rows ({count - distinct} duplicate ids, "
+                f"{wrong_dims} of the wrong dimension) for {len(item.ids)} given")
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id)").format(sql.Identifier(staging)))
+        conn.execute(sql.SQL(
+            "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
+        ).format(sql.Identifier(f"{staging}_hnsw"), sql.Identifier(staging), sql.Literal(self.hnsw_m),
+                 sql.Literal(self.hnsw_ef_construction)))
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staging)))
+        return staging, load_seconds, time.perf_counter() - started
+
+    def _swap(self, conn, version: str, dim: int, prepared: Mapping[str, _Prepared],
+              staged: Mapping[str, tuple[str, float, float]]) -> dict[str, tuple[str | None, list[str]]]:
+        """Put every staging table in place of its live table in one short transaction. A replaced table goes
+        back to the name it was loaded under (kept for rollback); returns, per table, (previous version,
+        tables of this version replaced)."""
+        swapped = {}
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '30s'")
-            active = conn.execute(
-                f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' FOR UPDATE",
-                (table,)).fetchone()
-            same_version = conn.execute(
-                f"SELECT physical_table FROM {REGISTRY} WHERE logical_table = %s AND version = %s AND status <> 'dropped'",
-                (table, version)).fetchone()
-            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
-                parked = active[1] if active else staging_name(table, "unregistered")
-                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(parked)))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(staging), sql.Identifier(table)))
-            conn.execute(f"UPDATE {REGISTRY} SET status = 'previous' WHERE logical_table = %s AND status = 'active'",
-                         (table,))
-            conn.execute(
-                f"""INSERT INTO {REGISTRY} (logical_table, version, physical_table, rows, dimension, status,
-                                            content_sha, load_seconds, index_seconds)
-                    VALUES (%s, %s, %s, %s, %s, 'active', %s, %s, %s)
-                    ON CONFLICT (logical_table, version) DO UPDATE SET physical_table = EXCLUDED.physical_table,
-                        rows = EXCLUDED.rows, dimension = EXCLUDED.dimension, status = 'active', loaded_at = now(),
-                        content_sha = EXCLUDED.content_sha, load_seconds = EXCLUDED.load_seconds,
-                        index_seconds = EXCLUDED.index_seconds""",
-                (table, version, staging, rows, dim, content_sha, load_seconds, index_seconds))
-        return (active[0] if active else None), ([same_version[0]] if same_version else [])
+            for table in sorted(prepared):  # one order for every loader: no deadlock between two loads
+                staging, load_seconds, index_seconds = staged[table]
+                active = conn.execute(
+                    f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' "
+                    "FOR UPDATE", (table,)).fetchone()
+                same_version = conn.execute(
+                    f"SELECT physical_table FROM {REGISTRY} WHERE logical_table = %s AND version = %s "
+                    "AND status <> 'dropped'", (table, version)).fetchone()
+                if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+                    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+                    parked = active[1] if active else staging_name(table, "unregistered")
+                    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table),
+                                                                             sql.Identifier(parked)))
+                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(staging),
+                                                                         sql.Identifier(table)))
+                conn.execute(f"UPDATE {REGISTRY} SET status = 'previous' WHERE logical_table = %s AND status = 'active'",
+                             (table,))
+                conn.execute(
+                    f"""INSERT INTO {REGISTRY} (logical_table, version, physical_table, rows, dimension, status,
+                                                content_sha, load_seconds, index_seconds)
+                        VALUES (%s, %s, %s, %s, %s, 'active', %s, %s, %s)
+                        ON CONFLICT (logical_table, version) DO UPDATE SET physical_table = EXCLUDED.physical_table,
+                            rows = EXCLUDED.rows, dimension = EXCLUDED.dimension, status = 'active', loaded_at = now(),
+                            content_sha = EXCLUDED.content_sha, load_seconds = EXCLUDED.load_seconds,
+                            index_seconds = EXCLUDED.index_seconds""",
+                    (table, version, staging, len(prepared[table].ids), dim, prepared[table].content_sha,
+                     load_seconds, index_seconds))
+                swapped[table] = ((active[0] if active else None), ([same_version[0]] if same_version else []))
+        return swapped
 
     def _apply_retention(self, conn, table: str) -> list[str]:
         """Drop replaced tables beyond the newest `retention` ones."""
@@ -355,28 +433,38 @@ class PgVectorStore(dg.ConfigurableResource):
             dropped.append(physical)
         return dropped
 
-    def rollback(self, table: str) -> str:
-        """Make the most recently replaced version live again (one short transaction); returns it."""
+    def rollback(self, *tables: str) -> str:
+        """Make the most recently replaced version live again in every one of `tables` (default: the item and
+        the user table), in one short transaction; returns it. They must all have that version to go back to."""
+        tables = tuple(sorted(tables or (self.item_table, self.user_table)))
         conn = self.connection()
         self._ensure_registry(conn)
         with self._lock, conn.transaction():
-            active = conn.execute(
-                f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' FOR UPDATE",
-                (table,)).fetchone()
-            previous = conn.execute(
-                f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
-                "ORDER BY loaded_at DESC LIMIT 1", (table,)).fetchone()
-            if active is None or previous is None:
-                raise EmbeddingsLoadError(f"{table}: no previous version to roll back to")
-            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table), sql.Identifier(active[1])))
-            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(previous[1]), sql.Identifier(table)))
-            conn.execute(f"UPDATE {REGISTRY} SET status = 'previous', loaded_at = now() - interval '1 microsecond' "
-                         "WHERE logical_table = %s AND version = %s", (table, active[0]))
-            conn.execute(f"UPDATE {REGISTRY} SET status = 'active', loaded_at = now() "
-                         "WHERE logical_table = %s AND version = %s", (table, previous[0]))
-            self._row_counts.pop(table, None)
-        return previous[0]
+            target = None
+            for table in tables:
+                active = conn.execute(
+                    f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' "
+                    "FOR UPDATE", (table,)).fetchone()
+                previous = conn.execute(
+                    f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
+                    "ORDER BY loaded_at DESC LIMIT 1", (table,)).fetchone()
+                if active is None or previous is None:
+                    raise EmbeddingsLoadError(f"{table}: no previous version to roll back to")
+                if target is not None and previous[0] != target:
+                    raise EmbeddingsLoadError(f"{', '.join(tables)}: their previous versions differ ({target} and "
+                                              f"{previous[0]} in {table}); nothing was rolled back")
+                target = previous[0]
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
+                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(table),
+                                                                         sql.Identifier(active[1])))
+                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(previous[1]),
+                                                                         sql.Identifier(table)))
+                conn.execute(f"UPDATE {REGISTRY} SET status = 'previous', loaded_at = now() - interval '1 microsecond' "
+                             "WHERE logical_table = %s AND version = %s", (table, active[0]))
+                conn.execute(f"UPDATE {REGISTRY} SET status = 'active', loaded_at = now() "
+                             "WHERE logical_table = %s AND version = %s", (table, previous[0]))
+                self._row_counts.pop(table, None)
+        return target
 
     # --- queries ---------------------------------------------------------------------------------------
 
@@ -445,13 +533,15 @@ class PgVectorStore(dg.ConfigurableResource):
             raise UnknownItemError(product_code)
         return result
 
-    def similar_items_batch(self, product_codes: Sequence[str], k: int = 5) -> list[list[tuple[str, float]] | None]:
-        """`similar_items` for many items in one round trip; None where an item is unknown."""
+    def similar_items_batch(self, product_codes: Sequence[str], k: int = 5,
+                            version: str | None = None) -> list[list[tuple[str, float]] | None]:
+        """`similar_items` for many items in one round trip; None where an item is unknown. With `version`,
+        `EmbeddingsVersionChanged` unless the answer came from that version of the table."""
         if not product_codes:
             return []
         statement = sql.SQL(
             """
-            SELECT q.ord, r.id, r.distance
+            SELECT q.ord, r.id, r.distance, ({live}) AS live_version
             FROM unnest(%(codes)s::text[]) WITH ORDINALITY AS q(code, ord)
             JOIN {t} AS src ON src.id = q.code
             CROSS JOIN LATERAL (
@@ -460,10 +550,12 @@ class PgVectorStore(dg.ConfigurableResource):
             ) AS r
             ORDER BY q.ord, r.distance
             """
-        ).format(t=sql.Identifier(self.item_table))
-        rows = self._run(statement, {"codes": list(product_codes), "limit": k + 1}, "codes", self.item_table)
+        ).format(t=sql.Identifier(self.item_table), live=_LIVE_VERSION)
+        rows = self._run(statement, {"codes": list(product_codes), "limit": k + 1, "table": self.item_table}, "codes",
+                         self.item_table)
+        _check_version(rows, version, self.item_table)
         results: list[list | None] = [None] * len(product_codes)
-        for ordinal, identifier, distance in rows:
+        for ordinal, identifier, distance, _live in rows:
             bucket = results[ordinal - 1]
             if bucket is None:
                 bucket = results[ordinal - 1] = []
@@ -475,9 +567,10 @@ class PgVectorStore(dg.ConfigurableResource):
         """The k items most similar to `vector` (cosine similarity, highest first), minus `exclude_ids`."""
         return self.recommend_batch([vector], k, [exclude_ids])[0]
 
-    def recommend_batch(self, vectors, k: int = 5,
-                        exclude_ids: Sequence[Sequence[str]] | None = None) -> list[list[tuple[str, float]]]:
-        """`recommend_for_embedding` for many vectors in one round trip."""
+    def recommend_batch(self, vectors, k: int = 5, exclude_ids: Sequence[Sequence[str]] | None = None,
+                        version: str | None = None) -> list[list[tuple[str, float]]]:
+        """`recommend_for_embedding` for many vectors in one round trip. With `version` (the model version the
+        vectors come from), `EmbeddingsVersionChanged` unless the items are of that version too."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(vectors) == 0:
             return []
@@ -488,18 +581,20 @@ class PgVectorStore(dg.ConfigurableResource):
                 SELECT ord, vector::text::vector AS embedding
                 FROM jsonb_array_elements(%(vectors)s::jsonb) WITH ORDINALITY AS j(vector, ord)
             )
-            SELECT q.ord, r.id, r.score
+            SELECT q.ord, r.id, r.score, ({live}) AS live_version
             FROM q CROSS JOIN LATERAL (
                 SELECT e.id, 1 - (e.embedding <=> q.embedding) AS score FROM {t} AS e
                 ORDER BY e.embedding <=> q.embedding LIMIT %(limit)s
             ) AS r
             ORDER BY q.ord, r.score DESC
             """
-        ).format(t=sql.Identifier(self.item_table))
+        ).format(t=sql.Identifier(self.item_table), live=_LIVE_VERSION)
         limit = k + max((len(e) for e in excludes), default=0)
-        rows = self._run(statement, {"vectors": _JsonArrays(vectors), "limit": limit}, "vectors", self.item_table)
+        rows = self._run(statement, {"vectors": _JsonArrays(vectors), "limit": limit, "table": self.item_table},
+                         "vectors", self.item_table)
+        _check_version(rows, version, self.item_table)
         results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
-        for ordinal, identifier, score in rows:
+        for ordinal, identifier, score, _live in rows:
             bucket = results[ordinal - 1]
             if identifier not in excludes[ordinal - 1] and len(bucket) < k:
                 bucket.append((identifier, float(score)))

@@ -57,10 +57,10 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
     artifacts.write_json(join_key(version_prefix(version), "manifest.json"),
                          {"version": version, "dimension": 32, "files": sorted(files),
                           "rows": {"item_embeddings": len(products), "user_embeddings": len(users)}})
-    store.load_embeddings(store.item_table, EmbeddingRows(products[tt.ITEM_ID].to_numpy(dtype=object), item_vectors,
-                                                          "items"), 32, version=version)
-    store.load_embeddings(store.user_table, EmbeddingRows(users[tt.USER_ID].to_numpy(dtype=np.int64), user_vectors,
-                                                          "users"), 32, version=version)
+    store.load_version(version, {
+        store.item_table: EmbeddingRows(products[tt.ITEM_ID].to_numpy(dtype=object), item_vectors, "items"),
+        store.user_table: EmbeddingRows(users[tt.USER_ID].to_numpy(dtype=np.int64), user_vectors, "users"),
+    }, 32)
     return {"products": products, "users": users, "item_vectors": item_vectors, "model": model,
             "user_scaler": user_scaler}
 

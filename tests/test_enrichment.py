@@ -41,13 +41,13 @@ class CountingStore:
     def __init__(self, store):
         self.store, self.calls = store, []
 
-    def recommend_batch(self, vectors, k, exclude_ids):
+    def recommend_batch(self, vectors, k, exclude_ids, version=None):
         self.calls.append(("recommend", len(vectors)))
-        return self.store.recommend_batch(vectors, k, exclude_ids)
+        return self.store.recommend_batch(vectors, k, exclude_ids, version=version)
 
-    def similar_items_batch(self, codes, k):
+    def similar_items_batch(self, codes, k, version=None):
         self.calls.append(("similar", len(codes)))
-        return self.store.similar_items_batch(codes, k)
+        return self.store.similar_items_batch(codes, k, version=version)
 
 
 def test_the_labs_record_is_enriched_like_the_lab_did(model, real_record):
@@ -164,10 +164,10 @@ def test_a_poison_event_is_rejected_alone_and_the_batch_around_it_is_enriched(mo
 class RefusingStore(CountingStore):
     """The real store, refusing one product code the way a database refuses a value no check foresaw."""
 
-    def similar_items_batch(self, codes, k):
+    def similar_items_batch(self, codes, k, version=None):
         if "S10_REFUSED" in codes:
             raise QueryValueError("item_emb: the database refused a value of the query: invalid byte sequence")
-        return super().similar_items_batch(codes, k)
+        return super().similar_items_batch(codes, k, version)
 
 
 def test_an_event_the_checks_let_through_but_the_database_refuses_is_isolated(model):
@@ -183,7 +183,7 @@ def test_an_event_the_checks_let_through_but_the_database_refuses_is_isolated(mo
 
 
 class BrokenDatabase(CountingStore):
-    def recommend_batch(self, vectors, k, exclude_ids):
+    def recommend_batch(self, vectors, k, exclude_ids, version=None):
         raise DatabaseUnavailableError("cannot connect to PostgreSQL embedded server: connection refused")
 
 
@@ -191,3 +191,43 @@ def test_a_database_that_is_down_fails_the_batch_instead_of_dead_lettering_it(mo
     items = [("good", json.dumps(GOOD).encode())]
     with pytest.raises(DatabaseUnavailableError):
         enrich_batch(items, model["embedder"], BrokenDatabase(model["store"]))
+
+
+class SwitchingStore:
+    """The real store, whose live model version changes once, between the moment the enrichment chose its
+    user tower and its first query (a load that went live at the worst moment)."""
+
+    def __init__(self, store, switch):
+        self.store, self.switch, self.asked = store, switch, []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def recommend_batch(self, vectors, k, exclude_ids, version=None):
+        self.asked.append(version)
+        if self.switch is not None:
+            self.switch, switch = None, self.switch
+            switch()
+        return self.store.recommend_batch(vectors, k, exclude_ids, version=version)
+
+
+def test_users_of_one_version_are_never_paired_with_items_of_another(app_db, tmp_path, datasets_dir):
+    from recsys_assets.streaming import enrich_with_live_model
+
+    artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
+    store = PgVectorStore(db=app_db, item_table="switch_items", user_table="switch_users")
+    frame = training_frame(datasets_dir)
+    try:
+        publish_and_load(frame, artifacts, store, "switch-1", epochs=5)
+        switching = SwitchingStore(store, lambda: publish_and_load(frame, artifacts, store, "switch-2", epochs=5, seed=3))
+        items = [(f"e{i}", json.dumps(GOOD).encode()) for i in range(5)]
+        version, outcome, _latencies = enrich_with_live_model(items, artifacts, switching)
+        assert switching.asked == ["switch-1", "switch-2"]  # refused with the old tower, done again with the new
+        assert version == "switch-2" and not outcome.rejected
+        assert {record["enrichment"]["model_version"] for _key, record in outcome.records} == {"switch-2"}
+        fresh = enrich_batch(items[:1], embedder_for(artifacts, "switch-2"), store)
+        got, expected = outcome.records[0][1]["recommended_items"], fresh.records[0][1]["recommended_items"]
+        assert [i["id"] for i in got] == [i["id"] for i in expected]  # the new tower's neighbours, not a mix
+        assert [i["score"] for i in got] == pytest.approx([i["score"] for i in expected], abs=1e-5)
+    finally:
+        store.close()

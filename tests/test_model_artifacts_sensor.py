@@ -42,7 +42,7 @@ def test_each_complete_version_once_whatever_the_upload_order(store, registry):
     assert requested(result) == ["20260101-000000-bbbbbbbb"]
     assert [r.run_key[:len("embeddings-20260101-000000-bbbbbbbb")] for r in result.run_requests] == [
         "embeddings-20260101-000000-bbbbbbbb"]
-    assert result.run_requests[0].run_config["ops"]["item_embeddings"]["config"]["version"] == "20260101-000000-bbbbbbbb"
+    assert result.run_requests[0].run_config["ops"]["embeddings_tables"]["config"]["version"] == "20260101-000000-bbbbbbbb"
 
     result, cursor = tick(store, registry, cursor)
     assert requested(result) == []  # an unchanged bucket requests nothing
@@ -97,8 +97,8 @@ def test_a_requested_run_loads_that_version(local_artifacts, app_db, registry):
     assert package.status == PENDING and package.model_data_url == local_artifacts.uri("ml-artifacts/hand-made-1")
     pgvector = PgVectorStore(db=app_db)
     outcome = dg.materialize(
-        [recsys.recsys_model, recsys.item_embeddings, recsys.user_embeddings],
-        selection=dg.AssetSelection.assets(recsys.item_embeddings, recsys.user_embeddings),
+        [recsys.recsys_model, recsys.embeddings_tables],
+        selection=dg.AssetSelection.assets(recsys.embeddings_tables),
         resources={"artifacts": local_artifacts, "pgvector": pgvector, "sagemaker": None, "registry": registry},
         run_config=request.run_config,
     )

@@ -69,7 +69,7 @@ def test_an_approved_recommender_reloads_its_embeddings_and_rejections_are_silen
         "[SageMaker] New Model Registered", "[SageMaker] New Model Registered", "[SageMaker] New Model Approved"]
     [request] = result.run_requests
     assert request.job_name == "embeddings_load_job"
-    assert request.run_config["ops"]["item_embeddings"]["config"]["version"] == "r-1"
+    assert request.run_config["ops"]["embeddings_tables"]["config"]["version"] == "r-1"
 
 
 def test_a_failed_publish_keeps_the_change_for_the_next_tick(registry, notifier, moto, boto_client):
@@ -203,7 +203,7 @@ def test_the_sagemaker_registry_feeds_the_sensor(moto, notifier):
     assert [m["subject"].split(" in ")[0] for m in notifier.sent()] == [
         "[SageMaker] New Model Registered", "[SageMaker] New Model Approved"]
     [request] = result.run_requests
-    assert request.run_config["ops"]["user_embeddings"]["config"]["version"] == "r-9"
+    assert request.run_config["ops"]["embeddings_tables"]["config"]["version"] == "r-9"
     result, cursor = tick(registry, notifier, cursor)
     assert not result.run_requests and len(notifier.sent()) == 2  # nothing twice
     registry.reject(package.group, package.version, "drift")

@@ -9,7 +9,13 @@ import psycopg
 import pytest
 
 from recsys_assets.embeddings import EmbeddingRows
-from resources.pgvector import EmbeddingsLoadError, PgVectorStore, UnknownItemError, encode_copy_binary
+from resources.pgvector import (
+    EmbeddingsLoadError,
+    EmbeddingsVersionChanged,
+    PgVectorStore,
+    UnknownItemError,
+    encode_copy_binary,
+)
 
 
 def item_rows(n, dim=32, seed=0, prefix="S"):
@@ -203,3 +209,93 @@ def test_vector_type_is_registered_once_per_connection(store):
     started = time.perf_counter()
     store.close()
     assert store.connection() is not conn and time.perf_counter() - started < 5
+
+
+def pair(n_items, n_users, seed):
+    items = item_rows(n_items, seed=seed)
+    users = EmbeddingRows(np.arange(1, n_users + 1, dtype=np.int64), item_rows(n_users, seed=seed + 1).vectors, "u")
+    return {"pair_items": items, "pair_users": users}
+
+
+def corrupt_items(rows):
+    return {**rows, "pair_items": EmbeddingRows(rows["pair_items"].ids, np.full_like(rows["pair_items"].vectors, np.nan),
+                                                "items")}
+
+
+def corrupt_users(rows):
+    ids = rows["pair_users"].ids.copy()
+    ids[-1] = ids[0]
+    return {**rows, "pair_users": EmbeddingRows(ids, rows["pair_users"].vectors, "users")}
+
+
+def short_users(rows):
+    return {**rows, "pair_users": EmbeddingRows(rows["pair_users"].ids[:-1], rows["pair_users"].vectors[:-1], "users")}
+
+
+def wide_items(rows):
+    items = rows["pair_items"]
+    return {**rows, "pair_items": EmbeddingRows(items.ids, np.hstack([items.vectors, items.vectors[:, :1]]), "items")}
+
+
+def huge_user_id(rows):
+    ids = rows["pair_users"].ids.copy()
+    ids[0] = 2**40
+    return {**rows, "pair_users": EmbeddingRows(ids, rows["pair_users"].vectors, "users")}
+
+
+@pytest.mark.parametrize("corrupt", [corrupt_items, corrupt_users, short_users, wide_items, huge_user_id])
+def test_the_tables_of_a_version_go_live_together_or_not_at_all(store, corrupt):
+    """One corrupt half of a version: neither table changes, and no staging table is left behind."""
+    store.load_version("whole", pair(40, 30, seed=41), 32)
+    with pytest.raises(EmbeddingsLoadError):
+        store.load_version("half-broken", corrupt(pair(45, 35, seed=43)), 32,
+                           expected_rows={"pair_users": 35})
+    assert store.active_version("pair_items") == store.active_version("pair_users") == "whole"
+    assert (count(store, "pair_items"), count(store, "pair_users")) == (40, 30)
+    tables = {r[0] for r in store.connection().execute(
+        "SELECT tablename FROM pg_tables WHERE tablename LIKE 'pair\\_%'").fetchall()}
+    registered = {v["physical_table"] for t in ("pair_items", "pair_users") for v in store.versions(t)
+                  if v["status"] != "dropped"}
+    assert tables - {"pair_items", "pair_users"} <= registered  # only kept versions, no staging leftovers
+
+
+def test_readers_always_see_the_two_tables_of_one_version(store):
+    sizes = {"p0": (300, 200), "p1": (400, 100), "p2": (350, 250), "p3": (500, 150)}
+    store.load_version("p0", pair(*sizes["p0"], seed=50), 32)
+    seen, errors, stop = set(), [], threading.Event()
+
+    def reader():
+        with store.db.connect(autocommit=True) as conn:
+            while not stop.is_set():
+                try:
+                    seen.add(conn.execute("SELECT (SELECT count(*) FROM pair_items), "
+                                          "(SELECT count(*) FROM pair_users)").fetchone())
+                except psycopg.Error as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i, version in enumerate(("p1", "p2", "p3"), start=1):
+            store.load_version(version, pair(*sizes[version], seed=50 + 2 * i), 32)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors
+    assert seen <= set(sizes.values()) and len(seen) >= 2, seen
+
+
+def test_a_query_for_one_version_refuses_the_items_of_another(store):
+    store.load_version("q1", {"versioned_emb": item_rows(50, seed=61)}, 32)
+    asked = store.model_copy(update={"item_table": "versioned_emb"})
+    query = item_rows(1, seed=62).vectors
+    assert len(asked.recommend_batch(query, 3, [()], version="q1")[0]) == 3
+    assert len(asked.similar_items_batch(["S00001"], 3, version="q1")[0]) == 3
+    asked.load_version("q2", {"versioned_emb": item_rows(50, seed=63)}, 32)
+    with pytest.raises(EmbeddingsVersionChanged, match="expected model version q1, found q2 live") as info:
+        asked.recommend_batch(query, 3, [()], version="q1")
+    assert info.value.live == "q2"
+    with pytest.raises(EmbeddingsVersionChanged):
+        asked.similar_items_batch(["S00001"], 3, version="q1")
+    assert len(asked.recommend_batch(query, 3, [()])[0]) == 3  # without a version: no check
+    asked.close()

@@ -15,8 +15,7 @@ from resources.sagemaker import SageMakerResource
 from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
 
 ALL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data,
-       recsys.ratings_training_data_not_empty, recsys.recsys_catalog, recsys.recsys_model, recsys.item_embeddings,
-       recsys.user_embeddings]
+       recsys.ratings_training_data_not_empty, recsys.recsys_catalog, recsys.recsys_model, recsys.embeddings_tables]
 
 
 def resources_for(app_db, root, source, policy="newest"):
@@ -31,7 +30,8 @@ def resources_for(app_db, root, source, policy="newest"):
 
 
 def metadata(result, asset):
-    return {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node(asset)[-1].metadata.items()}
+    [*_, event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +97,13 @@ def test_a_bad_embeddings_file_fails_naming_file_and_line_and_leaves_tables_live
     artifacts.write_json(f"ml-artifacts/{version}/manifest.json",
                          {"dimension": 32, "files": [ITEM_FILE, USER_FILE], "rows": {"item_embeddings": 110}})
     outcome = dg.materialize(ALL, resources=resources, raise_on_error=False,
-                             selection=dg.AssetSelection.assets(recsys.item_embeddings),
-                             run_config=dg.RunConfig({"item_embeddings": recsys.assets.EmbeddingsVersionConfig(version=version)}))
+                             selection=dg.AssetSelection.assets(recsys.embeddings_tables),
+                             run_config=dg.RunConfig({"embeddings_tables": recsys.assets.EmbeddingsVersionConfig(version=version)}))
     failure = next(e for e in outcome.all_events if e.is_step_failure).step_failure_data.error
     message = failure.message + (failure.cause.message if failure.cause else "")
     assert f"hand-broken-1/{ITEM_FILE}, line 4: embedding has 33 values, expected dimension 32" in message
     assert pgvector.active_version("item_emb") == live and pgvector.row_count("item_emb") == 110
+    assert pgvector.active_version("user_emb") == live  # the good half of the version did not go live alone
 
 
 def test_real_classicmodels_from_mariadb(classicmodels_mysql, app_db, tmp_path):

@@ -41,7 +41,7 @@ def tick(stream, artifacts, cursor=None):
 
 
 def materialize_hour(world, partition, config=None):
-    return dg.materialize([recsys.item_embeddings, recsys.user_embeddings, recsys.recommendations],
+    return dg.materialize([recsys.embeddings_tables, recsys.recommendations],
                           selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
                           resources={"artifacts": world["artifacts"], "pgvector": world["store"], "registry": None},
                           run_config=config)
@@ -154,7 +154,7 @@ def test_after_a_model_change_an_hour_is_recomputed_with_the_new_version(world, 
     store = PgVectorStore(db=world["store"].db, item_table="item_emb_v2", user_table="user_emb_v2")
     try:
         publish_and_load(world["frame"], artifacts, store, "stream-v2", epochs=20, seed=11)
-        outcome = dg.materialize([recsys.item_embeddings, recsys.user_embeddings, recsys.recommendations],
+        outcome = dg.materialize([recsys.embeddings_tables, recsys.recommendations],
                                  selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
                                  resources={"artifacts": artifacts, "pgvector": store, "registry": None})
         assert outcome.asset_materializations_for_node("recommendations")[0].metadata["model_version"].value == "stream-v2"
