@@ -182,6 +182,9 @@ def cmd_readonly_check(args: argparse.Namespace) -> int:
           f"user {report.user}")
     print(f"  transactions read-only: {report.transaction_read_only}; write privilege on any table: "
           f"{report.can_write_any_table}")
+    for probe, outcome in report.probes.items():
+        print(f"  {probe}: {outcome}")
+    print("  read-only: yes" if report.ok else "  read-only: NO (see above)")
     return 0 if report.ok else 1
 
 

@@ -8,8 +8,10 @@ Three ways to get credentials, one interface (`ReadOnlyDatabase`):
 - `ProvisionedReadOnlyDatabase`: neither given: a read-only role is created on the application database
   (CONNECT, USAGE, SELECT on every table, default privileges for future tables) and used to log in.
 
-Every connection also runs its transactions READ ONLY, but the guarantee is the server's: the role has no
-write privilege, so even SQL that ends the read-only transaction cannot change data.
+Writes are refused twice over: the role has no write privilege (the server's guarantee), and every call
+sends one statement in a READ ONLY transaction that is never committed, refusing transaction control, so
+nothing a session can do without a privilege (large objects, its own settings and password) lasts either.
+`test_connection` (``mldp readonly-check``) tries each of those and reports what became of it.
 
 Usable outside Dagster, e.g. in a notebook::
 
@@ -21,11 +23,12 @@ Usable outside Dagster, e.g. in a notebook::
 from __future__ import annotations
 
 import json
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -45,33 +48,90 @@ from resources.postgres import (
 )
 
 
-# Every session starts with read-only transactions as its default, so even SQL that ends the current
-# transaction ("COMMIT; DELETE ...") runs the next one read-only. The server-side guarantee remains the
-# role's missing write privileges (a replica refuses writes anyway).
+# Every session starts with read-only transactions as its default (and the provisioned role has it as a
+# role setting); the resource itself opens every transaction READ ONLY and never commits one.
 READ_ONLY_SESSION = "-c default_transaction_read_only=on"
+
+# Statements that end, split or outlive the resource's transaction: refused before they are sent.
+_TRANSACTION_CONTROL = re.compile(
+    r"(begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction|"
+    r"set\s+(session\s+characteristics|transaction)|discard)\b", re.IGNORECASE)
+_MULTIPLE_COMMANDS = "cannot insert multiple commands into a prepared statement"
 
 
 class SecretConfigurationError(ValueError):
     """The Secrets Manager secret is missing, unreadable or lacks a key; names the secret and key only."""
 
 
+class ReadOnlyViolation(PermissionError):
+    """A statement the read-only resource does not send (transaction control, several statements at once)."""
+
+
+def statement_start(text: str) -> str:
+    """The statement without the whitespace and comments (``--`` lines, nested ``/* */``) before it."""
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if text.startswith("--", position):
+            newline = text.find("\n", position)
+            position = len(text) if newline < 0 else newline + 1
+        elif text.startswith("/*", position):
+            depth, position = 1, position + 2
+            while depth and position < len(text):
+                if text.startswith("/*", position):
+                    depth, position = depth + 1, position + 2
+                elif text.startswith("*/", position):
+                    depth, position = depth - 1, position + 2
+                else:
+                    position += 1
+        else:
+            return text[position:]
+
+
 @dataclass(frozen=True)
 class ConnectionReport:
-    """What `test_connection` found: who we are connected as and that writes are refused."""
+    """What `test_connection` found: who we are connected as, that writes are refused, and what became of
+    each way a session could try to leave a lasting change or block the application (``probes``: what was
+    tried -> "refused: <why>", or "ALLOWED")."""
 
     server_version: str
     database: str
     user: str
     transaction_read_only: bool
     can_write_any_table: bool
+    probes: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.transaction_read_only and not self.can_write_any_table
+        return (self.transaction_read_only and not self.can_write_any_table
+                and all(outcome.startswith("refused") for outcome in self.probes.values()))
+
+
+# Each is sent through `query`, in a read-only transaction that is never committed: even one that got
+# through would leave nothing behind. The table names are the ones the write-back and the model registry
+# lock (a lock that needs a write privilege; the application takes no advisory lock a reader could hold).
+ESCAPE_PROBES = {
+    "several statements in one call": "SELECT 1; SELECT 2",
+    "transaction control": "COMMIT",
+    "leaving the read-only transaction": "COMMIT; SET default_transaction_read_only = off; COMMIT; SELECT lo_create(0)",
+    "a procedure that commits": "DO $$ BEGIN COMMIT; END $$",
+    "a large object": "SELECT lo_create(0)",
+    "its own settings": "ALTER ROLE CURRENT_USER SET work_mem = '64kB'",
+    "its own password": "ALTER ROLE CURRENT_USER PASSWORD NULL",
+    "the write-back's lock": "LOCK TABLE credit_limit_audit IN SHARE ROW EXCLUSIVE MODE",
+    "the model registry's lock": "LOCK TABLE model_package_events IN SHARE ROW EXCLUSIVE MODE",
+}
 
 
 class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
-    """Read-only SQL access returning pandas DataFrames."""
+    """Read-only SQL access returning pandas DataFrames.
+
+    One statement per call, in a READ ONLY transaction of a connection of its own that is closed (never
+    committed) afterwards; transaction control is refused before it is sent, and several statements in one
+    string are refused by the server (the extended query protocol carries exactly one). So nothing sent
+    through it leaves a lasting change: no large object, no role setting or password, no write.
+    """
 
     @abstractmethod
     def _open(self) -> psycopg.Connection:
@@ -82,7 +142,8 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
         """Where this reads from, safe to log."""
 
     @contextmanager
-    def connect(self) -> Iterator[psycopg.Connection]:
+    def _session(self) -> Iterator[psycopg.Connection]:
+        """A connection whose every transaction is READ ONLY, closed (and so rolled back) at the end."""
         conn = self._open()
         conn.read_only = True
         try:
@@ -90,10 +151,30 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
         finally:
             conn.close()
 
+    @staticmethod
+    def _refuse_transaction_control(cur: psycopg.Cursor, query: str | sql.Composable) -> None:
+        text = query.as_string(cur) if isinstance(query, sql.Composable) else str(query)
+        if _TRANSACTION_CONTROL.match(statement_start(text)):
+            raise ReadOnlyViolation("transaction control is not sent through the read-only resource: each call runs "
+                                    "in a read-only transaction of its own")
+
+    def _guarded_execute(self, cur: psycopg.Cursor, query: str | sql.Composable, params) -> None:
+        self._refuse_transaction_control(cur, query)
+        try:
+            cur.execute(query, params, prepare=True)  # prepared: the extended protocol, one statement only
+        except psycopg.errors.SyntaxError as exc:
+            if _MULTIPLE_COMMANDS in str(exc):
+                raise ReadOnlyViolation("one statement per call: the read-only resource does not send several "
+                                        "statements at once") from None
+            raise
+        if cur.connection.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+            raise ReadOnlyViolation("the statement ended the read-only transaction; transaction control is not sent "
+                                    "through the read-only resource")
+
     def query(self, query: str | sql.Composable, params: Mapping[str, Any] | tuple | list | None = None) -> pd.DataFrame:
-        """Run one SELECT and return its rows as a DataFrame (columns named as in the result)."""
-        with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(query, params)
+        """Run one statement (a SELECT) and return its rows as a DataFrame (columns named as in the result)."""
+        with self._session() as conn, conn.cursor() as cur:
+            self._guarded_execute(cur, query, params)
             if cur.description is None:
                 return pd.DataFrame()
             return fetch_dataframe(cur)
@@ -105,18 +186,20 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
         *,
         chunk_rows: int = 100_000,
     ) -> Iterator[pd.DataFrame]:
-        """Stream a large result through a server-side cursor, `chunk_rows` rows per DataFrame."""
-        with self.connect() as conn, conn.transaction():
-            with conn.cursor(name="readonly_stream") as cur:
-                cur.itersize = chunk_rows
-                cur.execute(query, params)
-                names = [column.name for column in cur.description]
-                while rows := cur.fetchmany(chunk_rows):
-                    yield pd.DataFrame.from_records(rows, columns=names)
+        """Stream a large result through a server-side cursor, `chunk_rows` rows per DataFrame. The cursor is
+        declared with the extended protocol (one statement) in the session's read-only transaction."""
+        with self._session() as conn, conn.cursor(name="readonly_stream") as cur:
+            self._refuse_transaction_control(cur, query)
+            cur.itersize = chunk_rows
+            cur.execute(query, params)
+            names = [column.name for column in cur.description]
+            while rows := cur.fetchmany(chunk_rows):
+                yield pd.DataFrame.from_records(rows, columns=names)
 
     def test_connection(self) -> ConnectionReport:
-        """Connect, report identity, and confirm the session cannot write (privileges and transaction)."""
-        with self.connect() as conn:
+        """Connect, report identity, confirm the session cannot write (privileges and transaction), and try
+        every way listed in `ESCAPE_PROBES` to leave a lasting change or block the application."""
+        with self._session() as conn:
             version, database, user, read_only = conn.execute(
                 "SELECT current_setting('server_version'), current_database(), current_user, "
                 "current_setting('transaction_read_only')"
@@ -135,12 +218,24 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
                           AND has_schema_privilege(n.oid, 'CREATE'))
                 """
             ).fetchone()[0]
+        probes = {}
+        for name, statement in ESCAPE_PROBES.items():
+            try:
+                self.query(statement)
+                probes[name] = "ALLOWED"
+            except ReadOnlyViolation as exc:
+                probes[name] = f"refused: {exc}"
+            except psycopg.errors.UndefinedTable:
+                probes[name] = "refused: no such table here (nothing to lock)"
+            except psycopg.Error as exc:
+                probes[name] = f"refused by the server: {type(exc).__name__}"
         return ConnectionReport(
             server_version=version,
             database=database,
             user=user,
             transaction_read_only=read_only == "on",
             can_write_any_table=writable > 0,
+            probes=probes,
         )
 
 
@@ -221,10 +316,56 @@ _provisioned: set[tuple[str, str]] = set()
 _provision_lock = threading.Lock()
 
 
+class ReadOnlyRoleError(ValueError):
+    """``READONLY_ROLE`` names a role that cannot be made the read-only role; it was left unchanged."""
+
+
+# What an existing role may have for provisioning to take it as its own read-only role: login, CONNECT,
+# USAGE and SELECT (what provisioning grants). Anything else, found here, makes provisioning refuse it.
+_ROLE_POWERS = """
+SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypassrls,
+       ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+             WHERE m.member = r.oid ORDER BY 1) AS member_of,
+       EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refobjid = r.oid AND d.refclassid = 'pg_authid'::regclass
+               AND d.deptype = 'o') AS owns_objects,
+       ARRAY(SELECT DISTINCT a.privilege_type::text FROM pg_class c, aclexplode(c.relacl) a
+             WHERE a.grantee = r.oid AND a.privilege_type <> 'SELECT' ORDER BY 1) AS table_privileges,
+       EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a
+               WHERE a.grantee = r.oid AND a.privilege_type <> 'USAGE') AS schema_privileges,
+       EXISTS (SELECT 1 FROM pg_database db, aclexplode(db.datacl) a
+               WHERE a.grantee = r.oid AND a.privilege_type <> 'CONNECT') AS database_privileges
+FROM pg_roles r WHERE r.rolname = %s
+"""
+
+
+def _powers_beyond_reading(conn: psycopg.Connection, role: str) -> list[str] | None:
+    """What an existing `role` may do beyond reading (empty: nothing), or None when there is no such role."""
+    row = conn.execute(_ROLE_POWERS, (role,)).fetchone()
+    if row is None:
+        return None
+    superuser, createrole, createdb, replication, bypassrls, member_of, owns, table_privileges, schema, database = row
+    powers = [name for name, has in (("SUPERUSER", superuser), ("CREATEROLE", createrole), ("CREATEDB", createdb),
+                                     ("REPLICATION", replication), ("BYPASSRLS", bypassrls)) if has]
+    if member_of:
+        powers.append(f"member of {', '.join(member_of)}")
+    if owns:
+        powers.append("owner of database objects")
+    if table_privileges:
+        powers.append(f"table privileges {', '.join(table_privileges)}")
+    if schema:
+        powers.append("schema privileges beyond USAGE")
+    if database:
+        powers.append("database privileges beyond CONNECT")
+    return powers
+
+
 def provision_readonly_role(primary: PostgresDatabase, role: str) -> None:
     """Create `role` (LOGIN, read-only) on the primary's database and grant it SELECT, now and in future.
 
-    Idempotent; safe to run from several processes at once.
+    Idempotent; safe to run from several processes at once. A role of that name that already exists is
+    taken only if it can do nothing but read (as one this function made); any other role (a superuser such
+    as ``postgres``, the application's own, one with write grants) is refused with `ReadOnlyRoleError` and
+    never altered.
     """
     key = (primary.describe(), role)
     if key in _provisioned:
@@ -232,14 +373,22 @@ def provision_readonly_role(primary: PostgresDatabase, role: str) -> None:
     with _provision_lock, primary.connect(autocommit=True) as conn:
         database = conn.execute("SELECT current_database()").fetchone()[0]
         ident = sql.Identifier(role)
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        if not exists:
+        powers = _powers_beyond_reading(conn, role)
+        if powers is None:
             try:
                 conn.execute(
                     sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT").format(ident)
                 )
             except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-                pass
+                pass  # created by a concurrent process: checked below like any existing role
+            except psycopg.errors.ReservedName:
+                raise ReadOnlyRoleError(f"READONLY_ROLE {role!r} is a reserved role name; choose another") from None
+            powers = _powers_beyond_reading(conn, role) or []
+        if powers:
+            raise ReadOnlyRoleError(
+                f"READONLY_ROLE {role!r} already exists in {primary.describe()} and can do more than read "
+                f"({'; '.join(powers)}); it was left unchanged. Set READONLY_ROLE to another name (provisioning "
+                "creates it), or READONLY_DATABASE_URL to a user that is read-only already.")
         statements = [
             sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident),
             sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), ident),
