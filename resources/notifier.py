@@ -12,12 +12,17 @@ import fcntl
 import json
 import logging
 import time
+import http.client
+import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
+
+from resources.credentials import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,11 @@ class Notifier(dg.ConfigurableResource, ABC):
                 if attempt + 1 < self.attempts:
                     time.sleep(self.backoff_seconds * 2**attempt)
         raise NotificationError(f"could not notify through {self.describe()} after {self.attempts} attempts: "
-                                f"{type(last).__name__}: {last}")
+                                f"{self._failure(last)}")
+
+    def _failure(self, exc: Exception) -> str:
+        """What went wrong, safe to log."""
+        return f"{type(exc).__name__}: {exc}"
 
 
 class SnsNotifier(Notifier):
@@ -80,6 +89,18 @@ class LocalNotifier(Notifier):
 
     def describe(self) -> str:
         return f"local notifications in {self.path}" + (" and a webhook" if self.webhook_url else "")
+
+    def _failure(self, exc: Exception) -> str:
+        """A webhook failure without the webhook's URL: its path or query is often the secret itself."""
+        if isinstance(exc, urllib.error.HTTPError):
+            return f"the webhook answered HTTP {exc.code}"
+        if isinstance(exc, urllib.error.URLError):
+            parts = urlsplit(self.webhook_url or "")
+            secrets = tuple(part for part in (self.webhook_url, parts.path, parts.query) if part and len(part) > 1)
+            return f"the webhook is unreachable: {scrub(str(exc.reason), self.webhook_url, passwords=secrets)}"
+        if isinstance(exc, (ValueError, http.client.InvalidURL)):  # urllib's unknown url type, a space
+            return f"{type(exc).__name__}: NOTIFY_WEBHOOK_URL is not a usable URL (not shown: it may carry a token)"
+        return super()._failure(exc)
 
     def _send(self, subject: str, message: str) -> str:
         sent_at = datetime.now(timezone.utc).isoformat()

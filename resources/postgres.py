@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+
+from resources.credentials import UnusableConnectionString, check_postgres_url, scrub
 
 EMBEDDED_DATABASE = "mldp"
 
@@ -54,13 +55,14 @@ class VectorExtensionUnavailableError(RuntimeError):
 
 
 def normalize_postgres_url(url: str) -> str:
-    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as libpq ones."""
+    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as libpq ones. A string that is not
+    one raises `UnusableConnectionString` (a ValueError) without echoing it."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url  # a libpq key=value string
-    base = scheme.split("+", 1)[0]
-    if base not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL (scheme {scheme!r})")
+    if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise UnusableConnectionString("is not a PostgreSQL URL: it must start with postgresql:// or postgres://, "
+                                       "or be libpq key=value pairs")
     return f"postgresql://{rest}"
 
 
@@ -71,8 +73,8 @@ def redact_url(url: str) -> str:
     strings alike; whatever cannot be parsed is not echoed back.
     """
     try:
-        params = conninfo_to_dict(normalize_postgres_url(url))
-    except (ValueError, psycopg.ProgrammingError):
+        params = check_postgres_url(url)
+    except UnusableConnectionString:
         return "<unparsable connection string>"
     user = f"{params['user']}@" if params.get("user") else ""
     host = params.get("host", "")
@@ -84,14 +86,25 @@ def redact_url(url: str) -> str:
 
 
 def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) -> psycopg.Connection:
-    """psycopg.connect, turning connection failures into an error that names the target safely."""
+    """psycopg.connect, turning failures into errors that name the target safely: a connection string that
+    cannot be parsed is `UnusableConnectionString` without the driver's message (which echoes parts of it,
+    password included); a refused connection is `DatabaseUnavailableError` with the password masked."""
+    if conninfo is not None:
+        try:
+            check_postgres_url(conninfo)
+        except UnusableConnectionString as exc:
+            raise UnusableConnectionString(f"cannot connect to PostgreSQL {describe}: its connection string {exc}") from None
     try:
         if conninfo is None:
             return psycopg.connect(**kwargs)
         return psycopg.connect(conninfo, **kwargs)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = scrub(reason, conninfo, passwords=(kwargs.get("password"),))
         raise DatabaseUnavailableError(f"cannot connect to PostgreSQL {describe}: {reason}") from None
+    except psycopg.ProgrammingError:
+        raise UnusableConnectionString(f"the connection parameters of {describe} are not valid for libpq (not shown: "
+                                       "they may carry a password)") from None
 
 
 # --- the embedded server -------------------------------------------------------------------------------
@@ -377,7 +390,10 @@ class ExternalPostgresDatabase(PostgresDatabase):
     url: str
 
     def conninfo(self) -> str:
-        return normalize_postgres_url(self.url)
+        try:
+            return normalize_postgres_url(self.url)
+        except UnusableConnectionString as exc:
+            raise UnusableConnectionString(f"DATABASE_URL {exc}") from None
 
     def describe(self) -> str:
         return redact_url(self.url)

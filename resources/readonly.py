@@ -39,6 +39,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import PrivateAttr
 
+from resources.credentials import UnusableConnectionString
 from resources.postgres import (
     PostgresDatabase,
     connect_or_explain,
@@ -245,7 +246,11 @@ class ReadOnlyUrlDatabase(ReadOnlyDatabase):
     url: str
 
     def _open(self) -> psycopg.Connection:
-        return connect_or_explain(normalize_postgres_url(self.url), describe=self.describe(), options=READ_ONLY_SESSION)
+        try:
+            conninfo = normalize_postgres_url(self.url)
+        except UnusableConnectionString as exc:
+            raise UnusableConnectionString(f"READONLY_DATABASE_URL {exc}") from None
+        return connect_or_explain(conninfo, describe=self.describe(), options=READ_ONLY_SESSION)
 
     def describe(self) -> str:
         return f"{redact_url(self.url)} (READONLY_DATABASE_URL)"

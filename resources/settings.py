@@ -115,6 +115,7 @@ class PlatformSettings:
         environment = get("MLDP_ENV") or "dev"
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", environment):
             raise ConfigurationError(f"MLDP_ENV must be lower-case letters, digits and hyphens, not {environment!r}")
+        _check_connection_strings(get)
         retention = get("EMBEDDINGS_RETENTION") or "2"
         if not retention.isdigit():
             raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
@@ -172,6 +173,28 @@ class PlatformSettings:
     @property
     def embedded_postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+
+def _check_connection_strings(get) -> None:
+    """Every URL setting parses, or a ConfigurationError names the setting; the value is never shown (it may
+    carry a password, and the message reaches logs and Dagster's event log)."""
+    from resources import credentials
+
+    checks = {
+        "DATABASE_URL": credentials.check_postgres_url,
+        "READONLY_DATABASE_URL": credentials.check_postgres_url,
+        "SOURCE_DATABASE_URL": credentials.check_sqlalchemy_url,
+        "DAGSTER_PG_URL": credentials.check_postgres_sqlalchemy_url,
+        "NOTIFY_WEBHOOK_URL": credentials.check_http_url,
+    }
+    for name, check in checks.items():
+        value = get(name)
+        if value is None:
+            continue
+        try:
+            check(value)
+        except credentials.UnusableConnectionString as exc:
+            raise ConfigurationError(f"{name} {exc} (its value is not shown: it may carry a password)") from None
 
 
 def build_resources(settings: PlatformSettings | None = None) -> dict[str, object]:

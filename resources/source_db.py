@@ -20,6 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
+from resources.credentials import UnusableConnectionString, check_sqlalchemy_url, scrub
 from resources.postgres import EmbeddedPostgresDatabase, ensure_database
 
 
@@ -41,6 +42,10 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
     def describe(self) -> str:
         """Where the source is, safe to log."""
 
+    def _safe(self, text: str) -> str:
+        """A driver's message with anything that could be the password masked."""
+        return text
+
     def engine(self) -> sa.Engine:
         with self._lock:
             if self._engine is None:
@@ -55,7 +60,8 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
                 return None
             return [column["name"] for column in inspector.get_columns(table)]
         except sa.exc.OperationalError as exc:
-            raise SourceDatabaseError(f"cannot reach the source database {self.describe()}: {exc.orig}") from None
+            raise SourceDatabaseError(f"cannot reach the source database {self.describe()}: "
+                                      f"{self._safe(str(exc.orig))}") from None
 
     def stream(self, statement: sa.Select, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
         """The statement's rows in DataFrames of at most `chunk_rows`, through a server-side cursor.
@@ -75,7 +81,7 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
                     yield pd.DataFrame.from_records([tuple(row) for row in rows], columns=columns)
         except (sa.exc.OperationalError, sa.exc.DBAPIError) as exc:
             raise SourceDatabaseError(f"cannot read from the source database {self.describe()}: "
-                                      f"{getattr(exc, 'orig', exc)}") from None
+                                      f"{self._safe(str(getattr(exc, 'orig', exc)))}") from None
 
     @staticmethod
     def _stream_raw(engine: sa.Engine, statement: sa.Select, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -115,11 +121,21 @@ class SqlSourceDatabase(SourceDatabase):
     source_url: str
 
     def url(self) -> sa.URL:
-        return sa.make_url(self.source_url)
+        try:
+            return check_sqlalchemy_url(self.source_url)
+        except UnusableConnectionString as exc:
+            raise SourceDatabaseError(f"SOURCE_DATABASE_URL {exc}") from None
 
     def describe(self) -> str:
+        try:
+            url = check_sqlalchemy_url(self.source_url)
+        except UnusableConnectionString:
+            return "<unparsable SOURCE_DATABASE_URL>"
         # query parameters are dropped too: drivers accept passwords there as well
-        return sa.make_url(self.source_url).set(query={}).render_as_string(hide_password=True)
+        return url.set(query={}).render_as_string(hide_password=True)
+
+    def _safe(self, text: str) -> str:
+        return scrub(text, self.source_url)
 
 
 class EmbeddedClassicModels(SourceDatabase):

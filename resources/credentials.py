@@ -1,0 +1,104 @@
+"""Connection strings carry passwords: what of them may ever be shown.
+
+Every URL setting (``DATABASE_URL``, ``READONLY_DATABASE_URL``, ``SOURCE_DATABASE_URL``, ``DAGSTER_PG_URL``,
+``NOTIFY_WEBHOOK_URL``) is checked once, in `resources.settings`, by the functions here, and an error names
+the setting and what is wrong, never the value. Where a driver's own message has to be passed on (a
+server that refuses a login, say), `scrub` removes whatever in it could be the password, including from
+strings no parser accepts: a driver that cannot parse a string often echoes part of it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, urlsplit
+
+MASK = "***"
+_PASSWORD_PARAMETER = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;]*)", re.IGNORECASE)
+
+
+class UnusableConnectionString(ValueError):
+    """A connection string that cannot be used; the message says why, never what it holds. Messages of the
+    checks below complete a sentence whose subject is the setting: "DATABASE_URL cannot be parsed: ..."."""
+
+
+def credential_fragments(raw: str) -> list[str]:
+    """Every part of `raw` that may be a password or a piece of one, longest first, whatever its shape:
+    the userinfo's password of a URL (up to the last ``@``, decoded and not), the pieces a parser that
+    splits at the first ``@`` would take for a host, and every ``password=`` value."""
+    found: set[str] = set()
+    _scheme, separator, rest = raw.partition("://")
+    if separator and "@" in rest:
+        userinfo = rest[:rest.rfind("@")]
+        _user, colon, password = userinfo.partition(":")
+        if colon and password:
+            found |= {password, unquote(password), *(piece for piece in password.split("@") if len(piece) >= 4)}
+    for match in _PASSWORD_PARAMETER.finditer(raw):
+        value = match.group(1).strip("'\"")
+        if value:
+            found |= {value, unquote(value)}
+    return sorted((fragment for fragment in found if fragment), key=len, reverse=True)
+
+
+def scrub(text: str, *connection_strings: str | None, passwords: tuple[str | None, ...] = ()) -> str:
+    """`text` with every credential fragment of `connection_strings`, and every one of `passwords`, masked."""
+    fragments = {f for raw in connection_strings if raw for f in credential_fragments(raw)}
+    fragments |= {p for p in passwords if p}
+    for fragment in sorted(fragments, key=len, reverse=True):
+        text = text.replace(fragment, MASK)
+    return text
+
+
+def check_postgres_url(raw: str) -> dict[str, str]:
+    """The libpq parameters of a PostgreSQL connection string (``postgresql://``, ``postgres://``, SQLAlchemy's
+    ``postgresql+psycopg://`` or ``key=value`` pairs); `UnusableConnectionString` when it cannot be parsed."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    scheme, separator, rest = raw.partition("://")
+    if separator:
+        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+            raise UnusableConnectionString("is not a PostgreSQL URL: it must start with postgresql:// or "
+                                           "postgres://, or be libpq key=value pairs")
+        raw = f"postgresql://{rest}"
+    try:
+        return conninfo_to_dict(raw)
+    except (ProgrammingError, ValueError):
+        raise UnusableConnectionString(
+            "cannot be parsed: use postgresql://user:password@host:port/dbname (percent-encode characters such "
+            "as @ : / ? # % and spaces in the password) or libpq key=value pairs") from None
+
+
+def check_sqlalchemy_url(raw: str):
+    """A SQLAlchemy URL object for `raw`; `UnusableConnectionString` when it cannot be parsed, or when its
+    userinfo holds an unencoded ``@`` (SQLAlchemy would take the password's end for the host)."""
+    import sqlalchemy as sa
+
+    _scheme, separator, rest = raw.partition("://")
+    netloc = rest.split("/", 1)[0] if separator else ""
+    if netloc.count("@") > 1:
+        raise UnusableConnectionString("holds an unencoded '@' in its user or password: percent-encode it as %40")
+    try:
+        url = sa.make_url(raw)
+        url.port  # noqa: B018 - a non-numeric port fails here
+    except (sa.exc.ArgumentError, ValueError):
+        raise UnusableConnectionString(
+            "cannot be parsed as a SQLAlchemy URL dialect+driver://user:password@host:port/database (percent-encode "
+            "special characters in the password)") from None
+    return url
+
+
+def check_postgres_sqlalchemy_url(raw: str) -> None:
+    """A PostgreSQL URL that SQLAlchemy reads too (dagster-postgres' ``postgres_url``)."""
+    check_postgres_url(raw)
+    check_sqlalchemy_url(raw)
+
+
+def check_http_url(raw: str) -> None:
+    """An http(s) URL with a host, without spaces or control characters (as urllib will send it)."""
+    try:
+        parts = urlsplit(raw)
+        usable = parts.scheme in ("http", "https") and parts.hostname and parts.port is not False
+    except ValueError:  # an invalid IPv6 host or port
+        usable = False
+    if not usable or any(c.isspace() or ord(c) < 32 for c in raw):
+        raise UnusableConnectionString("must be an http:// or https:// URL with a host and no spaces")
