@@ -18,6 +18,7 @@ from credit_assets.batches import (
     DECISIONS_FILE,
     ELIGIBLE_FILE,
     SCORES_FILE,
+    BatchMismatchError,
     BatchStep,
     batch_step,
     read_batch_file,
@@ -31,11 +32,19 @@ from resources.metadata import markdown_table
 from resources.postgres import PostgresDatabase
 
 
+def mixed_batch(exc: BatchMismatchError) -> dg.AssetCheckResult:
+    """A check cannot vouch for a batch whose files another run rewrote: it fails, saying which file."""
+    return dg.AssetCheckResult(passed=False, description=str(exc), metadata={"batch_files": str(exc)})
+
+
 @dg.asset_check(asset=limit_decisions, blocking=True)
 def decisions_follow_policy(context: dg.AssetCheckExecutionContext, artifacts: ArtifactStore) -> dg.AssetCheckResult:
     """Every decision obeys the policy it was made under: percentages by limit band, the cap, an unchanged
     limit when declined, and the reference's reason text. Blocks the write-back when it fails."""
-    decisions, meta = read_step_file(artifacts, batch_step(context, "limit_decisions"), DECISIONS_FILE)
+    try:
+        decisions, meta = read_step_file(artifacts, batch_step(context, "limit_decisions"), DECISIONS_FILE)
+    except BatchMismatchError as exc:
+        return mixed_batch(exc)
     policy = LimitPolicy(**json.loads(meta["policy"]))
     violations = policy_violations(decisions, policy)
     return dg.AssetCheckResult(
@@ -80,7 +89,10 @@ def each_eligible_customer_decided_once(context: dg.AssetCheckExecutionContext, 
     """Each eligible customer of the batch has exactly one decision (unless skipped at scoring); each applied
     decision exactly one audit row; and the audit rows written under the write-back's run id are exactly
     that run's decisions: the batch it selected, the decision and limit it made."""
-    batch = written_batch(context, artifacts)
+    try:
+        batch = written_batch(context, artifacts)
+    except BatchMismatchError as exc:
+        return mixed_batch(exc)
     step, decided = batch.step, batch.decisions
     with app_db.connect() as conn:
         cur = conn.execute(
@@ -118,7 +130,10 @@ def counts_reconcile(context: dg.AssetCheckExecutionContext, artifacts: Artifact
     """Selected = eligible + skipped; eligible = scored + skipped at scoring; scored = decided;
     decided = updated + already applied + conflicts + missing; one batch id throughout (each file is
     read as the run that wrote it for this batch, or the check fails naming the file)."""
-    batch = written_batch(context, artifacts)
+    try:
+        batch = written_batch(context, artifacts)
+    except BatchMismatchError as exc:
+        return mixed_batch(exc)
     step = batch.step
     written_back = sum(step.value(name) for name in ("updated", "already_applied", "conflicts", "missing_customers"))
     equations = {

@@ -110,6 +110,7 @@ def customers_table(app_db) -> pd.DataFrame:
 
 def audit_rows(app_db, batch_id=None) -> pd.DataFrame:
     with app_db.connect() as conn:
+        customer_store.ensure_audit_table(conn)  # a test run on its own has not created it yet
         cur = conn.execute(
             "SELECT * FROM credit_limit_audit WHERE %(b)s::uuid IS NULL OR batch_id = %(b)s::uuid ORDER BY customer_id",
             {"b": batch_id})
@@ -514,6 +515,10 @@ def test_the_write_back_refuses_a_decisions_file_another_run_rewrote(trained, re
     assert "BatchMismatchError" in message and "by run 'another-run'" in message and batch in message
     assert len(audit_rows(app_db)) == audit_before
     assert customers_table(app_db).limit_increase_decision.isna().all()
+    checked = run_scoring(resources, selection=dg.AssetSelection.checks(credit.decisions_follow_policy),
+                          raise_on_error=False)
+    [check] = checked.get_asset_check_evaluations()  # the check fails, naming the rewritten file
+    assert not check.passed and "by run 'another-run'" in check.description
 
 
 def test_hostile_customer_rows_are_skipped_with_their_reasons(trained, resources, app_db, run_scoring):
