@@ -1,87 +1,95 @@
-"""`mldp demo`: every workflow once, end to end, in the persistent Dagster instance (so `mldp dev` shows the
-runs), with the sensors evaluated by the same code the daemon runs:
+"""`mldp demo`: every workflow once, end to end, as `mldp dev` would run it:
 
 credit:  train -> registered (notification) -> approved (notification) -> scoring batch requested and run
 recsys:  train -> registered (notification) -> approved (notification) -> embeddings reload requested and run
          -> session events produced -> archived by the sensor -> an hour of recommendations
 mlops:   completed training jobs synced into the tracking tables
 
-The demo keeps its own sensor cursors in the artifact store (``demo/``), apart from the daemon's.
+Jobs are launched from the code location that `mldp dev` loads (workspace.yaml) into the instance in
+DAGSTER_HOME, and every sensor tick is evaluated by the sensor daemon's own code, its cursor kept in the
+instance (`platform_cli.workspace_runner`). So the UI lists the demo's runs on their jobs, and the daemon
+of a later `mldp dev` carries on from the demo's cursors: its first ticks find nothing new.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import dagster as dg
 
+from platform_cli.workspace_runner import WorkspaceRunner
 from resources.artifacts import join_key
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SENSORS = ("model_registry_sensor", "model_artifacts_sensor", "session_events_sensor", "training_jobs_sensor")
+DAEMON_ALIVE_SECONDS = 60
 
 
-def metadata(result, asset: str) -> dict:
-    events = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
-    return {k: getattr(v, "value", v) for k, v in events[-1].materialization.metadata.items()} if events else {}
+def daemon_running(instance: dg.DagsterInstance) -> bool:
+    """Whether a Dagster daemon (`mldp dev`) has been working on this instance within the last minute."""
+    now = time.time()
+    return any(now - beat.timestamp < DAEMON_ALIVE_SECONDS for beat in instance.get_daemon_heartbeats().values())
 
 
-def checks_line(result) -> tuple[str, bool]:
-    checks = [(e.check_name, e.passed) for e in result.get_asset_check_evaluations()]
-    return ", ".join(f"{name} {'passed' if ok else 'FAILED'}" for name, ok in checks), all(ok for _n, ok in checks)
+def adopt_old_demo_cursors(runner: WorkspaceRunner, artifacts) -> None:
+    """Cursors an earlier version of the demo kept in the artifact store (``demo/<sensor>.cursor.json``) become
+    the sensors' cursors in the instance, where the daemon reads them, unless the sensor has one already."""
+    for sensor in SENSORS:
+        key = join_key("demo", f"{sensor}.cursor.json")
+        if artifacts.exists(key):
+            runner.adopt_cursor(sensor, artifacts.read_text(key))
+            artifacts.delete([key])
 
 
 class DemoFlow:
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance, resources) -> None:
-        self.defs, self.instance, self.resources = defs, instance, resources
+    def __init__(self, runner: WorkspaceRunner, resources) -> None:
+        self.runner, self.resources = runner, resources
         self.ok = True
 
-    # --- running jobs and sensors ------------------------------------------------------------------------
+    # --- runs and ticks -----------------------------------------------------------------------------------
 
-    def run(self, job: str, run_config=None, partition_key: str | None = None, tags=None):
-        config = dict(run_config.to_config_dict() if isinstance(run_config, dg.RunConfig) else (run_config or {}))
-        config.update(QUIET)
-        result = self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, run_config=config, partition_key=partition_key, tags=tags, raise_on_error=False)
-        if not result.success:
-            self.ok = False
-            failure = next((e for e in result.all_events if e.is_step_failure), None)
-            error = failure.step_failure_data.error if failure else None
-            while error is not None and error.cause is not None:
-                error = error.cause
-            print(f"  {job} failed: {error.message.strip() if error else 'see the run in the Dagster UI'}",
-                  file=sys.stderr)
-        return result
+    def run(self, job: str, run_config=None, tags=None) -> str | None:
+        """Launch `job` from the code location and wait for it; its run id, or None (said why) if it failed."""
+        return self.finish(self.runner.launch(job, run_config=run_config, tags=tags))
 
-    def tick(self, sensor_name: str, **resources):
-        """One evaluation of a sensor, with the demo's cursor for it."""
-        sensor = self.defs.resolve_sensor_def(sensor_name)
-        artifacts = self.resources.artifacts
-        key = join_key("demo", f"{sensor_name}.cursor.json")
-        cursor = artifacts.read_text(key) if artifacts.exists(key) else None
-        with dg.build_sensor_context(instance=self.instance, cursor=cursor, resources=resources) as context:
-            result = sensor(context)
-        if result.cursor:
-            artifacts.write_text(key, result.cursor)
-        return result
+    def finish(self, run_id: str) -> str | None:
+        run = self.runner.wait(run_id)
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            return run_id
+        self.ok = False
+        print(f"  {run.job_name} run {run_id} {run.status.value.lower()}: {self.runner.failure(run_id)}",
+              file=sys.stderr)
+        return None
 
-    def notify_tick(self):
+    def metadata(self, run_id: str, asset: str) -> dict:
+        return self.runner.materialization_metadata(run_id, asset)
+
+    def checks_line(self, run_id: str) -> str:
+        checks = self.runner.check_results(run_id)
+        self.ok = self.ok and all(passed for _name, passed in checks)
+        return ", ".join(f"{name} {'passed' if passed else 'FAILED'}" for name, passed in checks)
+
+    def notify_tick(self) -> list[str]:
+        """One tick of the registry sensor: the notifications it sent, and the runs it started."""
         before = len(self.sent())
-        result = self.tick("model_registry_sensor", registry=self.resources.registry, notifier=self.resources.notifier)
+        started = self.runner.tick("model_registry_sensor")
         for message in self.sent()[before:]:
             print(f"  notification: {message['subject']}")
-        return result
+        return started
 
     def sent(self) -> list[dict]:
         """What the local notifier wrote (SNS deliveries are not visible from here)."""
         notifier = self.resources.notifier
         return notifier.sent() if hasattr(notifier, "sent") else []
 
-    def put_to_work(self, result) -> list:
-        outcomes = []
-        for request in result.run_requests or []:
-            print(f"  the approval requested {request.job_name}")
-            outcomes.append(self.run(request.job_name, run_config=request.run_config, tags=request.tags))
-        return outcomes
+    def put_to_work(self, started: list[str]) -> list[str]:
+        """Wait for the runs an approval started; the ids of those that succeeded."""
+        done = []
+        for run_id in started:
+            print(f"  the approval requested {self.runner.instance.get_run_by_id(run_id).job_name}")
+            if self.finish(run_id):
+                done.append(run_id)
+        return done
 
     def approve(self, pipeline: str, model_version: str, reason: str):
         registry = self.resources.registry
@@ -95,21 +103,17 @@ class DemoFlow:
         artifacts = self.resources.artifacts
         print("\ncredit pipeline")
         trained = self.run("credit_training_job")
-        model = metadata(trained, "credit_model")
-        if not trained.success:
+        if not trained:
             return
+        model = self.metadata(trained, "credit_model")
         print(f"  model {model['model_version']}: validation AUC {model['validation_auc']:.3f}, "
               f"Gini {model['validation_gini']:.3f}; registered as {model['model_package']} ({model['approval_status']})")
         self.notify_tick()
         self.approve("credit", model["model_version"], f"validation Gini {model['validation_gini']:.3f} reviewed by the demo")
-        outcomes = self.put_to_work(self.notify_tick())
-        for scored in outcomes:
-            if not scored.success:
-                continue
-            eligible, decisions = metadata(scored, "eligible_customers"), metadata(scored, "limit_decisions")
-            updates = metadata(scored, "customer_updates")
-            checks, passed = checks_line(scored)
-            self.ok = self.ok and passed
+        for scored in self.put_to_work(self.notify_tick()):
+            eligible, decisions = self.metadata(scored, "eligible_customers"), self.metadata(scored, "limit_decisions")
+            updates = self.metadata(scored, "customer_updates")
+            checks = self.checks_line(scored)
             batch = updates.get("batch_id", "")
             print(f"  {eligible.get('eligible', 0):,} eligible customers, {decisions.get('approved', 0):,} approved, "
                   f"{decisions.get('declined', 0):,} declined; {updates.get('updated', 0):,} customers updated, "
@@ -127,21 +131,22 @@ class DemoFlow:
         artifacts = self.resources.artifacts
         print("\nrecommender pipeline")
         trained = self.run("recsys_training_job")
-        if not trained.success:
+        if not trained:
             return
-        data, model = metadata(trained, "ratings_training_data"), metadata(trained, "recsys_model")
+        data, model = self.metadata(trained, "ratings_training_data"), self.metadata(trained, "recsys_model")
         print(f"  {data.get('rows', 0):,} ratings of {data.get('customers', 0)} customers -> "
               f"{artifacts.uri('ratings_ml_training')}")
         print(f"  model {model['model_version']}: validation RMSE {model['validation_rmse']:.3f} "
               f"(item-mean baseline {model['item_mean_baseline_rmse']:.3f}), NDCG@5 {model['validation_ndcg_at_5']:.3f} "
               f"(popularity {model['popularity_ndcg_at_5']:.3f}); registered ({model['approval_status']})")
         print(f"  model artifacts    {model.get('uri')}")
-        self.tick("model_artifacts_sensor", artifacts=artifacts, registry=self.resources.registry)
+        for run_id in self.runner.tick("model_artifacts_sensor"):  # loads at once under MODEL_VERSION_POLICY=newest
+            self.finish(run_id)
         self.notify_tick()
         self.approve("recsys", model["model_version"],
                      f"NDCG@5 {model['validation_ndcg_at_5']:.3f} against popularity {model['popularity_ndcg_at_5']:.3f}")
         for loaded in self.put_to_work(self.notify_tick()):
-            items, users = metadata(loaded, "item_embeddings"), metadata(loaded, "user_embeddings")
+            items, users = self.metadata(loaded, "item_embeddings"), self.metadata(loaded, "user_embeddings")
             print(f"  pgvector tables    item_emb {items.get('rows', 0):,} rows, user_emb {users.get('rows', 0):,} rows "
                   f"(version {items.get('version')})")
         print("  try                mldp psql -c \"select id, embedding <=> (select embedding from item_emb limit 1) "
@@ -157,24 +162,25 @@ class DemoFlow:
         payloads = make_events(products["productcode"].tolist(), customers, events, broken_fraction=0.05)
         self.resources.events.put(payloads)
         print(f"\nstreaming: produced {len(payloads)} session events into {self.resources.events.describe()}")
-        archived = self.tick("session_events_sensor", events=self.resources.events, artifacts=self.resources.artifacts)
-        for request in archived.run_requests or []:
-            result = self.run("recommendations_job", partition_key=request.partition_key)
-            meta = metadata(result, "recommendations")
-            checks, passed = checks_line(result)
-            self.ok = self.ok and passed
-            print(f"  hour {request.partition_key}: {meta.get('events_in', 0)} events, {meta.get('enriched', 0)} enriched "
+        for run_id in self.runner.tick("session_events_sensor"):  # one run per hour the events fell in
+            if not self.finish(run_id):
+                continue
+            hour = self.runner.instance.get_run_by_id(run_id).tags.get("dagster/partition")
+            meta = self.metadata(run_id, "recommendations")
+            checks = self.checks_line(run_id)
+            print(f"  hour {hour}: {meta.get('events_in', 0)} events, {meta.get('enriched', 0)} enriched "
                   f"({meta.get('partially_enriched', 0)} partly), {meta.get('dead_lettered', 0)} dead-lettered; {checks}")
             print(f"  output             {meta.get('output')}")
 
     def tracking(self) -> None:
         print("\ntraining-run tracking")
-        result = self.tick("training_jobs_sensor", sagemaker=self.resources.sagemaker, tracking=self.resources.tracking)
-        for request in result.run_requests or []:
-            synced = self.run("training_runs_job", run_config=request.run_config)
-            meta = metadata(synced, "training_runs")
-            print(f"  {meta.get('synced', 0)} training run(s) recorded, {meta.get('already_tracked', 0)} already "
-                  f"tracked, {meta.get('reported', 0)} reported; {meta.get('tracked_runs_total', 0)} in the tracking tables")
-        if not result.run_requests:
+        started = self.runner.tick("training_jobs_sensor")
+        for run_id in started:
+            if self.finish(run_id):
+                meta = self.metadata(run_id, "training_runs")
+                print(f"  {meta.get('synced', 0)} training run(s) recorded, {meta.get('already_tracked', 0)} already "
+                      f"tracked, {meta.get('reported', 0)} reported; {meta.get('tracked_runs_total', 0)} in the "
+                      "tracking tables")
+        if not started:
             print("  no new training job to record")
         print("  tracking tables    mldp psql -c \"select job_name, status, metrics from tracking_runs\"")

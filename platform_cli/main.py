@@ -34,17 +34,19 @@ def cmd_seed_customers(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import dagster as dg
-
     from credit_assets import customer_store, population
-    from platform_cli.demo import DemoFlow
+    from platform_cli.demo import DemoFlow, adopt_old_demo_cursors, daemon_running
+    from platform_cli.workspace_runner import WorkspaceRunner, open_instance
     from resources.dagster_instance import prepare_dagster_home
 
     settings = _settings()
     home = prepare_dagster_home(settings)
-    from definitions import defs
-
-    instance = dg.DagsterInstance.from_config(str(home))
+    instance = open_instance(home)
+    if daemon_running(instance):
+        print(f"`mldp dev` is running on {home}: its daemon runs the sensors and their runs. Stop it before "
+              "`mldp demo`, or start the jobs from the UI.", file=sys.stderr)
+        return 1
+    run_log = settings.data_dir / "logs" / "demo-runs.log"
     with open_resources(settings) as resources:
         print(f"application database: {resources.app_db.describe()}")
         print(f"model registry: {type(resources.registry).__name__} ({resources.registry.version_policy} versions "
@@ -61,16 +63,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"credit training data: {source or 'generated (no BankCaseStudyData.csv under DATASETS_DIR)'}")
         if args.workflow in ("all", "recsys"):
             print(f"recommender source: {resources.source_db.describe()}")
-        flow = DemoFlow(defs, instance, resources)
-        if args.workflow in ("all", "credit"):
-            flow.credit()
-        if args.workflow in ("all", "recsys"):
-            flow.recsys(args.events)
-        flow.tracking()
+        print(f"loading the code location of workspace.yaml (run logs: {run_log})")
+        with WorkspaceRunner(instance, PROJECT_ROOT / "workspace.yaml", output=run_log) as runner:
+            adopt_old_demo_cursors(runner, resources.artifacts)
+            flow = DemoFlow(runner, resources)
+            if args.workflow in ("all", "credit"):
+                flow.credit()
+            if args.workflow in ("all", "recsys"):
+                flow.recsys(args.events)
+            flow.tracking()
         print("\nwhere to look:")
         print(f"  artifacts          {resources.artifacts.uri()}")
         print("  model registry     mldp registry list")
-    print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000; runs are kept in {home})")
+    print(f"  Dagster UI         mldp dev   (then open http://127.0.0.1:3000: the runs above are on their jobs, and "
+          f"the sensors carry on from here; instance in {home})")
     return 0 if flow.ok else 1
 
 

@@ -3,13 +3,17 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from resources.postgres import stop_embedded_server
+from tests.conftest import free_port
 
 
 def mldp(*args, env):
@@ -57,6 +61,7 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
 
     status = mldp("services", "status", env=env)
     assert "embedded PostgreSQL: stopped" in status.stdout  # the demo's exit stopped the server it started
+    the_ui_carries_on_from_the_demo(env, tmp_path)
     check = mldp("readonly-check", env=env)
     assert check.returncode == 0 and "user mldp_readonly" in check.stdout
     psql = mldp("psql", "-At", "-c", "select count(*) from credit_limit_audit", env=env)
@@ -67,3 +72,72 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     assert registry.returncode == 0, registry.stderr
     assert re.search(r"credit-dev-models: 2 version\(s\)", registry.stdout)
     assert re.search(r"recsys-dev-models: 1 version\(s\)\n\s+1\s+Approved", registry.stdout)
+
+
+SENSORS = ("model_registry_sensor", "model_artifacts_sensor", "session_events_sensor", "training_jobs_sensor")
+DEV_VIEW = """
+query View($sensor: String!, $job: String!) {
+  sensorOrError(sensorSelector: {repositoryLocationName: "ml_data_platform", repositoryName: "__repository__",
+                                 sensorName: $sensor}) {
+    ... on Sensor { sensorState { ticks(limit: 3) { status timestamp runIds skipReason } } }
+  }
+  pipelineOrError(params: {repositoryLocationName: "ml_data_platform", repositoryName: "__repository__",
+                           pipelineName: $job}) { ... on Pipeline { runs { runId } } }
+}"""
+
+
+def graphql(port: int, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"query": query, "variables": variables}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def notifications(env) -> list[str]:
+    return (Path(env["DATA_DIR"]) / "notifications.jsonl").read_text().splitlines()
+
+
+def the_ui_carries_on_from_the_demo(env, tmp_path):
+    """`mldp dev` after the demo: the demo's runs are on their jobs in the UI, and the daemon's first tick of
+    every sensor finds nothing new: no notification sent again, no run started again, no event archived
+    again (each sensor ticks once its interval since the demo's last tick has passed)."""
+    import dagster as dg
+
+    home = Path(env["DATA_DIR"]) / "dagster_home"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        demo_runs = {run.run_id: run.job_name for run in instance.get_runs()}
+    sent = notifications(env)
+    port = free_port()
+    started = time.time()
+    log = open(tmp_path / "mldp-dev.log", "w")
+    dev = subprocess.Popen([str(Path(sys.executable).with_name("mldp")), "dev", "-h", "127.0.0.1", "-p", str(port)],
+                           env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    first_ticks, view = {}, {}
+    try:
+        deadline = time.monotonic() + 240
+        while len(first_ticks) < len(SENSORS) and time.monotonic() < deadline and dev.poll() is None:
+            for sensor in SENSORS:
+                try:
+                    view[sensor] = graphql(port, DEV_VIEW, {"sensor": sensor, "job": "credit_scoring_job"})
+                except OSError:
+                    break  # the webserver is still starting
+                ticks = view[sensor]["sensorOrError"].get("sensorState", {}).get("ticks") or []
+                done = [t for t in ticks if t["timestamp"] > started and t["status"] != "STARTED"]
+                if done:
+                    first_ticks.setdefault(sensor, done[-1])
+            time.sleep(2)
+    finally:
+        os.killpg(dev.pid, signal.SIGINT)
+        try:
+            dev.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+        log.close()
+    assert set(first_ticks) == set(SENSORS), (tmp_path / "mldp-dev.log").read_text()[-4000:]
+    for sensor, tick in first_ticks.items():
+        assert (tick["status"], tick["runIds"]) == ("SKIPPED", []), (sensor, tick)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert {run.run_id: run.job_name for run in instance.get_runs()} == demo_runs  # nothing started again
+    assert notifications(env) == sent  # nothing told again
+    on_the_job = {run["runId"] for run in view["model_registry_sensor"]["pipelineOrError"]["runs"]}
+    assert on_the_job == {run_id for run_id, job in demo_runs.items() if job == "credit_scoring_job"} != set()
