@@ -141,3 +141,21 @@ def the_ui_carries_on_from_the_demo(env, tmp_path):
     assert notifications(env) == sent  # nothing told again
     on_the_job = {run["runId"] for run in view["model_registry_sensor"]["pipelineOrError"]["runs"]}
     assert on_the_job == {run_id for run_id, job in demo_runs.items() if job == "credit_scoring_job"} != set()
+
+
+def test_the_demo_refuses_to_run_beside_a_running_daemon(env):
+    """With `mldp dev` running on the same DAGSTER_HOME its daemon runs the sensors: a demo ticking them too
+    could tell a notification twice, so it refuses, before touching anything."""
+    import dagster as dg
+    from dagster._daemon.types import DaemonHeartbeat
+
+    from resources.dagster_instance import prepare_dagster_home
+    from resources.settings import PlatformSettings
+
+    home = prepare_dagster_home(PlatformSettings.from_env(env))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_daemon_heartbeat(DaemonHeartbeat(timestamp=time.time(), daemon_type="SENSOR",
+                                                      daemon_id="another-process", errors=[]))
+    refused = mldp("demo", env=env)
+    assert refused.returncode == 1 and "`mldp dev` is running on" in refused.stderr
+    assert not (Path(env["DATA_DIR"]) / "postgres").exists()  # nothing started, nothing loaded
