@@ -223,6 +223,9 @@ def embeddings_tables(context: dg.AssetExecutionContext, config: EmbeddingsVersi
         report = reports[table]
         context.log.info(f"{table}: version {version} live with {report.rows:,} rows"
                          + (" (already live, nothing to do)" if report.skipped else ""))
+        if report.left_tables:
+            context.log.warning(f"{table}: the replaced copies {', '.join(report.left_tables)} of version {version} are "
+                                "still read by someone and were left in place: drop them once they are not")
         yield dg.MaterializeResult(
             asset_key=asset,
             metadata={

@@ -38,6 +38,7 @@ DEFAULT_K = 5
 MAX_TEXT_LENGTH = 1_000  # session ids, cities, countries, product codes
 MAX_CREDIT_LIMIT = 1e12
 MAX_WHOLE_NUMBER = 2**63 - 1  # what every consumer of the output (Athena, Redshift, pandas) can hold
+MAX_NESTING = 32  # of arrays and objects in an event; the lab's events have 3 levels
 
 
 class EventRejected(ValueError):
@@ -66,9 +67,45 @@ class UserEmbedder(Protocol):
 
 
 def _shown(value) -> str:
-    """A value for a rejection reason: JSON, at most 80 characters."""
+    """A value for a rejection reason: a scalar as JSON, at most 80 characters; an array or object by kind."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
     text = json.dumps(value, default=str)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_values(event: dict) -> None:
+    """Every value of the event, however deep and whatever the field, is one every consumer of the output
+    can hold: nested at most `MAX_NESTING` levels, numbers finite and whole numbers within 64 bits, text
+    without NUL characters or lone surrogates. Walked without recursion."""
+    pending = [(event, 1, "the event")]
+    while pending:
+        value, depth, where = pending.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_NESTING:
+                raise EventRejected(f"nested deeper than {MAX_NESTING} levels (at {where})")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _clean_text(key, f"a field name in {where}")
+                pending.append((item, depth + 1, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"))
+        elif isinstance(value, str):
+            _clean_text(value, where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise EventRejected(f"{where} is not a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WHOLE_NUMBER:
+            raise EventRejected(f"{where} is a whole number beyond 64 bits")
+
+
+def _clean_text(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise EventRejected(f"{where} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventRejected(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _valid_text(value, where: str) -> str:
@@ -76,13 +113,12 @@ def _valid_text(value, where: str) -> str:
         raise EventRejected(f"{where} must be a non-empty string, not {_shown(value)}")
     if len(value) > MAX_TEXT_LENGTH:
         raise EventRejected(f"{where} is longer than {MAX_TEXT_LENGTH} characters ({len(value)})")
-    if "\x00" in value:
-        raise EventRejected(f"{where} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EventRejected(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
+    _clean_text(value, where)
     return value
+
+
+def _not_json_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _text(event: dict, name: str) -> str:
@@ -97,9 +133,9 @@ def parse_event(payload: bytes | str, max_bytes: int | None = None) -> dict:
     if max_bytes is not None and len(payload) > max_bytes:
         raise EventRejected(f"event too large: {len(payload):,} bytes, over the limit of {max_bytes:,} (MAX_EVENT_BYTES)")
     try:
-        event = json.loads(payload)
+        event = json.loads(payload, parse_constant=_not_json_constant)
     except RecursionError:
-        raise EventRejected("not JSON this platform reads: nested too deeply") from None
+        raise EventRejected(f"not JSON this platform reads: nested deeper than {MAX_NESTING} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
         raise EventRejected(f"not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
     if not isinstance(event, dict):
@@ -136,6 +172,7 @@ def parse_event(payload: bytes | str, max_bytes: int | None = None) -> dict:
             raise EventRejected(f"{where}.quantity must be a whole number, not {_shown(quantity)}")
         if not isinstance(item.get("in_shopping_cart"), bool):
             raise EventRejected(f"{where}.in_shopping_cart must be true or false, not {_shown(item.get('in_shopping_cart'))}")
+    _check_values(event)  # the fields not used too: the event goes out with its enrichment
     return event
 
 

@@ -53,16 +53,23 @@ def batch_key(hour: datetime, shard: str, first: str, last: str) -> str:
     return join_key(RAW_PREFIX, hour_folder(hour), f"{shard}-{_safe(first)}-{_safe(last)}.jsonl")
 
 
-def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str, list[str]]:
+def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str | None, list[str]]:
     """Write `records` as raw batches, one per (hour, shard); returns {hour partition: [batch keys]}.
 
     A batch is named by shard and sequence range; an earlier batch of the same hour and shard starting at
-    the same sequence (a tick that crashed before its cursor was kept, then read again) is replaced.
+    the same sequence (a tick that crashed before its cursor was kept, then read again) is replaced. Records
+    whose arrival is in no hourly partition (before the first one, or in the future) are dead-lettered under
+    ``dead_letter/outside_partitions/`` instead, with the reason, and counted under the key ``None``.
     """
     groups: dict[tuple[str, str], list[StreamRecord]] = defaultdict(list)
+    outside: list[StreamRecord] = []
+    latest = datetime.now(timezone.utc)
     for record in records:
-        groups[(hour_partition(record.arrival), record.shard)].append(record)
-    written: dict[str, list[str]] = defaultdict(list)
+        if HOURLY.start <= record.arrival and record.arrival.replace(minute=0, second=0, microsecond=0) <= latest:
+            groups[(hour_partition(record.arrival), record.shard)].append(record)
+        else:
+            outside.append(record)
+    written: dict[str | None, list[str]] = defaultdict(list)
     for (partition, shard), batch in sorted(groups.items()):
         hour = batch[0].arrival
         key = batch_key(hour, shard, batch[0].sequence, batch[-1].sequence)
@@ -72,6 +79,13 @@ def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str, 
                       if info.key != key and info.key.rsplit("/", 1)[-1].startswith(replayed)]
         artifacts.delete(superseded)
         written[partition].append(key)
+    if outside:
+        reason = (f"arrival outside the hourly partitions (from {HOURLY.start:%Y-%m-%d %H:00} to the current hour, UTC): "
+                  "no hour can hold it")
+        key = join_key(DEAD_LETTER_PREFIX, "outside_partitions",
+                       f"{outside[0].shard}-{_safe(outside[0].sequence)}-{_safe(outside[-1].sequence)}.jsonl")
+        artifacts.write_text(key, "".join(json.dumps(dead_letter_line(r, reason)) + "\n" for r in outside))
+        written[None].append(key)
     return dict(written)
 
 
@@ -236,6 +250,9 @@ def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStre
     if not records:
         return dg.SensorResult(skip_reason=f"no new events in {events.describe()}", cursor=context.cursor)
     written = archive(artifacts, records)
+    outside = written.pop(None, [])
+    if outside:
+        context.log.warning(f"events arrived outside the hourly partitions: dead-lettered in {', '.join(outside)}")
     context.log.info(f"archived {len(records)} events for {len(written)} hour(s)")
     return dg.SensorResult(
         run_requests=[

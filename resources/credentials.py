@@ -31,7 +31,8 @@ def credential_fragments(raw: str) -> list[str]:
         userinfo = rest[:rest.rfind("@")]
         _user, colon, password = userinfo.partition(":")
         if colon and password:
-            found |= {password, unquote(password), *(piece for piece in password.split("@") if len(piece) >= 4)}
+            # and the pieces a parser that splits at an unencoded '@' or '/' would show as a host or database
+            found |= {password, unquote(password), *(piece for piece in re.split("[@/]", password) if len(piece) >= 4)}
     for match in _PASSWORD_PARAMETER.finditer(raw):
         value = match.group(1).strip("'\"")
         if value:
@@ -48,6 +49,16 @@ def scrub(text: str, *connection_strings: str | None, passwords: tuple[str | Non
     return text
 
 
+def _refuse_unencoded_userinfo(rest: str) -> None:
+    """A user or password holding a raw '@' or '/' is split elsewhere by every URL parser (libpq would take the
+    password for a port and the rest for the database name, and show them): refused, before any parser."""
+    authority_and_path = rest.split("?", 1)[0].split("#", 1)[0]
+    at = authority_and_path.rfind("@")
+    if at >= 0 and any(c in authority_and_path[:at] for c in "@/"):
+        raise UnusableConnectionString("holds an unencoded '@' or '/' in its user or password: percent-encode them "
+                                       "(%40, %2F)")
+
+
 def check_postgres_url(raw: str) -> dict[str, str]:
     """The libpq parameters of a PostgreSQL connection string (``postgresql://``, ``postgres://``, SQLAlchemy's
     ``postgresql+psycopg://`` or ``key=value`` pairs); `UnusableConnectionString` when it cannot be parsed."""
@@ -59,6 +70,7 @@ def check_postgres_url(raw: str) -> dict[str, str]:
         if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
             raise UnusableConnectionString("is not a PostgreSQL URL: it must start with postgresql:// or "
                                            "postgres://, or be libpq key=value pairs")
+        _refuse_unencoded_userinfo(rest)
         raw = f"postgresql://{rest}"
     try:
         return conninfo_to_dict(raw)
@@ -74,9 +86,8 @@ def check_sqlalchemy_url(raw: str):
     import sqlalchemy as sa
 
     _scheme, separator, rest = raw.partition("://")
-    netloc = rest.split("/", 1)[0] if separator else ""
-    if netloc.count("@") > 1:
-        raise UnusableConnectionString("holds an unencoded '@' in its user or password: percent-encode it as %40")
+    if separator:
+        _refuse_unencoded_userinfo(rest)
     try:
         url = sa.make_url(raw)
         url.port  # noqa: B018 - a non-numeric port fails here

@@ -91,6 +91,14 @@ def _check_version(rows: list[tuple], expected: str | None, table: str) -> None:
         raise EmbeddingsVersionChanged(table, expected, found)
 
 
+class EmbeddingsBusyError(RuntimeError):
+    """Readers kept the tables locked for longer than a swap waits; the live tables are unchanged."""
+
+
+class EmbeddingsMismatchError(RuntimeError):
+    """Query vectors that do not fit the live embeddings (another dimension): no query of them can succeed."""
+
+
 class QueryValueError(ValueError):
     """The database refused a value of a query (text with a NUL character, a vector that is not finite):
     the fault of the data asked about, not of the database."""
@@ -109,6 +117,8 @@ class LoadReport:
     previous_version: str | None
     dropped_tables: list[str]
     skipped: bool = False
+    # replaced copies of this same version a reader held past the lock timeout: left in place, to be dropped
+    left_tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,11 @@ def check_rows(table: str, source: str, ids: np.ndarray, vectors: np.ndarray, di
     if not finite.all():
         row = int(np.argmin(finite))
         raise EmbeddingsLoadError(f"{source} -> {table}: row {row} (id {_plain(ids[row])!r}) has NaN or infinity")
+    zero = ~vectors.any(axis=1)
+    if zero.any():
+        row = int(np.argmax(zero))
+        raise EmbeddingsLoadError(f"{source} -> {table}: row {row} (id {_plain(ids[row])!r}) is a zero vector, whose "
+                                  "cosine distance to anything is undefined")
     unique, counts = np.unique(ids.astype(str), return_counts=True)
     if (counts > 1).any():
         raise EmbeddingsLoadError(f"{source} -> {table}: {int((counts > 1).sum())} duplicate ids "
@@ -208,6 +223,8 @@ class PgVectorStore(dg.ConfigurableResource):
     hnsw_m: int = 16
     hnsw_ef_construction: int = 128
     exact_scan_below: int = 10_000
+    lock_timeout_seconds: int = 5  # how long a swap waits for a reader at a time (readers queue behind it meanwhile)
+    swap_wait_seconds: int = 900  # how long a load or rollback keeps trying (outlasts read-only queries, 600 s)
 
     query_connections: int = 2  # a batch of kNN queries is split across this many connections (server cores)
 
@@ -224,6 +241,9 @@ class PgVectorStore(dg.ConfigurableResource):
     def _open(self) -> psycopg.Connection:
         """A connection with the vector type registered (after CREATE EXTENSION) and the HNSW settings."""
         conn = self.db.connect(autocommit=True, register_vector=True)
+        # each query reads a table and its live version in one statement, consistent only under READ COMMITTED
+        # (its snapshot is taken after the table's lock), whatever the server's default isolation
+        conn.execute("SET default_transaction_isolation = 'read committed'")
         conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(self.ef_search)))
         if self.iterative_scan:
             conn.execute("SET hnsw.iterative_scan = strict_order")
@@ -321,14 +341,8 @@ class PgVectorStore(dg.ConfigurableResource):
                     staged[table] = (staging_name(table, version), 0.0, 0.0)
                     staged[table] = self._stage(conn, table, staged[table][0], item, dim)
                 started = time.perf_counter()
-                for attempt in range(3):
-                    try:
-                        swapped = self._swap(conn, version, dim, prepared, staged)
-                        break
-                    except psycopg.errors.DeadlockDetected:
-                        # a reader that locked the tables in the other order; the swap rolled back whole
-                        if attempt == 2:
-                            raise
+                swapped = self._exclusively(lambda: self._swap(conn, version, dim, prepared, staged),
+                                            f"swap {', '.join(sorted(tables))} to version {version}")
                 swap_seconds = time.perf_counter() - started
             except BaseException:
                 for staging, _load, _index in staged.values():
@@ -336,14 +350,15 @@ class PgVectorStore(dg.ConfigurableResource):
                 raise
             reports = {}
             for table, (previous, replaced) in swapped.items():
-                for orphan in replaced:  # an earlier load of this same version, now superseded
-                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(orphan)))
-                dropped = replaced + self._apply_retention(conn, table)
+                # an earlier load of this same version, now superseded (left, and said, if a reader holds it)
+                dropped = [orphan for orphan in replaced if self._drop_if_free(conn, orphan)]
+                left = tuple(orphan for orphan in replaced if orphan not in dropped)
+                dropped += self._apply_retention(conn, table)
                 self._row_counts.pop(table, None)
                 staging, load_seconds, index_seconds = staged[table]
                 reports[table] = LoadReport(table, version, len(prepared[table].ids), dim, staging,
                                             round(load_seconds, 3), round(index_seconds, 3), round(swap_seconds, 4),
-                                            previous, dropped)
+                                            previous, dropped, left_tables=left)
         return reports
 
     @staticmethod
@@ -388,7 +403,7 @@ class PgVectorStore(dg.ConfigurableResource):
         tables of this version replaced)."""
         swapped = {}
         with conn.transaction():
-            conn.execute("SET LOCAL lock_timeout = '30s'")
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
             for table in sorted(prepared):  # one order for every loader: no deadlock between two loads
                 staging, load_seconds, index_seconds = staged[table]
                 active = conn.execute(
@@ -420,18 +435,46 @@ class PgVectorStore(dg.ConfigurableResource):
         return swapped
 
     def _apply_retention(self, conn, table: str) -> list[str]:
-        """Drop replaced tables beyond the newest `retention` ones."""
+        """Drop replaced tables beyond the newest `retention` ones; one a reader still holds is left for the
+        next load (it stays 'previous' in the registry)."""
         old = conn.execute(
             f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
             "ORDER BY loaded_at DESC OFFSET %s", (table, self.retention)).fetchall()
         dropped = []
         for version, physical in old:
-            with conn.transaction():
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
-                conn.execute(f"UPDATE {REGISTRY} SET status = 'dropped' WHERE logical_table = %s AND version = %s",
-                             (table, version))
-            dropped.append(physical)
+            if self._drop_if_free(conn, physical, f"UPDATE {REGISTRY} SET status = 'dropped' WHERE logical_table = %s "
+                                                  "AND version = %s", (table, version)):
+                dropped.append(physical)
         return dropped
+
+    def _drop_if_free(self, conn, physical: str, then: str | None = None, params: tuple = ()) -> bool:
+        """DROP a replaced table (and run `then` in the same transaction), unless a reader holds it past the
+        lock timeout: the load never hangs on a reader of an old table."""
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
+                if then:
+                    conn.execute(then, params)
+            return True
+        except psycopg.errors.LockNotAvailable:
+            return False
+
+    def _exclusively(self, work, what: str):
+        """`work` (a transaction that takes ACCESS EXCLUSIVE locks with the short `lock_timeout_seconds`), tried
+        again until `swap_wait_seconds` have passed. A reader holding a table blocks the readers queued behind
+        the swap for one lock timeout at a time, never for as long as it reads; a deadlock with a reader that
+        locks in another order rolls the swap back whole, and it is tried again."""
+        deadline = time.monotonic() + self.swap_wait_seconds
+        while True:
+            try:
+                return work()
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                if time.monotonic() > deadline:
+                    raise EmbeddingsBusyError(
+                        f"could not {what} within {self.swap_wait_seconds} s: readers kept the tables locked "
+                        "(the live tables are unchanged; run the load again)") from None
+                time.sleep(1.0)
 
     def rollback(self, *tables: str) -> str:
         """Make the most recently replaced version live again in every one of `tables` (default: the item and
@@ -439,7 +482,12 @@ class PgVectorStore(dg.ConfigurableResource):
         tables = tuple(sorted(tables or (self.item_table, self.user_table)))
         conn = self.connection()
         self._ensure_registry(conn)
-        with self._lock, conn.transaction():
+        with self._lock:
+            return self._exclusively(lambda: self._roll_back(conn, tables), f"roll back {', '.join(tables)}")
+
+    def _roll_back(self, conn, tables: tuple[str, ...]) -> str:
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
             target = None
             for table in tables:
                 active = conn.execute(
@@ -522,6 +570,28 @@ class PgVectorStore(dg.ConfigurableResource):
             rows.extend((ordinal + part * size, *rest) for ordinal, *rest in future.result())
         return rows
 
+    def _run_for_version(self, statement: sql.Composable, params: dict, batch_key: str, version: str | None,
+                         dimension: int | None = None) -> list[tuple]:
+        """`_run` on the item table, its rows checked against `version`. A query the database refuses is
+        first put down to the table (a new version went live meanwhile: `EmbeddingsVersionChanged`; query
+        vectors of another dimension than the table's: `EmbeddingsMismatchError`, for the whole batch) and
+        only then to the values asked about (`QueryValueError`)."""
+        table = self.item_table
+        try:
+            rows = self._run(statement, {**params, "table": table}, batch_key, table)
+        except QueryValueError:
+            live = self.connection().execute(
+                f"SELECT version, dimension FROM {REGISTRY} WHERE logical_table = %s AND status = 'active'",
+                (table,)).fetchone()
+            if version is not None and (live is None or live[0] != version):
+                raise EmbeddingsVersionChanged(table, version, {live[0] if live else None}) from None
+            if live is not None and dimension is not None and dimension != live[1]:
+                raise EmbeddingsMismatchError(f"{table}: query vectors of dimension {dimension} against embeddings of "
+                                              f"dimension {live[1]} (version {live[0]})") from None
+            raise
+        _check_version(rows, version, table)
+        return rows
+
     # Exclusions are applied after fetching k + len(excluded) nearest rows rather than in a WHERE clause:
     # the HNSW scan stays a plain ordered scan (the cheapest kind), and the iterative scan lets it return
     # more rows than ef_search when asked to.
@@ -551,9 +621,7 @@ class PgVectorStore(dg.ConfigurableResource):
             ORDER BY q.ord, r.distance
             """
         ).format(t=sql.Identifier(self.item_table), live=_LIVE_VERSION)
-        rows = self._run(statement, {"codes": list(product_codes), "limit": k + 1, "table": self.item_table}, "codes",
-                         self.item_table)
-        _check_version(rows, version, self.item_table)
+        rows = self._run_for_version(statement, {"codes": list(product_codes), "limit": k + 1}, "codes", version)
         results: list[list | None] = [None] * len(product_codes)
         for ordinal, identifier, distance, _live in rows:
             bucket = results[ordinal - 1]
@@ -590,9 +658,8 @@ class PgVectorStore(dg.ConfigurableResource):
             """
         ).format(t=sql.Identifier(self.item_table), live=_LIVE_VERSION)
         limit = k + max((len(e) for e in excludes), default=0)
-        rows = self._run(statement, {"vectors": _JsonArrays(vectors), "limit": limit, "table": self.item_table},
-                         "vectors", self.item_table)
-        _check_version(rows, version, self.item_table)
+        rows = self._run_for_version(statement, {"vectors": _JsonArrays(vectors), "limit": limit}, "vectors", version,
+                                     dimension=vectors.shape[1])
         results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
         for ordinal, identifier, score, _live in rows:
             bucket = results[ordinal - 1]

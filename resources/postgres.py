@@ -81,8 +81,8 @@ def redact_url(url: str) -> str:
     port = f":{params['port']}" if params.get("port") else ""
     dbname = params.get("dbname", "")
     if host.startswith("/"):  # a Unix socket folder
-        return f"postgresql://{user}/{dbname}?host={host}"
-    return f"postgresql://{user}{host}{port}/{dbname}"
+        return scrub(f"postgresql://{user}/{dbname}?host={host}", url, passwords=(params.get("password"),))
+    return scrub(f"postgresql://{user}{host}{port}/{dbname}", url, passwords=(params.get("password"),))
 
 
 def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) -> psycopg.Connection:
@@ -100,8 +100,9 @@ def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) 
         return psycopg.connect(conninfo, **kwargs)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        reason = scrub(reason, conninfo, passwords=(kwargs.get("password"),))
-        raise DatabaseUnavailableError(f"cannot connect to PostgreSQL {describe}: {reason}") from None
+        message = scrub(f"cannot connect to PostgreSQL {describe}: {reason}", conninfo,
+                        passwords=(kwargs.get("password"),))
+        raise DatabaseUnavailableError(message) from None
     except psycopg.ProgrammingError:
         raise UnusableConnectionString(f"the connection parameters of {describe} are not valid for libpq (not shown: "
                                        "they may carry a password)") from None

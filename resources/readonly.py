@@ -49,9 +49,17 @@ from resources.postgres import (
 )
 
 
-# Every session starts with read-only transactions as its default (and the provisioned role has it as a
-# role setting); the resource itself opens every transaction READ ONLY and never commits one.
-READ_ONLY_SESSION = "-c default_transaction_read_only=on"
+DEFAULT_STATEMENT_TIMEOUT_SECONDS = 600
+
+
+def session_options(statement_timeout_seconds: int) -> str:
+    """Every session starts with read-only transactions as its default (and the provisioned role has it as a
+    role setting); the resource itself opens every transaction READ ONLY and never commits one. A statement,
+    and a transaction left idle (a half-read `query_chunks`), end after `statement_timeout_seconds`: no reader
+    holds a table for longer, so the loads that swap tables (which keep trying for longer) always get them."""
+    milliseconds = max(1, statement_timeout_seconds) * 1000
+    return (f"-c default_transaction_read_only=on -c statement_timeout={milliseconds} "
+            f"-c idle_in_transaction_session_timeout={milliseconds}")
 
 # Statements that end, split or outlive the resource's transaction: refused before they are sent.
 _TRANSACTION_CONTROL = re.compile(
@@ -128,15 +136,24 @@ ESCAPE_PROBES = {
 class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
     """Read-only SQL access returning pandas DataFrames.
 
+    ``statement_timeout_seconds`` (``READONLY_STATEMENT_TIMEOUT_SECONDS``, 600 by default) ends a query, or a
+    transaction left idle, that holds the tables longer.
+
     One statement per call, in a READ ONLY transaction of a connection of its own that is closed (never
     committed) afterwards; transaction control is refused before it is sent, and several statements in one
     string are refused by the server (the extended query protocol carries exactly one). So nothing sent
     through it leaves a lasting change: no large object, no role setting or password, no write.
     """
 
+    statement_timeout_seconds: int = DEFAULT_STATEMENT_TIMEOUT_SECONDS
+
     @abstractmethod
     def _open(self) -> psycopg.Connection:
         """A new connection to the read-only endpoint."""
+
+    @property
+    def _options(self) -> str:
+        return session_options(self.statement_timeout_seconds)
 
     @abstractmethod
     def describe(self) -> str:
@@ -210,10 +227,10 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
                 SELECT (SELECT count(*) FROM information_schema.tables t
                         WHERE t.table_schema NOT IN ('pg_catalog', 'information_schema')
                           AND t.table_type = 'BASE TABLE'
-                          AND (has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'INSERT')
-                            OR has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'UPDATE')
-                            OR has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'DELETE')
-                            OR has_table_privilege(format('%I.%I', t.table_schema, t.table_name), 'TRUNCATE')))
+                          AND (has_table_privilege(format('%I.%I', t.table_schema, t.table_name),
+                                                   'INSERT, UPDATE, DELETE, TRUNCATE')
+                            OR has_any_column_privilege(format('%I.%I', t.table_schema, t.table_name),
+                                                        'INSERT, UPDATE')))
                      + (SELECT count(*) FROM pg_namespace n
                         WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
                           AND has_schema_privilege(n.oid, 'CREATE'))
@@ -250,7 +267,7 @@ class ReadOnlyUrlDatabase(ReadOnlyDatabase):
             conninfo = normalize_postgres_url(self.url)
         except UnusableConnectionString as exc:
             raise UnusableConnectionString(f"READONLY_DATABASE_URL {exc}") from None
-        return connect_or_explain(conninfo, describe=self.describe(), options=READ_ONLY_SESSION)
+        return connect_or_explain(conninfo, describe=self.describe(), options=self._options)
 
     def describe(self) -> str:
         return f"{redact_url(self.url)} (READONLY_DATABASE_URL)"
@@ -311,7 +328,7 @@ class SecretsManagerReadOnlyDatabase(ReadOnlyDatabase):
             return self._credentials
 
     def _open(self) -> psycopg.Connection:
-        return connect_or_explain(describe=self.describe(), options=READ_ONLY_SESSION, **self._fetch_credentials())
+        return connect_or_explain(describe=self.describe(), options=self._options, **self._fetch_credentials())
 
     def describe(self) -> str:
         return f"the database in Secrets Manager secret {self.secret_id!r}"
@@ -335,10 +352,20 @@ SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolreplication, r.rolbypass
                AND d.deptype = 'o') AS owns_objects,
        ARRAY(SELECT DISTINCT a.privilege_type::text FROM pg_class c, aclexplode(c.relacl) a
              WHERE a.grantee = r.oid AND a.privilege_type <> 'SELECT' ORDER BY 1) AS table_privileges,
+       ARRAY(SELECT DISTINCT a.privilege_type::text FROM pg_attribute t, aclexplode(t.attacl) a
+             WHERE a.grantee = r.oid AND a.privilege_type <> 'SELECT' ORDER BY 1) AS column_privileges,
+       ARRAY(SELECT DISTINCT a.privilege_type::text FROM pg_default_acl d, aclexplode(d.defaclacl) a
+             WHERE a.grantee = r.oid AND a.privilege_type <> 'SELECT' ORDER BY 1) AS default_privileges,
        EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(n.nspacl) a
                WHERE a.grantee = r.oid AND a.privilege_type <> 'USAGE') AS schema_privileges,
        EXISTS (SELECT 1 FROM pg_database db, aclexplode(db.datacl) a
-               WHERE a.grantee = r.oid AND a.privilege_type <> 'CONNECT') AS database_privileges
+               WHERE a.grantee = r.oid AND a.privilege_type <> 'CONNECT') AS database_privileges,
+       -- grants on anything else: functions, large objects, tablespaces, parameters, types, languages, ...
+       EXISTS (SELECT 1 FROM pg_shdepend d WHERE d.refobjid = r.oid AND d.refclassid = 'pg_authid'::regclass
+               AND d.deptype = 'a'
+               AND d.dbid IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+               AND d.classid NOT IN ('pg_class'::regclass, 'pg_namespace'::regclass, 'pg_database'::regclass,
+                                     'pg_default_acl'::regclass)) AS other_privileges
 FROM pg_roles r WHERE r.rolname = %s
 """
 
@@ -348,19 +375,24 @@ def _powers_beyond_reading(conn: psycopg.Connection, role: str) -> list[str] | N
     row = conn.execute(_ROLE_POWERS, (role,)).fetchone()
     if row is None:
         return None
-    superuser, createrole, createdb, replication, bypassrls, member_of, owns, table_privileges, schema, database = row
+    (superuser, createrole, createdb, replication, bypassrls, member_of, owns, table_privileges, column_privileges,
+     default_privileges, schema, database, other) = row
     powers = [name for name, has in (("SUPERUSER", superuser), ("CREATEROLE", createrole), ("CREATEDB", createdb),
                                      ("REPLICATION", replication), ("BYPASSRLS", bypassrls)) if has]
     if member_of:
         powers.append(f"member of {', '.join(member_of)}")
     if owns:
         powers.append("owner of database objects")
-    if table_privileges:
-        powers.append(f"table privileges {', '.join(table_privileges)}")
+    for kind, granted in (("table", table_privileges), ("column", column_privileges),
+                          ("default", default_privileges)):
+        if granted:
+            powers.append(f"{kind} privileges {', '.join(granted)}")
     if schema:
         powers.append("schema privileges beyond USAGE")
     if database:
         powers.append("database privileges beyond CONNECT")
+    if other:
+        powers.append("privileges on functions, large objects, tablespaces, parameters or other objects")
     return powers
 
 
@@ -425,7 +457,7 @@ class ProvisionedReadOnlyDatabase(ReadOnlyDatabase):
         params = conninfo_to_dict(self.primary.conninfo())
         params.pop("password", None)
         params["user"] = self.role
-        return connect_or_explain(make_conninfo(**params), describe=self.describe(), options=READ_ONLY_SESSION)
+        return connect_or_explain(make_conninfo(**params), describe=self.describe(), options=self._options)
 
     def describe(self) -> str:
         return f"role {self.role!r} on {self.primary.describe()}"

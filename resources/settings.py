@@ -50,6 +50,7 @@ class PlatformSettings:
     sns_topic_arn: str | None = None
     notify_webhook_url: str | None = None
     embeddings_retention: int = 2
+    readonly_statement_timeout_seconds: int = 600
     max_event_bytes: int = 1024 * 1024
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
@@ -119,6 +120,10 @@ class PlatformSettings:
         retention = get("EMBEDDINGS_RETENTION") or "2"
         if not retention.isdigit():
             raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
+        readonly_timeout = get("READONLY_STATEMENT_TIMEOUT_SECONDS") or "600"
+        if not readonly_timeout.isdigit() or not 1 <= int(readonly_timeout) <= 3600:
+            raise ConfigurationError("READONLY_STATEMENT_TIMEOUT_SECONDS must be a whole number of seconds from 1 to "
+                                     f"3600, not {readonly_timeout!r}")
         max_event_bytes = get("MAX_EVENT_BYTES") or str(1024 * 1024)
         if not max_event_bytes.isdigit() or not 1024 <= int(max_event_bytes) <= 10 * 1024 * 1024:
             raise ConfigurationError("MAX_EVENT_BYTES must be a whole number of bytes from 1024 to 10485760 (10 MiB, "
@@ -140,6 +145,7 @@ class PlatformSettings:
             sns_topic_arn=get("SNS_TOPIC_ARN"),
             notify_webhook_url=get("NOTIFY_WEBHOOK_URL"),
             embeddings_retention=int(retention),
+            readonly_statement_timeout_seconds=int(readonly_timeout),
             max_event_bytes=int(max_event_bytes),
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -226,14 +232,15 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
     else:
         app_db = EmbeddedPostgresDatabase(data_dir=str(settings.embedded_postgres_dir))
 
+    timeout = {"statement_timeout_seconds": settings.readonly_statement_timeout_seconds}
     if settings.readonly_database_url:
-        readonly_db = ReadOnlyUrlDatabase(url=secret("READONLY_DATABASE_URL", settings.readonly_database_url))
+        readonly_db = ReadOnlyUrlDatabase(url=secret("READONLY_DATABASE_URL", settings.readonly_database_url), **timeout)
     elif settings.readonly_secret_id:
         readonly_db = SecretsManagerReadOnlyDatabase(
-            secret_id=settings.readonly_secret_id, secretsmanager=SecretsManagerResource(**aws)
+            secret_id=settings.readonly_secret_id, secretsmanager=SecretsManagerResource(**aws), **timeout
         )
     else:
-        readonly_db = ProvisionedReadOnlyDatabase(primary=app_db, role=settings.readonly_role)
+        readonly_db = ProvisionedReadOnlyDatabase(primary=app_db, role=settings.readonly_role, **timeout)
 
     kind, location, prefix = parse_artifacts_uri(settings.artifacts_uri)
     if kind == "s3":
@@ -287,7 +294,9 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "sagemaker": sagemaker,
         "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
         "source_db": source_db,
-        "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention),
+        # a load keeps trying to swap for longer than a read-only query may hold the tables
+        "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention,
+                                  swap_wait_seconds=settings.readonly_statement_timeout_seconds + 300),
         "events": events,
         "registry": registry,
         "notifier": notifier,

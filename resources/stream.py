@@ -130,7 +130,8 @@ class LocalEventStream(EventStream):
             if current.exists() and current.stat().st_size >= self.segment_bytes:
                 current = folder / _segment_name(segments[-1] + 1)
             arrival = datetime.now(timezone.utc).isoformat()
-            lines = []
+            # a writer that died mid-line left a torn last line: end it, so the next event starts a line of its own
+            lines = ["\n"] if _ends_torn(current) else []
             for payload in payloads:
                 try:
                     body = {"data": payload.decode("utf-8")}
@@ -176,7 +177,8 @@ class LocalEventStream(EventStream):
             while len(records) < limit:
                 end = chunk.find(b"\n", position)
                 if end >= 0:
-                    records.append(self._line_record(chunk[position:end], segment, offset + position))
+                    if chunk[position:end].strip():  # a blank line (a writer's repair of a torn line) is no event
+                        records.append(self._line_record(chunk[position:end], segment, offset + position))
                     position = end + 1
                     continue
                 if position == 0 and len(chunk) == chunk_bytes:
@@ -194,14 +196,32 @@ class LocalEventStream(EventStream):
         try:
             item = json.loads(line)
             data = base64.b64decode(item["data_b64"]) if "data_b64" in item else item["data"].encode("utf-8")
-            arrival = datetime.fromisoformat(item["arrival"])
+            arrival = item["arrival"]
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             # not a line `put` wrote (another writer, a damaged file): its bytes are the event, to be dead-lettered
             return StreamRecord.limited(LOCAL_SHARD, sequence, line, datetime.now(timezone.utc), self.max_record_bytes)
-        return StreamRecord.limited(LOCAL_SHARD, sequence, data, arrival, self.max_record_bytes)
+        return StreamRecord.limited(LOCAL_SHARD, sequence, data, _arrival(arrival), self.max_record_bytes)
+
+
+def _arrival(text) -> datetime:
+    """A stored arrival time in UTC; when it cannot be read as one (a foreign writer), the time it is read."""
+    try:
+        moment = datetime.fromisoformat(text)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, TypeError, OverflowError):
+        return datetime.now(timezone.utc)
 
 
 _ARRIVAL = re.compile(rb'^\{"arrival":"([^"]{1,64})"')
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether the segment's last line has no line end (its writer died mid-write)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def _find_line_end(handle) -> int | None:
@@ -219,10 +239,7 @@ def _find_line_end(handle) -> int | None:
 def _oversize_line(head: bytes, segment: int, offset: int, length: int) -> StreamRecord:
     """A record for a line too long to read whole: its first bytes and its size, arrival from its start."""
     match = _ARRIVAL.match(head)
-    try:
-        arrival = datetime.fromisoformat(match.group(1).decode()) if match else datetime.now(timezone.utc)
-    except ValueError:
-        arrival = datetime.now(timezone.utc)
+    arrival = _arrival(match.group(1).decode("ascii", "replace")) if match else datetime.now(timezone.utc)
     return StreamRecord(LOCAL_SHARD, f"{segment:08d}:{offset:012d}", head[:PREVIEW_BYTES], arrival, length)
 
 

@@ -81,7 +81,14 @@ def with_history(code: str) -> dict:
 
 # Each of these failed a whole micro-batch (and so a whole hour, or a whole Firehose invocation) before.
 POISON = {
-    "deeply nested": (nested(1_500), "nested too deeply"),
+    "deeply nested": (nested(1_500), "nested deeper than 32 levels"),
+    "nested just inside the parser's limit, as the session id": (
+        b'{"session_id": ' + b"[" * 500 + b"]" * 500 + b"}", "field session_id must be a non-empty string, not an array"),
+    "nested 40 levels in a field nobody reads": (json.dumps({**GOOD, "extra": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}).encode(),
+                                                 "nested deeper than 32 levels"),
+    "NaN in a field nobody reads": (json.dumps(GOOD)[:-1].encode() + b', "extra": NaN}', "NaN is not a JSON value"),
+    "1e400 in a field nobody reads": (json.dumps(GOOD)[:-1].encode() + b', "extra": 1e400}', "extra is not a finite number"),
+    "NUL in a field nobody reads": (json.dumps({**GOOD, "extra": "a\u0000b"}).encode(), "extra contains a NUL character"),
     "NUL in a product code": (json.dumps(with_history("S10_\u0000")).encode(), "product_code contains a NUL character"),
     "NUL in the city": (json.dumps({**GOOD, "city": "Nan\u0000tes"}).encode(), "field city contains a NUL character"),
     "lone surrogate in a product code": (json.dumps(with_history("S10_\ud800")).encode(),

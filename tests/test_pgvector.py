@@ -10,7 +10,9 @@ import pytest
 
 from recsys_assets.embeddings import EmbeddingRows
 from resources.pgvector import (
+    EmbeddingsBusyError,
     EmbeddingsLoadError,
+    EmbeddingsMismatchError,
     EmbeddingsVersionChanged,
     PgVectorStore,
     UnknownItemError,
@@ -299,3 +301,86 @@ def test_a_query_for_one_version_refuses_the_items_of_another(store):
         asked.similar_items_batch(["S00001"], 3, version="q1")
     assert len(asked.recommend_batch(query, 3, [()])[0]) == 3  # without a version: no check
     asked.close()
+
+
+def test_a_version_of_another_dimension_going_live_is_a_version_change_not_bad_data(store):
+    """Vectors of the old version's dimension against a new live version of another dimension: the query
+    says the version changed (the caller starts again with the new one) instead of blaming the values; and
+    vectors that fit no version's dimension fail the whole batch, never event by event."""
+    table = store.model_copy(update={"item_table": "dims_emb"})
+    table.load_version("d32", {"dims_emb": item_rows(30, seed=71)}, 32)
+    query = item_rows(1, seed=72).vectors
+    table.load_version("d16", {"dims_emb": item_rows(30, dim=16, seed=73)}, 16)
+    with pytest.raises(EmbeddingsVersionChanged, match="expected model version d32, found d16"):
+        table.recommend_batch(query, 3, [()], version="d32")
+    with pytest.raises(EmbeddingsMismatchError, match="dimension 32 against embeddings of dimension 16"):
+        table.recommend_batch(query, 3, [()], version="d16")
+    table.close()
+
+
+def test_the_live_version_check_holds_whatever_the_servers_default_isolation(store):
+    """Under a database default of REPEATABLE READ a query's snapshot could predate the swap it waited for;
+    the store's sessions read committed, so a query meant for v1 that waited for a swap to v2 says so."""
+    table = store.model_copy(update={"item_table": "iso_emb"})
+    table.load_version("i1", {"iso_emb": item_rows(40, seed=81)}, 32)
+    with store.db.connect(autocommit=True) as admin:
+        database = admin.execute("SELECT current_database()").fetchone()[0]
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_isolation = \'repeatable read\'')
+    try:
+        reader = PgVectorStore(db=store.db, item_table="iso_emb")  # sessions opened under the new default
+        reader.recommend_batch(item_rows(1, seed=82).vectors, 3, [()], version="i1")  # connected, plans cached
+        staging = table.model_copy(update={"item_table": "iso_emb_next"})
+        staging.load_version("i2", {"iso_emb_next": item_rows(45, seed=83)}, 32)
+        outcome = []
+        with store.db.connect() as swap:  # a swap, held open while the reader arrives
+            swap.execute("LOCK TABLE iso_emb IN ACCESS EXCLUSIVE MODE")
+            swap.execute("ALTER TABLE iso_emb RENAME TO iso_emb_old")
+            swap.execute("ALTER TABLE iso_emb_next RENAME TO iso_emb")
+            swap.execute("UPDATE embedding_versions SET status = 'previous' WHERE logical_table = 'iso_emb'")
+            swap.execute("UPDATE embedding_versions SET logical_table = 'iso_emb' WHERE logical_table = 'iso_emb_next'")
+
+            def read():
+                try:
+                    outcome.append(reader.recommend_batch(item_rows(1, seed=82).vectors, 3, [()], version="i1"))
+                except EmbeddingsVersionChanged as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=read)
+            thread.start()
+            with store.db.connect(autocommit=True) as observer:  # until the reader waits on the swap's lock
+                deadline = time.monotonic() + 20
+                while not observer.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event_type = "
+                                           "'Lock' AND query LIKE '%%iso_emb%%')").fetchone()[0]:
+                    assert time.monotonic() < deadline, "the reader never waited"
+                    time.sleep(0.05)
+            swap.commit()
+        thread.join(timeout=30)
+        [result] = outcome
+        assert isinstance(result, EmbeddingsVersionChanged) and result.live == "i2", result
+        reader.close()
+    finally:
+        with store.db.connect(autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_isolation')
+        table.close()
+
+
+def test_a_reader_holding_a_table_delays_a_load_but_never_hangs_it(store):
+    """A reader on the live table: the swap keeps trying in short lock waits (so the readers queued behind
+    it wait seconds, not for as long as the reader reads) and gives up cleanly, tables unchanged. A reader
+    on an old table the retention would drop: the load completes and leaves that table for the next one."""
+    busy = store.model_copy(update={"swap_wait_seconds": 3, "lock_timeout_seconds": 1, "retention": 1})
+    busy.load_version("b1", {"busy_emb": item_rows(30, seed=91)}, 32)
+    with store.db.connect() as reader:
+        reader.execute("SELECT count(*) FROM busy_emb").fetchone()  # holds the live table until it ends
+        with pytest.raises(EmbeddingsBusyError, match="readers kept the tables locked"):
+            busy.load_version("b2", {"busy_emb": item_rows(31, seed=92)}, 32)
+        assert busy.active_version("busy_emb") == "b1"
+    busy.load_version("b2", {"busy_emb": item_rows(31, seed=92)}, 32)
+    old = next(v["physical_table"] for v in busy.versions("busy_emb") if v["version"] == "b1")
+    with store.db.connect() as reader:
+        reader.execute(f"SELECT count(*) FROM {old}").fetchone()  # someone still reads the replaced version
+        report = busy.load_version("b3", {"busy_emb": item_rows(32, seed=93)}, 32)["busy_emb"]
+        assert busy.active_version("busy_emb") == "b3" and old not in report.dropped_tables
+    report = busy.load_version("b4", {"busy_emb": item_rows(33, seed=94)}, 32)["busy_emb"]
+    assert old in report.dropped_tables  # dropped by the next load, once free
+    busy.close()

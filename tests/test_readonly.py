@@ -297,13 +297,26 @@ def test_a_privileged_existing_role_is_refused_and_left_unchanged(seeded):
     ("ALTER ROLE {role} CREATEDB", "CREATEDB"),
     ("GRANT CREATE ON SCHEMA public TO {role}", "schema privileges beyond USAGE"),
     ("ALTER TABLE accounts OWNER TO {role}", "owner of database objects"),
+    ("GRANT UPDATE (balance), INSERT (id) ON accounts TO {role}", "column privileges INSERT, UPDATE"),
+    ("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT INSERT, DELETE ON TABLES TO {role}",
+     "default privileges DELETE, INSERT"),
+    ("GRANT SET ON PARAMETER session_replication_role TO {role}", "privileges on functions, large objects"),
+    ("CREATE FUNCTION wipe_{role}() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM accounts'; "
+     "REVOKE EXECUTE ON FUNCTION wipe_{role}() FROM PUBLIC; GRANT EXECUTE ON FUNCTION wipe_{role}() TO {role}",
+     "privileges on functions, large objects"),
+    ("SELECT lo_create(0) AS oid \\gset", None),  # replaced below: a large object the role may update
 ])
 def test_an_existing_role_with_more_than_reading_is_refused(seeded, grant, power):
     role = f"hostile_{uuid.uuid4().hex[:8]}"
     with seeded.connect(autocommit=True) as conn:
         owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'accounts'").fetchone()[0]
         conn.execute(f"CREATE ROLE {role} LOGIN")
-        conn.execute(grant.format(role=role))
+        if power is None:  # a large object the role may write
+            oid = conn.execute("SELECT lo_create(0)").fetchone()[0]
+            conn.execute(f"GRANT UPDATE ON LARGE OBJECT {oid} TO {role}")
+            power = "privileges on functions, large objects"
+        else:
+            conn.execute(grant.format(role=role))
     try:
         with pytest.raises(ReadOnlyRoleError, match=power):
             ProvisionedReadOnlyDatabase(primary=seeded, role=role).query("SELECT 1")
@@ -312,6 +325,8 @@ def test_an_existing_role_with_more_than_reading_is_refused(seeded, grant, power
         with seeded.connect(autocommit=True) as conn:
             conn.execute(f"ALTER TABLE accounts OWNER TO {owner}")
             conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"REVOKE ALL ON PARAMETER session_replication_role FROM {role}")
+            conn.execute(f"DROP FUNCTION IF EXISTS wipe_{role}()")
             conn.execute(f"DROP ROLE {role}")
 
 
@@ -323,3 +338,17 @@ def test_an_existing_role_that_only_reads_is_taken(seeded):
     ro = ProvisionedReadOnlyDatabase(primary=seeded, role=role)
     assert ro.query("SELECT count(*) AS n FROM accounts")["n"].iloc[0] == 2
     assert ro.test_connection().ok
+
+
+def test_a_reader_cannot_hold_the_tables_longer_than_its_statement_timeout(seeded):
+    """A long query, or a `query_chunks` left half-read, ends after the timeout, and its locks with it."""
+    readonly = ProvisionedReadOnlyDatabase(primary=seeded, role="analyst_ro", statement_timeout_seconds=1)
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        readonly.query("SELECT pg_sleep(30)")
+    chunks = readonly.query_chunks("SELECT g FROM generate_series(1, 10000) g", chunk_rows=10)
+    next(chunks)  # a notebook that read one chunk and went to lunch
+    time.sleep(2.5)
+    with seeded.connect(autocommit=True) as conn:  # the session is gone, and the lock on the table with it
+        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'analyst_ro'").fetchone()[0] == 0
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):
+        list(chunks)

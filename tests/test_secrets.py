@@ -30,6 +30,8 @@ HOSTILE = [
     f"mysql+pymysql://app:p@{PASSWORD}@db.example.com/classicmodels",  # an unencoded '@' in the password
     f"mysql+pymysql://app:{PASSWORD}@db.example.com:notaport/classicmodels",
     PASSWORD,
+    f"postgresql://app:Zq9/{PASSWORD}@127.0.0.1:1/mldp",  # a raw '/': libpq takes 'Zq9' for a port, the rest for a database
+    f"postgresql://app:correct@{PASSWORD}@127.0.0.1:1/mldp",  # a raw '@': the rest shows as a host
 ]
 URL_SETTINGS = ["DATABASE_URL", "READONLY_DATABASE_URL", "SOURCE_DATABASE_URL", "DAGSTER_PG_URL", "NOTIFY_WEBHOOK_URL"]
 
@@ -139,7 +141,7 @@ with dg.DagsterInstance.get() as instance:
     return done.stdout + done.stderr, home
 
 
-@pytest.mark.parametrize("value", [HOSTILE[0], HOSTILE[2], HOSTILE[3], HOSTILE[7]])
+@pytest.mark.parametrize("value", [HOSTILE[0], HOSTILE[2], HOSTILE[3], HOSTILE[7], HOSTILE[10]])
 def test_a_failed_run_leaves_no_password_in_dagsters_storage_or_on_the_console(tmp_path, value):
     console, home = run_failing_jobs(tmp_path, value)
     assert "STEP_FAILURE" in console  # the runs did fail, and said so

@@ -2,6 +2,7 @@
 
 import json
 import threading
+from datetime import datetime, timezone
 
 import pytest
 
@@ -154,3 +155,24 @@ def test_kinesis_oversize_records_are_previews(moto, boto_client):
     records, _checkpoint = stream.read({})
     assert [r.oversize_bytes for r in records] == [0, 5_000, 0]
     assert records[1].data == b"w" * 1024 and numbers([records[0], records[2]]) == [0, 1]
+
+
+def test_local_stream_lines_with_odd_arrivals_blank_lines_and_a_torn_last_line(tmp_path):
+    """What a damaged segment holds never stops reading: an arrival no clock can hold is read as the time it
+    is read, blank lines are no events, and a line a dead writer tore is ended before the next event."""
+    stream = LocalEventStream(root=str(tmp_path / "s"))
+    stream.put(payloads(0, 1))
+    segment = next((tmp_path / "s").glob("segment-*.jsonl"))
+    with open(segment, "ab") as handle:
+        handle.write(b'{"arrival":"9999-12-31T23:30:00-05:00","data":"{\\"n\\": 1}"}\n')  # beyond UTC's range
+        handle.write(b'{"arrival":"2026-03-01T10:00:00","data":"{\\"n\\": 2}"}\n')  # no offset: taken as UTC
+        handle.write(b"\n   \r\n")
+        handle.write(b'{"arrival":"2026-11-22T10:00:00+00:00","data":"{\\"n\\": 99')  # a writer died here
+    stream.put(payloads(3, 1))
+    before = datetime.now(timezone.utc)
+    records, _checkpoint = stream.read({})
+    assert [r.data for r in records][:3] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    assert records[1].arrival >= before and records[2].arrival == datetime(2026, 3, 1, 10, tzinfo=timezone.utc)
+    torn, last = records[3:]
+    assert torn.data.startswith(b'{"arrival":"2026-11-22T10:00:00+00:00","data":"{\\"n\\": 99')  # dead-lettered
+    assert numbers([last]) == [3]  # the next event is whole, not glued to the torn line

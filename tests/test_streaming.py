@@ -226,3 +226,26 @@ def _is_good(payload: bytes) -> bool:
     except EventRejected:
         return False
     return True
+
+
+def test_events_outside_the_hourly_partitions_are_dead_lettered_by_the_sensor(world, tmp_path):
+    """An event from before the first partition (an old segment, a long-retention Kinesis stream) or from
+    the future (a writer's clock) has no hour to go to: the sensor dead-letters it and goes on, instead of
+    failing every tick on a partition that does not exist."""
+    stream = LocalEventStream(root=str(tmp_path / "stream"))
+    artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
+    produce(stream, world, 5, seed=14)
+    segment = next((tmp_path / "stream").glob("segment-*.jsonl"))
+    with open(segment, "ab") as handle:
+        for arrival in ("2025-06-01T10:00:00+00:00", "2999-01-01T00:00:00+00:00"):
+            handle.write(json.dumps({"arrival": arrival, "data": json.dumps(GOOD)}).encode() + b"\n")
+    produce(stream, world, 5, seed=15)
+    result, cursor = tick(stream, artifacts)
+    archived = sum(len(artifacts.read_text(i.key).splitlines()) for i in artifacts.list("raw_events/"))
+    assert archived == 10 and result.run_requests
+    [outside] = artifacts.list("dead_letter/outside_partitions/")
+    letters = read_lines(artifacts, outside.key)
+    assert [letter["arrival"][:4] for letter in letters] == ["2025", "2999"]
+    assert all(letter["reason"].startswith("arrival outside the hourly partitions") for letter in letters)
+    again, _ = tick(stream, artifacts, cursor)
+    assert not again.run_requests
