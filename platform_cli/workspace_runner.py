@@ -140,15 +140,10 @@ class WorkspaceRunner:
     # --- runs ----------------------------------------------------------------------------------------------
 
     def launch(self, job_name: str, run_config: Mapping | dg.RunConfig | None = None,
-               tags: Mapping[str, str] | None = None, partition_key: str | None = None) -> str:
+               tags: Mapping[str, str] | None = None) -> str:
         """Create a run of `job_name` as the UI's Launchpad does and launch it now; returns its run id."""
         from dagster._config import validate_config_from_snap
         from dagster._core.definitions.selector import JobSubsetSelector
-        from dagster._core.remote_representation.external_data import (
-            PartitionConfigSnap,
-            PartitionExecutionErrorSnap,
-            PartitionTagsSnap,
-        )
 
         location, repository = self._location_and_repository()
         if not repository.has_job(job_name):
@@ -157,16 +152,6 @@ class WorkspaceRunner:
                                                         job_name=job_name, op_selection=None))
         run_config = dict(run_config.to_config_dict() if isinstance(run_config, dg.RunConfig) else run_config or {})
         run_tags = {**(remote_job.tags or {})}
-        if partition_key is not None:  # the Launchpad's partition picker: the partition's tags and config
-            for snap in (location.get_partition_tags_from_repo(repository.handle, job_name, partition_key, self.instance),
-                         location.get_partition_config(repository.handle, job_name, partition_key, self.instance)):
-                if isinstance(snap, PartitionExecutionErrorSnap):
-                    reason = snap.error.to_string() if snap.error else "error"
-                    raise WorkspaceRunnerError(f"partition {partition_key} of {job_name}: {reason}")
-                if isinstance(snap, PartitionTagsSnap):
-                    run_tags.update(snap.tags)
-                elif isinstance(snap, PartitionConfigSnap) and snap.run_config:
-                    run_config = {**snap.run_config, **run_config}  # the caller's config wins
         run_tags.update(tags or {})
         validated = validate_config_from_snap(remote_job.config_schema_snapshot, remote_job.root_config_key, run_config)
         if not validated.success:
