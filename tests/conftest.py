@@ -7,9 +7,12 @@ talks HTTP to moto's server exactly as it would to AWS.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import socket
+import subprocess
 import urllib.request
 import uuid
 from pathlib import Path
@@ -29,6 +32,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop a server started with ``start_new_session=True`` as Ctrl-C would (its children too), or kill it."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    """A query to the Dagster webserver on `port`; its data (a response with errors fails the test)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    assert "errors" not in payload, payload
+    return payload["data"]
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,15 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from resources.postgres import stop_embedded_server
-from tests.conftest import free_port
+from tests.conftest import free_port, graphql, stop_process_group
 
 
 def mldp(*args, env):
@@ -86,13 +84,6 @@ query View($sensor: String!, $job: String!) {
 }"""
 
 
-def graphql(port: int, query: str, variables: dict) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"query": query, "variables": variables}).encode())
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["data"]
-
-
 def notifications(env) -> list[str]:
     return (Path(env["DATA_DIR"]) / "notifications.jsonl").read_text().splitlines()
 
@@ -127,11 +118,7 @@ def the_ui_carries_on_from_the_demo(env, tmp_path):
                     first_ticks.setdefault(sensor, done[-1])
             time.sleep(2)
     finally:
-        os.killpg(dev.pid, signal.SIGINT)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
+        stop_process_group(dev)
         log.close()
     assert set(first_ticks) == set(SENSORS), (tmp_path / "mldp-dev.log").read_text()[-4000:]
     for sensor, tick in first_ticks.items():

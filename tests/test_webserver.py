@@ -21,7 +21,7 @@ from resources.dagster_instance import prepare_dagster_home
 from resources.model_registry import LocalModelRegistry
 from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server
 from resources.settings import PROJECT_ROOT, PlatformSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, graphql, stop_process_group
 
 ASSET_GRAPH = "{ assetNodes { assetKey { path } dependencyKeys { path } groupName } }"
 LAUNCH = """
@@ -45,18 +45,6 @@ query Checks($runId: ID!) {
     assetMaterializations(limit: 1) { runId metadataEntries { label ... on IntMetadataEntry { intValue } } }
   }
 }"""
-
-
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        payload = json.loads(response.read())
-    assert "errors" not in payload, payload
-    return payload["data"]
 
 
 @pytest.fixture
@@ -97,11 +85,7 @@ def dagster_dev(tmp_path, datasets_dir):
             pytest.fail(f"dagster dev did not come up:\n{log_tail()}")
         time.sleep(1)
     yield port, db, log_tail, data_dir
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    stop_process_group(process)
     log.close()
     stop_embedded_server(data_dir / "postgres")
 
