@@ -149,7 +149,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                *args.dagster_args]
     print(f"DAGSTER_HOME={home}")
-    return subprocess.call(command, env=env, cwd=PROJECT_ROOT)
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # dagster dev got the Ctrl-C too: let it shut its services down
+        return process.wait()
 
 
 def cmd_psql(args: argparse.Namespace) -> int:
