@@ -403,7 +403,7 @@ class PgVectorStore(dg.ConfigurableResource):
         tables of this version replaced)."""
         swapped = {}
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
+            self._short_lock_wait(conn)
             for table in sorted(prepared):  # one order for every loader: no deadlock between two loads
                 staging, load_seconds, index_seconds = staged[table]
                 active = conn.execute(
@@ -452,13 +452,17 @@ class PgVectorStore(dg.ConfigurableResource):
         lock timeout: the load never hangs on a reader of an old table."""
         try:
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
+                self._short_lock_wait(conn)
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
                 if then:
                     conn.execute(then, params)
             return True
         except psycopg.errors.LockNotAvailable:
             return False
+
+    def _short_lock_wait(self, conn) -> None:
+        """Inside a transaction: wait at most `lock_timeout_seconds` for any lock it takes."""
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
 
     def _exclusively(self, work, what: str):
         """`work` (a transaction that takes ACCESS EXCLUSIVE locks with the short `lock_timeout_seconds`), tried
@@ -487,7 +491,7 @@ class PgVectorStore(dg.ConfigurableResource):
 
     def _roll_back(self, conn, tables: tuple[str, ...]) -> str:
         with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_seconds}s")))
+            self._short_lock_wait(conn)
             target = None
             for table in tables:
                 active = conn.execute(
