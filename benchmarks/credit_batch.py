@@ -32,7 +32,7 @@ from resources.datasets import ReferenceDatasets  # noqa: E402
 from resources.model_registry import LocalModelRegistry  # noqa: E402
 from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
 from resources.readonly import ProvisionedReadOnlyDatabase  # noqa: E402
-from resources.sagemaker import SageMakerResource  # noqa: E402
+from resources.sagemaker import LocalSageMakerJobs  # noqa: E402
 
 STAGES = ["eligible_customers", "credit_scores", "limit_decisions", "customer_updates"]
 
@@ -81,7 +81,7 @@ def main() -> int:
             "app_db": app_db,
             "readonly_db": ProvisionedReadOnlyDatabase(primary=app_db),
             "artifacts": artifacts,
-            "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(work / "sagemaker")),
+            "sagemaker": LocalSageMakerJobs(artifacts=artifacts, work_dir=str(work / "sagemaker")),
             "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
             # the model just trained scores (it is registered; approval is not what is measured here)
             "registry": LocalModelRegistry(db=app_db, version_policy="newest"),

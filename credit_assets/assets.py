@@ -42,7 +42,7 @@ from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version, read_manifest, read_verified, sha256_hex
 from resources.postgres import PostgresDatabase
 from resources.readonly import ReadOnlyDatabase
-from resources.sagemaker import MetricDefinition, SageMakerResource
+from resources.sagemaker import MetricDefinition, SageMakerJobs
 
 GROUP = "credit"
 # Scoring runs queue one after the other (deploy/dagster.*.yaml limits each pool to one run), so batches are
@@ -130,7 +130,7 @@ TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.
 
 
 @dg.asset(group_name=GROUP, deps=[credit_training_data], kinds={"torch", "sagemaker"})
-def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, sagemaker: SageMakerResource,
+def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, sagemaker: SageMakerJobs,
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The credit scorecard: a torch logistic regression on the application features, scaled to points.
 
@@ -156,7 +156,8 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
     model_dir = Path(job.model_dir)
     metrics = json.loads((model_dir / scorecard.METRICS_FILE).read_text())
     files = {name: model_dir / name for name in MODEL_BUNDLE_FILES}
-    files["model.tar.gz"] = artifacts.read_bytes(artifacts.key_from_uri(job.model_data_uri))
+    # only a model the serving container can load is published and registered
+    files["model.tar.gz"] = sagemaker.read_servable_model(artifacts.key_from_uri(job.model_data_uri))
     manifest = publish_version(
         artifacts,
         MODEL_PREFIX,
@@ -258,13 +259,14 @@ class CreditScoresConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"}, pool=SCORING_POOL)
-def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig, sagemaker: SageMakerResource,
+def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig, sagemaker: SageMakerJobs,
                   artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """New scorecard points and decline probability for each eligible customer of the run's batch, from the
     newest Approved model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest), or
     the version the run config names (the approval sensor pins the version it approved).
 
-    Batch inference through SageMaker Batch Transform (``model_code/inference.py``; run locally by default).
+    Batch inference through SageMaker Batch Transform, served by the ``code/inference.py`` inside the model's
+    ``model.tar.gz`` (run locally by default).
     Customers with a category value the model never saw are skipped and counted per column.
     """
     upstream = batch_step(context, "eligible_customers")
@@ -287,8 +289,7 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
         for name, data in scoring.transform_input(scorable, TRANSFORM_PART_ROWS):
             artifacts.write_bytes(join_key(input_prefix, name), data)
         job = sagemaker.batch_transform(
-            job_name=job_name, source_dir=MODEL_CODE_DIR, entry_point="inference.py",
-            model_data_key=join_key(MODEL_PREFIX, version, "model.tar.gz"),
+            job_name=job_name, model_data_key=join_key(MODEL_PREFIX, version, "model.tar.gz"),
             input_prefix=input_prefix, output_prefix=output_prefix,
             tags={"project": "credit-limit-increase", "batch_id": batch_id, "model_version": version},
             log=context.log.debug,

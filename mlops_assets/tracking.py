@@ -16,7 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from resources.metadata import markdown_table
-from resources.sagemaker import SageMakerResource, TrainingJob
+from resources.sagemaker import SageMakerJobs, TrainingJob
 from resources.tracking import InputDataset, TrackedRun, TrackingStore
 
 GROUP = "mlops"
@@ -70,7 +70,7 @@ class TrainingRunsConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"})
-def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig, sagemaker: SageMakerResource,
+def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig, sagemaker: SageMakerJobs,
                   tracking: TrackingStore) -> dg.MaterializeResult:
     """Completed training jobs that opted in (tag ``MODEL_DB_SYNC``), recorded once each in the tracking
     tables; the materialisation history lists what each sync recorded."""
@@ -119,7 +119,7 @@ MAX_ATTEMPTS = 4
 
 
 @dg.sensor(job=training_runs_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMakerResource,
+def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMakerJobs,
                          tracking: TrackingStore) -> dg.SensorResult:
     """Requests a `training_runs` sync for completed training jobs it has not seen yet.
 

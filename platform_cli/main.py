@@ -131,13 +131,17 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_sagemaker_pipeline(args: argparse.Namespace) -> int:
-    from mlops_assets.sagemaker_pipeline import CreditPipelineExportConfig, export_credit_pipeline
+    from mlops_assets.sagemaker_pipeline import CreditPipelineExportConfig, PipelineExportError, export_credit_pipeline
 
     with open_resources(_settings()) as resources:
-        result = export_credit_pipeline(CreditPipelineExportConfig(upsert=args.upsert), resources.sagemaker,
-                                        resources.registry)
-    print(f"SageMaker Pipeline {result['pipeline']}: {result['outcome']} ({result['steps']} steps); "
-          f"definition at {result['definition_uri']}")
+        try:
+            result = export_credit_pipeline(CreditPipelineExportConfig(upsert=args.upsert), resources.sagemaker,
+                                            resources.registry)
+        except PipelineExportError as exc:
+            print(f"mldp sagemaker-pipeline: {exc}", file=sys.stderr)
+            return 2
+    print(f"SageMaker Pipeline {result['pipeline']}: {result['outcome']} ({len(result['steps'])} steps: "
+          f"{', '.join(result['steps'])}); definition at {result['definition_uri']}")
     return 0
 
 

@@ -24,7 +24,7 @@ from resources.metadata import markdown_mapping
 from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version
 from resources.pgvector import PgVectorStore
-from resources.sagemaker import MetricDefinition, SageMakerResource
+from resources.sagemaker import MetricDefinition, SageMakerJobs
 from resources.source_db import SourceDatabase
 
 GROUP = "recsys"
@@ -124,7 +124,7 @@ class RecsysModelConfig(dg.Config):
 
 
 @dg.asset(group_name=GROUP, deps=[ratings_training_data, recsys_catalog], kinds={"torch", "sagemaker"})
-def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, sagemaker: SageMakerResource,
+def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, sagemaker: SageMakerJobs,
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The two-tower recommender, trained as a SageMaker script-mode job (``recsys_assets/model_code``) and
     published in the lab's layout under ``ml-artifacts/<version>/``: embeddings CSVs, ``model/``, JSON
@@ -142,7 +142,10 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
     )
     model_dir = Path(job.model_dir)
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    files = {path.relative_to(model_dir).as_posix(): path for path in sorted(model_dir.rglob("*")) if path.is_file()}
+    # the registered model is served from its model.tar.gz: only one the serving container can load goes on
+    sagemaker.check_model_archive(artifacts.key_from_uri(job.model_data_uri))
+    files = {path.relative_to(model_dir).as_posix(): path for path in sorted(model_dir.rglob("*"))
+             if path.is_file() and path.relative_to(model_dir).parts[0] != "code"}  # the lab's layout
     manifest = publish_version(artifacts, embeddings.ARTIFACTS_PREFIX, version, files, {
         "model": "two-tower",
         "dimension": config.embedding_dim,

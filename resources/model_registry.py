@@ -31,6 +31,7 @@ import dagster as dg
 import psycopg
 from pydantic import PrivateAttr
 
+from resources.aws_clients import SENSOR_TIMEOUTS, aws_client
 from resources.postgres import DatabaseUnavailableError, PostgresDatabase, SchemaOnce
 
 PENDING = "PendingManualApproval"
@@ -316,13 +317,8 @@ class SageMakerModelRegistry(ModelRegistry):
     inference_image: str = ""  # the container the packages name (the PyTorch inference image)
 
     def _client(self):
-        import boto3
-        from botocore.config import Config
-
         # short timeouts: the registry is read from sensors, which must answer within Dagster's tick timeout
-        config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 4, "mode": "standard"})
-        return boto3.client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url or None,
-                            config=config)
+        return aws_client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url, **SENSOR_TIMEOUTS)
 
     def _ensure_group(self, client, group: str) -> None:
         try:

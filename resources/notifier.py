@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
+from resources.aws_clients import aws_client
 from resources.credentials import scrub
 
 logger = logging.getLogger(__name__)
@@ -71,13 +72,9 @@ class SnsNotifier(Notifier):
         return f"SNS topic {self.topic_arn}"
 
     def _send(self, subject: str, message: str) -> str:
-        import boto3
-        from botocore.config import Config
-
         # short timeouts and no hidden retries (publish retries itself): a tick stays inside the sensor timeout
-        config = Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1, "mode": "standard"})
-        client = boto3.client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url or None,
-                              config=config)
+        client = aws_client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url, connect_timeout=5,
+                            read_timeout=10, max_attempts=1)
         return client.publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)["MessageId"]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MAX_INSTANCE_COUNT = 100  # a bound on SAGEMAKER_*_INSTANCE_COUNT; the account's service quotas may be lower
 
 
 class ConfigurationError(ValueError):
@@ -64,6 +65,8 @@ class PlatformSettings:
     sagemaker_training_image: str | None = None
     sagemaker_inference_image: str | None = None
     sagemaker_max_wait_seconds: int = 3600
+    sagemaker_training_instance_count: int = 1
+    sagemaker_transform_instance_count: int = 1
     dagster_home: Path | None = None
     dagster_pg_url: str | None = None
     # True when read from this process's environment: credentials are then passed as dg.EnvVar, so the
@@ -97,6 +100,17 @@ class PlatformSettings:
         max_wait = get("SAGEMAKER_MAX_WAIT_SECONDS") or "3600"
         if not max_wait.isdigit():
             raise ConfigurationError(f"SAGEMAKER_MAX_WAIT_SECONDS must be a whole number of seconds, not {max_wait!r}")
+        instance_counts = {}
+        for name in ("SAGEMAKER_TRAINING_INSTANCE_COUNT", "SAGEMAKER_TRANSFORM_INSTANCE_COUNT"):
+            count = get(name) or "1"
+            if not count.isdigit() or not 1 <= int(count) <= MAX_INSTANCE_COUNT:
+                raise ConfigurationError(f"{name} must be a whole number of instances from 1 to {MAX_INSTANCE_COUNT}, "
+                                         f"not {count!r}")
+            instance_counts[name] = int(count)
+        if backend == "local" and instance_counts["SAGEMAKER_TRAINING_INSTANCE_COUNT"] > 1:
+            raise ConfigurationError(
+                "SAGEMAKER_TRAINING_INSTANCE_COUNT above 1 needs SAGEMAKER_BACKEND=aws: the local backend runs one "
+                "training instance")
         stream_backend = (get("STREAM_BACKEND") or "local").lower()
         if stream_backend not in ("local", "kinesis"):
             raise ConfigurationError(f"STREAM_BACKEND must be 'local' or 'kinesis', not {stream_backend!r}")
@@ -159,6 +173,8 @@ class PlatformSettings:
             sagemaker_training_image=get("SAGEMAKER_TRAINING_IMAGE"),
             sagemaker_inference_image=get("SAGEMAKER_INFERENCE_IMAGE"),
             sagemaker_max_wait_seconds=int(max_wait),
+            sagemaker_training_instance_count=instance_counts["SAGEMAKER_TRAINING_INSTANCE_COUNT"],
+            sagemaker_transform_instance_count=instance_counts["SAGEMAKER_TRANSFORM_INSTANCE_COUNT"],
             dagster_home=Path(get("DAGSTER_HOME")).expanduser() if get("DAGSTER_HOME") else None,
             dagster_pg_url=get("DAGSTER_PG_URL"),
             from_process_env=from_process_env,
@@ -216,7 +232,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
     from resources.pgvector import PgVectorStore
     from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
     from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
-    from resources.sagemaker import SageMakerResource
+    from resources.sagemaker import AwsSageMakerJobs, LocalSageMakerJobs
     from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
     from resources.stream import KinesisEventStream, LocalEventStream
     from resources.tracking import TrackingStore
@@ -248,20 +264,25 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
     else:
         artifacts = LocalArtifactStore(root=str(Path(location).expanduser().resolve()))
 
-    sagemaker = SageMakerResource(
-        artifacts=artifacts,
-        backend=settings.sagemaker_backend,
-        work_dir=str(settings.sagemaker_work_dir),
-        role_arn=settings.sagemaker_role_arn,
-        instance_type=settings.sagemaker_instance_type,
-        framework_version=settings.sagemaker_framework_version,
-        inference_framework_version=settings.sagemaker_inference_framework_version,
-        py_version=settings.sagemaker_py_version,
-        training_image=settings.sagemaker_training_image,
-        inference_image=settings.sagemaker_inference_image,
-        max_wait_seconds=settings.sagemaker_max_wait_seconds,
-        **aws,
-    )
+    sagemaker_settings = {
+        "artifacts": artifacts,
+        "work_dir": str(settings.sagemaker_work_dir),
+        "region_name": settings.aws_region,
+        "role_arn": settings.sagemaker_role_arn,
+        "instance_type": settings.sagemaker_instance_type,
+        "training_instance_count": settings.sagemaker_training_instance_count,
+        "transform_instance_count": settings.sagemaker_transform_instance_count,
+        "framework_version": settings.sagemaker_framework_version,
+        "inference_framework_version": settings.sagemaker_inference_framework_version,
+        "py_version": settings.sagemaker_py_version,
+        "training_image": settings.sagemaker_training_image,
+        "inference_image": settings.sagemaker_inference_image,
+    }
+    if settings.sagemaker_backend == "aws":
+        sagemaker = AwsSageMakerJobs(**sagemaker_settings, endpoint_url=settings.aws_endpoint_url,
+                                     max_wait_seconds=settings.sagemaker_max_wait_seconds)
+    else:
+        sagemaker = LocalSageMakerJobs(**sagemaker_settings)
     if settings.source_database_url:
         source_db = SqlSourceDatabase(source_url=secret("SOURCE_DATABASE_URL", settings.source_database_url))
     else:  # demo classicmodels in the embedded server, even when the application database is external

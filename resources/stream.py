@@ -36,6 +36,8 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from resources.aws_clients import SENSOR_TIMEOUTS, aws_client
+
 LOCAL_SHARD = "shard-000000000000"
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' own default record size limit
 PREVIEW_BYTES = 1024  # what is kept of an oversize event, for its dead letter
@@ -258,12 +260,8 @@ class KinesisEventStream(EventStream):
     def _client(self):
         """One client per resource instance, with short timeouts: the stream is read from a sensor tick."""
         if self._kinesis is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 4, "mode": "standard"})
-            self._kinesis = boto3.client("kinesis", region_name=self.region_name,
-                                         endpoint_url=self.endpoint_url or None, config=config)
+            self._kinesis = aws_client("kinesis", region_name=self.region_name, endpoint_url=self.endpoint_url,
+                                       **SENSOR_TIMEOUTS)
         return self._kinesis
 
     def describe(self) -> str:

@@ -20,7 +20,7 @@ from resources.model_registry import LocalModelRegistry
 from resources.model_versions import list_versions
 from resources.postgres import DatabaseUnavailableError
 from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase
-from resources.sagemaker import SageMakerResource
+from resources.sagemaker import LocalSageMakerJobs
 
 ALL = [credit.customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
        credit.credit_scores, credit.limit_decisions, credit.customer_updates, credit.decisions_follow_policy,
@@ -41,7 +41,7 @@ def make_resources(app_db, workdir, datasets_dir, readonly=None, policy="newest"
         "app_db": app_db,
         "readonly_db": readonly or ProvisionedReadOnlyDatabase(primary=app_db, role="credit_ro"),
         "artifacts": artifacts,
-        "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(workdir / "sagemaker")),
+        "sagemaker": LocalSageMakerJobs(artifacts=artifacts, work_dir=str(workdir / "sagemaker")),
         "datasets": ReferenceDatasets(root=str(datasets_dir)),
     }
 
@@ -417,7 +417,7 @@ def score_in_another_process(barrier, home: str, database: str, pg_dir: str, wor
     app_db = EmbeddedPostgresDatabase(data_dir=pg_dir, database=database)
     resources = make_resources(app_db, Path(workdir), Path(datasets_dir))
     resources["artifacts"] = RendezvousArtifactStore(root=str(Path(workdir) / "artifacts"))
-    resources["sagemaker"] = SageMakerResource(artifacts=resources["artifacts"],
+    resources["sagemaker"] = LocalSageMakerJobs(artifacts=resources["artifacts"],
                                                work_dir=str(Path(workdir) / "sagemaker"))
     policy = dg.RunConfig({"limit_decisions": credit.assets.LimitPolicyConfig(approve_min_score=approve_min_score)})
     with dg.DagsterInstance.from_config(home) as instance:
@@ -442,6 +442,8 @@ def test_concurrent_scoring_runs_each_write_back_their_own_batch(trained, resour
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # the storages exist before both processes open them (creating them at once races in their migrations)
     spawn = multiprocessing.get_context("spawn")
     barrier, results = spawn.Barrier(2), spawn.Queue()
     pg_dir = str(Path(app_db.data_dir))

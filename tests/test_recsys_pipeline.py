@@ -11,7 +11,7 @@ from recsys_assets.model_code import two_tower
 from resources.artifacts import LocalArtifactStore
 from resources.model_registry import LocalModelRegistry
 from resources.pgvector import PgVectorStore
-from resources.sagemaker import SageMakerResource
+from resources.sagemaker import LocalSageMakerJobs
 from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
 
 ALL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data,
@@ -24,7 +24,7 @@ def resources_for(app_db, root, source, policy="newest"):
         "registry": LocalModelRegistry(db=app_db, version_policy=policy, env=root.name.lower().replace("_", "-")[:20]),
         "source_db": source,
         "artifacts": artifacts,
-        "sagemaker": SageMakerResource(artifacts=artifacts, work_dir=str(root / "sagemaker")),
+        "sagemaker": LocalSageMakerJobs(artifacts=artifacts, work_dir=str(root / "sagemaker")),
         "pgvector": PgVectorStore(db=app_db),
     }
 

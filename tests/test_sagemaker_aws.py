@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from resources.sagemaker import SageMakerJobError, SageMakerResource, failure_message
+from resources.sagemaker import AwsSageMakerJobs, ModelArchiveError, SageMakerJobError, failure_message
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312"
@@ -19,8 +19,8 @@ IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.8.0-cpu
 @pytest.fixture
 def sagemaker(s3_artifacts, moto):
     s3_artifacts.write_text("data/train/part-0.csv", "a,1\n")
-    return SageMakerResource(
-        artifacts=s3_artifacts, backend="aws", region_name="us-east-1", endpoint_url=moto, role_arn=ROLE,
+    return AwsSageMakerJobs(
+        artifacts=s3_artifacts, region_name="us-east-1", endpoint_url=moto, role_arn=ROLE,
         training_image=IMAGE, inference_image=IMAGE.replace("training", "inference"), poll_seconds=0.01,
         max_wait_seconds=5,
     )
@@ -41,7 +41,7 @@ def test_training_job_request_and_result(sagemaker, s3_artifacts, code_dir, boto
     s3_artifacts.write_bytes("training/credit-1/output/model.tar.gz", model_tarball({"model.json": b'{"lr": 2}'}))
     job = sagemaker.train(
         job_name="credit-1", source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
-        hyperparameters={"epochs": 3}, output_prefix="training", tags={"MODEL_DB_SYNC": "true", "team": "risk"},
+        hyperparameters={"epochs": 3, "lr": 0.5}, output_prefix="training", tags={"MODEL_DB_SYNC": "true", "team": "risk"},
     )
     client = boto_client("sagemaker")
     described = client.describe_training_job(TrainingJobName="credit-1")
@@ -49,7 +49,7 @@ def test_training_job_request_and_result(sagemaker, s3_artifacts, code_dir, boto
     assert described["AlgorithmSpecification"]["TrainingInputMode"] == "File"
     assert described["RoleArn"] == ROLE
     hps = described["HyperParameters"]
-    assert json.loads(hps["epochs"]) == "3"
+    assert hps["epochs"] == "3" and json.loads(hps["lr"]) == 0.5  # JSON-encoded, as the SDK sends them
     assert json.loads(hps["sagemaker_program"]) == "train.py"
     assert json.loads(hps["sagemaker_submit_directory"]) == "s3://ml-artifacts/platform/sagemaker/code/credit-1/sourcedir.tar.gz"
     [channel] = described["InputDataConfig"]
@@ -64,7 +64,7 @@ def test_training_job_request_and_result(sagemaker, s3_artifacts, code_dir, boto
         assert sorted(tar.getnames()) == ["inference.py", "train.py"]
     assert job.model_data_uri == "s3://ml-artifacts/platform/training/credit-1/output/model.tar.gz"
     assert json.loads(open(f"{job.model_dir}/model.json").read()) == {"lr": 2}
-    assert job.hyperparameters == {"epochs": "3"}
+    assert job.hyperparameters == {"epochs": "3", "lr": "0.5"}
 
     [listed] = sagemaker.list_training_jobs()
     assert listed.name == "credit-1" and listed.tags == {"MODEL_DB_SYNC": "true", "team": "risk"}
@@ -92,7 +92,7 @@ def test_training_without_model_output_is_an_error(sagemaker, code_dir):
                         hyperparameters={}, output_prefix="training")
 
 
-class ObservedSageMaker(SageMakerResource):
+class ObservedSageMaker(AwsSageMakerJobs):
     """The aws backend, looking at the model while its transform job runs, as SageMaker would run it; when
     `writes_output` it also writes the ``.out`` files the job would write."""
 
@@ -110,23 +110,25 @@ class ObservedSageMaker(SageMakerResource):
 OBSERVED: dict = {}
 
 
-def observed(sagemaker: SageMakerResource) -> ObservedSageMaker:
-    return ObservedSageMaker(**{name: getattr(sagemaker, name) for name in SageMakerResource.model_fields})
+def observed(sagemaker: AwsSageMakerJobs) -> ObservedSageMaker:
+    return ObservedSageMaker(**{name: getattr(sagemaker, name) for name in AwsSageMakerJobs.model_fields})
 
 
 def test_batch_transform_request(sagemaker, s3_artifacts, code_dir, boto_client):
-    s3_artifacts.write_bytes("models/v1/model.tar.gz", model_tarball({"model.json": b'{"lr": 2}'}))
+    s3_artifacts.write_bytes("models/v1/model.tar.gz", model_tarball({"model.json": b'{"lr": 2}',
+                                                                      "code/inference.py": b"def model_fn(d): ..."}))
     s3_artifacts.write_text("batch/in/part-00000.csv", "a,1\n")
     s3_artifacts.write_text("batch/in/part-00001.csv", "b,2\n")
     OBSERVED.clear()
     with pytest.raises(SageMakerJobError, match=r"completed but wrote no output for 2 input file\(s\)"):
-        observed(sagemaker).batch_transform(job_name="score-1", source_dir=code_dir, entry_point="inference.py",
-                                            model_data_key="models/v1/model.tar.gz", input_prefix="batch/in",
-                                            output_prefix="batch/out")
+        observed(sagemaker).batch_transform(job_name="score-1", model_data_key="models/v1/model.tar.gz",
+                                            input_prefix="batch/in", output_prefix="batch/out")
     client = boto_client("sagemaker")
     model = OBSERVED["model"]
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://ml-artifacts/platform/models/v1/model.tar.gz"
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    # the code comes from model.tar.gz, as after the SDK's repack; no source tarball that the container ignores
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert model["PrimaryContainer"]["Image"].endswith("pytorch-inference:2.8.0-cpu-py312")
     assert model["ExecutionRoleArn"] == ROLE
     with pytest.raises(client.exceptions.ClientError):  # the model lived only as long as its transform
@@ -140,8 +142,7 @@ def test_batch_transform_request(sagemaker, s3_artifacts, code_dir, boto_client)
 
     OBSERVED["writes_output"] = True
     job = observed(sagemaker).batch_transform(
-        job_name="score-2", source_dir=code_dir, entry_point="inference.py", model_data_key="models/v1/model.tar.gz",
-        input_prefix="batch/in", output_prefix="batch/out")
+        job_name="score-2", model_data_key="models/v1/model.tar.gz", input_prefix="batch/in", output_prefix="batch/out")
     assert job.output_keys == ["batch/out/part-00000.csv.out", "batch/out/part-00001.csv.out"]
 
 
@@ -165,14 +166,39 @@ def test_waiting_raises_on_failure_and_on_timeout(sagemaker):
 
 
 def test_framework_image_is_looked_up_by_the_sagemaker_sdk(s3_artifacts):
-    resource = SageMakerResource(artifacts=s3_artifacts, backend="aws", region_name="eu-west-1", role_arn=ROLE)
+    resource = AwsSageMakerJobs(artifacts=s3_artifacts, region_name="eu-west-1", role_arn=ROLE)
     assert resource.image_uri("training") == "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.8.0-cpu-py312"
     assert resource.image_uri("inference") == "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312"
 
 
 def test_aws_backend_needs_a_role(s3_artifacts, code_dir, moto):
-    resource = SageMakerResource(artifacts=s3_artifacts, backend="aws", endpoint_url=moto, training_image=IMAGE)
+    resource = AwsSageMakerJobs(artifacts=s3_artifacts, endpoint_url=moto, training_image=IMAGE)
     s3_artifacts.write_text("data/train/x.csv", "1\n")
     with pytest.raises(SageMakerJobError, match="SAGEMAKER_ROLE_ARN"):
         resource.train(job_name="j", source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
                        hyperparameters={}, output_prefix="training")
+
+
+def test_a_model_the_container_cannot_serve_creates_nothing(sagemaker, s3_artifacts, boto_client):
+    s3_artifacts.write_bytes("models/bare/model.tar.gz", model_tarball({"model.pt": b"weights"}))
+    s3_artifacts.write_text("batch/in/part-00000.csv", "a,1\n")
+    with pytest.raises(ModelArchiveError, match=r"s3://ml-artifacts/platform/models/bare/model\.tar\.gz has no "
+                                                r"code/inference\.py"):
+        sagemaker.batch_transform(job_name="score-bare", model_data_key="models/bare/model.tar.gz",
+                                  input_prefix="batch/in", output_prefix="batch/out")
+    client = boto_client("sagemaker")
+    assert client.list_models()["Models"] == [] and client.list_transform_jobs()["TransformJobSummaries"] == []
+
+
+def test_instance_counts_reach_the_requests(sagemaker, s3_artifacts, boto_client):
+    s3_artifacts.write_bytes("models/v1/model.tar.gz", model_tarball({"code/inference.py": b""}))
+    s3_artifacts.write_text("batch/in/part-00000.csv", "a,1\n")
+    scaled = sagemaker.model_copy(update={"transform_instance_count": 3, "training_instance_count": 2})
+    with pytest.raises(SageMakerJobError, match="wrote no output"):
+        scaled.batch_transform(job_name="score-3", model_data_key="models/v1/model.tar.gz", input_prefix="batch/in",
+                               output_prefix="batch/out")
+    client = boto_client("sagemaker")
+    assert client.describe_transform_job(TransformJobName="score-3")["TransformResources"]["InstanceCount"] == 3
+    request = scaled.training_request(job_name="t", source_uri="s3://b/s.tar.gz", entry_point="train.py", channels={},
+                                      hyperparameters={}, output_prefix="o", tags={}, metric_definitions=[])
+    assert request["ResourceConfig"]["InstanceCount"] == 2

@@ -7,7 +7,12 @@ from resources.artifacts import LocalArtifactStore, S3ArtifactStore
 from resources.model_registry import LocalModelRegistry, SageMakerModelRegistry
 from resources.notifier import LocalNotifier, SnsNotifier
 from resources.postgres import EmbeddedPostgresDatabase, ExternalPostgresDatabase
-from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase, SecretsManagerReadOnlyDatabase
+from resources.readonly import (
+    ProvisionedReadOnlyDatabase,
+    ReadOnlyUrlDatabase,
+    SecretsManagerReadOnlyDatabase,
+)
+from resources.sagemaker import AwsSageMakerJobs, LocalSageMakerJobs
 from resources.settings import ConfigurationError, PlatformSettings, build_resources
 from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
 from resources.stream import KinesisEventStream, LocalEventStream
@@ -24,7 +29,8 @@ def test_defaults_are_all_local(tmp_path):
     assert isinstance(res["readonly_db"], ProvisionedReadOnlyDatabase)
     assert isinstance(res["artifacts"], LocalArtifactStore)
     assert res["artifacts"].root == str(tmp_path / "artifacts")
-    assert res["sagemaker"].backend == "local"
+    assert isinstance(res["sagemaker"], LocalSageMakerJobs) and res["sagemaker"].backend == "local"
+    assert (res["sagemaker"].training_instance_count, res["sagemaker"].transform_instance_count) == (1, 1)
     assert isinstance(res["events"], LocalEventStream) and res["events"].root == str(tmp_path / "stream" / "session-events")
     assert isinstance(res["source_db"], EmbeddedClassicModels)
     assert isinstance(res["registry"], LocalModelRegistry) and res["registry"].group_for("credit") == "credit-dev-models"
@@ -50,6 +56,8 @@ def test_aws_settings_select_aws_implementations(tmp_path):
         "MODEL_VERSION_POLICY": "newest",
         "NOTIFIER_BACKEND": "sns",
         "SNS_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:model-approvals",
+        "SAGEMAKER_TRAINING_INSTANCE_COUNT": "2",
+        "SAGEMAKER_TRANSFORM_INSTANCE_COUNT": "4",
     })
     assert isinstance(res["app_db"], ExternalPostgresDatabase)
     assert res["app_db"].describe() == "postgresql://app@db.example:5432/bank"
@@ -59,7 +67,10 @@ def test_aws_settings_select_aws_implementations(tmp_path):
     assert isinstance(artifacts, S3ArtifactStore)
     assert (artifacts.bucket, artifacts.prefix) == ("ml-artifacts", "platform/dev")
     assert artifacts.s3.endpoint_url == "http://127.0.0.1:5000"
-    assert res["sagemaker"].backend == "aws" and res["sagemaker"].role_arn.endswith("role/sm")
+    sagemaker = res["sagemaker"]
+    assert isinstance(sagemaker, AwsSageMakerJobs) and sagemaker.role_arn.endswith("role/sm")
+    assert (sagemaker.region_name, sagemaker.endpoint_url) == ("eu-west-1", "http://127.0.0.1:5000")
+    assert (sagemaker.training_instance_count, sagemaker.transform_instance_count) == (2, 4)
     assert isinstance(res["events"], KinesisEventStream) and res["events"].stream_name == "session-events"
     assert res["events"].endpoint_url == "http://127.0.0.1:5000"
     assert isinstance(res["source_db"], SqlSourceDatabase)
@@ -103,6 +114,11 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"NOTIFIER_BACKEND": "email"}, "NOTIFIER_BACKEND must be 'local' or 'sns'"),
         ({"NOTIFIER_BACKEND": "sns"}, "needs SNS_TOPIC_ARN"),
         ({"MLDP_ENV": "Prod Env"}, "MLDP_ENV must be lower-case"),
+        ({"SAGEMAKER_TRANSFORM_INSTANCE_COUNT": "0"}, "SAGEMAKER_TRANSFORM_INSTANCE_COUNT must be a whole number of "
+                                                      "instances from 1 to 100, not '0'"),
+        ({"SAGEMAKER_TRAINING_INSTANCE_COUNT": "two"}, "SAGEMAKER_TRAINING_INSTANCE_COUNT must be a whole number"),
+        ({"SAGEMAKER_TRAINING_INSTANCE_COUNT": "2"}, "SAGEMAKER_TRAINING_INSTANCE_COUNT above 1 needs "
+                                                     "SAGEMAKER_BACKEND=aws"),
     ],
 )
 def test_contradictory_settings_name_the_variable(env, message, tmp_path):

@@ -18,7 +18,7 @@ from mlops_assets.tracking import (
     training_jobs_sensor,
     training_runs,
 )
-from resources.sagemaker import SageMakerResource, TrainingJob
+from resources.sagemaker import AwsSageMakerJobs, LocalSageMakerJobs, TrainingJob
 from resources.tracking import TrackingStore
 
 TAGS = {"MODEL_DB_SYNC": "true", "MODEL_DB_PROJECT_NAME": "credit-limit-increase", "MODEL_DB_PROJECT_USER": "risk",
@@ -52,7 +52,7 @@ def test_tags_decide_and_incomplete_jobs_say_why():
 @pytest.fixture
 def local_jobs(local_artifacts, tmp_path, code_dir):
     local_artifacts.write_text("data/train/part-0.csv", "a,1\n")
-    sagemaker = SageMakerResource(artifacts=local_artifacts, work_dir=str(tmp_path / "jobs"))
+    sagemaker = LocalSageMakerJobs(artifacts=local_artifacts, work_dir=str(tmp_path / "jobs"))
     for name, tags in (("synced-1", TAGS), ("synced-2", {**TAGS, "MODEL_DB_MODEL_NAME": "scorecard-v2"}),
                        ("missing-tags", {"MODEL_DB_SYNC": "true"}), ("not-opted-in", {"team": "risk"})):
         sagemaker.train(job_name=name, source_dir=code_dir, entry_point="train.py", channels={"train": "data/train"},
@@ -103,7 +103,7 @@ def aged(cursor, seconds=RETRY_AFTER_SECONDS + 1):
 def test_the_sensor_requests_new_jobs_once_and_again_when_a_sync_run_failed(local_artifacts, tmp_path, code_dir,
                                                                              app_db):
     local_artifacts.write_text("data/train/part-0.csv", "a,1\n")
-    sagemaker = SageMakerResource(artifacts=local_artifacts, work_dir=str(tmp_path / "jobs"))
+    sagemaker = LocalSageMakerJobs(artifacts=local_artifacts, work_dir=str(tmp_path / "jobs"))
     tracking = TrackingStore(db=app_db)
     suffix = uuid.uuid4().hex[:8]
     opted, plain, half = f"opted-{suffix}", f"plain-{suffix}", f"half-{suffix}"
@@ -160,7 +160,7 @@ def test_sagemaker_jobs_with_tags_from_moto(moto, boto_client, s3_artifacts, app
             OutputDataConfig={"S3OutputPath": "s3://b/out"},
             ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
             StoppingCondition={"MaxRuntimeInSeconds": 60}, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-    sagemaker = SageMakerResource(artifacts=s3_artifacts, backend="aws", endpoint_url=moto,
+    sagemaker = AwsSageMakerJobs(artifacts=s3_artifacts, endpoint_url=moto,
                                   role_arn="arn:aws:iam::123456789012:role/sm")
     tracking = TrackingStore(db=app_db)
     meta = sync(sagemaker, tracking, job_names=["aws-synced", "aws-ignored"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,8 @@ MODEL_FILE = "model.pt"
 PREPROCESSING_FILE = "preprocessing.json"
 SCORECARD_FILE = "scorecard.json"
 METRICS_FILE = "metrics.json"
+# what the serving container imports from code/ inside model.tar.gz (and pip-installs, requirements.txt)
+SERVING_CODE = ("inference.py", "scorecard.py", "requirements.txt")
 
 
 def save_bundle(directory: Path, model: LogisticScorecard, preprocessing: dict, scale: dict, metrics: dict) -> None:
@@ -242,6 +245,16 @@ def save_bundle(directory: Path, model: LogisticScorecard, preprocessing: dict, 
         json.dumps({"n_features": len(preprocessing["feature_names"]), "scaling": scale}, indent=2)
     )
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    pack_serving_code(directory)
+
+
+def pack_serving_code(model_dir: Path) -> None:
+    """``code/`` next to the weights, laid out as the SageMaker SDK's repack lays it out: the PyTorch serving
+    container imports the handlers only from there."""
+    source, target = Path(__file__).resolve().parent, Path(model_dir) / "code"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SERVING_CODE:
+        shutil.copyfile(source / name, target / name)
 
 
 class ScorecardBundle:

@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     (out / tt.ITEM_EMBEDDINGS_FILE).write_text(tt.embeddings_csv(products[tt.ITEM_ID].tolist(), item_vectors))
     (out / tt.USER_EMBEDDINGS_FILE).write_text(tt.embeddings_csv(customers[tt.USER_ID].astype(int).tolist(), user_vectors))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tt.pack_serving_code(out)
     for name in ("validation_rmse", "validation_ndcg_at_5", "popularity_ndcg_at_5", "item_mean_baseline_rmse"):
         print(f"metric {name}={metrics[name]:.6f}")
     return 0

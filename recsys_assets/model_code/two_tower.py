@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ USER_SCALER_FILE = "scalers/user_features.json"
 ITEM_SCALER_FILE = "scalers/item_features.json"
 ITEM_EMBEDDINGS_FILE = "embeddings/item_embeddings.csv"
 USER_EMBEDDINGS_FILE = "embeddings/user_embeddings.csv"
+# what the serving container imports from code/ inside model.tar.gz (and pip-installs, requirements.txt)
+SERVING_CODE = ("inference.py", "two_tower.py", "requirements.txt")
 
 
 # --- feature scaling (JSON, never pickle) -----------------------------------------------------------------
@@ -168,6 +171,15 @@ def embeddings_csv(ids: list, vectors: np.ndarray) -> str:
     lines = ["id,embedding"]
     lines += [f'{identifier},"{format_vector(vector)}"' for identifier, vector in zip(ids, vectors)]
     return "\n".join(lines) + "\n"
+
+
+def pack_serving_code(model_dir: Path) -> None:
+    """``code/`` next to the weights, laid out as the SageMaker SDK's repack lays it out: the PyTorch serving
+    container imports the handlers only from there (each model's code folder is self-contained)."""
+    source, target = Path(__file__).resolve().parent, Path(model_dir) / "code"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in SERVING_CODE:
+        shutil.copyfile(source / name, target / name)
 
 
 class UserTower:
