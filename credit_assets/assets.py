@@ -156,8 +156,9 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
     model_dir = Path(job.model_dir)
     metrics = json.loads((model_dir / scorecard.METRICS_FILE).read_text())
     files = {name: model_dir / name for name in MODEL_BUNDLE_FILES}
-    # only a model the serving container can load is published and registered
-    files["model.tar.gz"] = sagemaker.read_servable_model(artifacts.key_from_uri(job.model_data_uri))
+    model_key = artifacts.key_from_uri(job.model_data_uri)
+    sagemaker.check_model_archive(model_key)  # only a model the serving container can load is published
+    files["model.tar.gz"] = artifacts.read_bytes(model_key)
     manifest = publish_version(
         artifacts,
         MODEL_PREFIX,

@@ -111,7 +111,8 @@ def _sdk_environment(region: str) -> Iterator[None]:
 
 
 def sdk_session(region: str, bucket: str = "unused", sagemaker_client=None):
-    """A PipelineSession that builds definitions without calling AWS (``sagemaker_client`` for upserts)."""
+    """A PipelineSession that builds definitions without calling AWS (``sagemaker_client`` for upserts;
+    `bucket` is where the SDK would put a definition over 100 KB, and nothing else is uploaded)."""
     from sagemaker.core.workflow.pipeline_context import PipelineSession
 
     return PipelineSession(boto_session=boto_session(region), sagemaker_client=sagemaker_client,
@@ -299,10 +300,7 @@ def _all_steps(steps: list[dict]) -> Iterator[dict]:
 
 def _property_path(path: str) -> list[str]:
     """``FinalMetricDataList['validation:gini'].Value`` -> ["FinalMetricDataList", "[]", "Value"]."""
-    tokens = []
-    for part in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path):
-        tokens.append("[]" if part.startswith("[") else part)
-    return tokens
+    return ["[]" if part.startswith("[") else part for part in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path)]
 
 
 def _check_property(shape, tokens: list[str]) -> bool:
@@ -467,9 +465,12 @@ def export_credit_pipeline(config: CreditPipelineExportConfig, sagemaker: SageMa
             + ". Set ARTIFACTS_URI=s3://bucket/prefix (and s3:// inputs) to export it")
     inputs = pipeline_inputs(config, sagemaker, registry, prefix)
     upsert = config.upsert if config.upsert is not None else sagemaker.backend == "aws"
-    client = aws_client("sagemaker", region_name=inputs.region, endpoint_url=getattr(sagemaker, "endpoint_url", None),
+    client = aws_client("sagemaker", region_name=inputs.region, endpoint_url=sagemaker.endpoint_url,
                         **JOB_TIMEOUTS) if upsert else None
-    pipeline, definition = credit_pipeline_definition(inputs, sdk_session(inputs.region, sagemaker_client=client))
+    # the SDK puts definitions over 100 KB in its default bucket: the artifacts bucket
+    bucket = artifacts.uri().removeprefix("s3://").split("/")[0]
+    session = sdk_session(inputs.region, bucket=bucket, sagemaker_client=client)
+    pipeline, definition = credit_pipeline_definition(inputs, session)
     pipeline.name = name
     if upsert:
         check_upsertable(definition, sagemaker.role_arn)

@@ -268,6 +268,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "artifacts": artifacts,
         "work_dir": str(settings.sagemaker_work_dir),
         "region_name": settings.aws_region,
+        "endpoint_url": settings.aws_endpoint_url,
         "role_arn": settings.sagemaker_role_arn,
         "instance_type": settings.sagemaker_instance_type,
         "training_instance_count": settings.sagemaker_training_instance_count,
@@ -279,8 +280,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "inference_image": settings.sagemaker_inference_image,
     }
     if settings.sagemaker_backend == "aws":
-        sagemaker = AwsSageMakerJobs(**sagemaker_settings, endpoint_url=settings.aws_endpoint_url,
-                                     max_wait_seconds=settings.sagemaker_max_wait_seconds)
+        sagemaker = AwsSageMakerJobs(**sagemaker_settings, max_wait_seconds=settings.sagemaker_max_wait_seconds)
     else:
         sagemaker = LocalSageMakerJobs(**sagemaker_settings)
     if settings.source_database_url:

@@ -11,12 +11,10 @@ instances started. Failed and Stopped jobs become errors carrying SageMaker's fa
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from resources.artifacts import scratch_dir
 from resources.aws_clients import JOB_TIMEOUTS, aws_client
 from resources.sagemaker import containers
 from resources.sagemaker.jobs import (
@@ -27,7 +25,6 @@ from resources.sagemaker.jobs import (
     TransformJob,
     TransformRequest,
     failure_message,
-    shown_hyperparameters,
     unpack_archive,
 )
 
@@ -38,14 +35,13 @@ def _unquote(value: str) -> str:
         decoded = json.loads(value)
     except (TypeError, json.JSONDecodeError):
         return value
-    return shown_hyperparameters({"_": decoded})["_"] if not isinstance(decoded, str) else decoded
+    return decoded if isinstance(decoded, str) else value
 
 
 class AwsSageMakerJobs(SageMakerJobs):
     """SageMaker jobs in the AWS account (``SAGEMAKER_BACKEND=aws``); needs ``SAGEMAKER_ROLE_ARN``."""
 
     backend: ClassVar[str] = "aws"
-    endpoint_url: str | None = None
     max_wait_seconds: int = 3600
     poll_seconds: float = 15.0
     max_runtime_seconds: int = 24 * 3600
@@ -186,11 +182,8 @@ class AwsSageMakerJobs(SageMakerJobs):
 
     def _transform(self, request: TransformRequest, log) -> TransformJob:
         self._require_role()
-        scratch = scratch_dir("model-check")
-        try:  # a model the container cannot serve fails here, before SageMaker starts instances for it
-            self.check_model(request.model_data_key, request.entry_point, into=scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        # a model the container cannot serve fails here, before SageMaker starts instances for it
+        self.check_model_archive(request.model_data_key, request.entry_point)
         client = self.client()
         client.create_model(**self.model_request(request.job_name, request.model_data_key, request.entry_point,
                                                  request.tags))

@@ -163,6 +163,7 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
     artifacts: ArtifactStore
     work_dir: str = ".data/sagemaker"
     region_name: str = "us-east-1"
+    endpoint_url: str | None = None  # an AWS-compatible endpoint for the AWS calls (jobs, pipeline upserts)
     role_arn: str | None = None
     instance_type: str = "ml.m5.xlarge"
     training_instance_count: int = 1
@@ -254,31 +255,18 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
         job.output_keys = sorted(produced)
         return job
 
-    def check_model(self, model_data_key: str, entry_point: str = containers.DEFAULT_INFERENCE_ENTRY_POINT,
-                    into: Path | None = None) -> Path:
-        """Download the model archive and check the serving container can use it; the local copy's path
-        (in `into`, or a scratch folder the caller removes)."""
-        folder = into or scratch_dir("model-archive")
-        archive = self.artifacts.download_file(model_data_key, Path(folder) / "model.tar.gz")
+    def check_model(self, model_data_key: str, entry_point: str, into: Path) -> Path:
+        """Download the model archive into `into` and check the serving container can use it; the copy's path."""
+        archive = self.artifacts.download_file(model_data_key, Path(into) / "model.tar.gz")
         containers.check_model_archive(archive, entry_point, name=self.artifacts.uri(model_data_key))
         return archive
 
-    def read_servable_model(self, model_data_key: str,
-                            entry_point: str = containers.DEFAULT_INFERENCE_ENTRY_POINT) -> bytes:
-        """The model archive's bytes, once checked the serving container can use it (else ModelArchiveError)."""
-        folder = scratch_dir("model-archive")
-        try:
-            return self.check_model(model_data_key, entry_point, into=folder).read_bytes()
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
     def check_model_archive(self, model_data_key: str,
-                            entry_point: str = containers.DEFAULT_INFERENCE_ENTRY_POINT) -> list[str]:
-        """Check the serving container can use the model archive (else ModelArchiveError); its member names."""
+                            entry_point: str = containers.DEFAULT_INFERENCE_ENTRY_POINT) -> None:
+        """Check the serving container can use the model archive (else ModelArchiveError), keeping no copy."""
         folder = scratch_dir("model-archive")
         try:
-            archive = self.artifacts.download_file(model_data_key, folder / "model.tar.gz")
-            return containers.check_model_archive(archive, entry_point, name=self.artifacts.uri(model_data_key))
+            self.check_model(model_data_key, entry_point, into=folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

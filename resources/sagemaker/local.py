@@ -163,8 +163,12 @@ class LocalSageMakerJobs(SageMakerJobs):
         finally:
             # the job folder keeps its log only: inputs may hold customer data, outputs now live in the store
             for leftover in job_dir.iterdir():
-                if leftover.name != "transform.log":
-                    shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+                if leftover.name == "transform.log":
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
         return TransformJob(
             name=request.job_name, status="Completed", backend="local",
             model_data_uri=self.artifacts.uri(request.model_data_key), input_uri=self.artifacts.uri(request.input_prefix),
