@@ -11,6 +11,9 @@ its notification was sent: a failed publish (after retries) is reported and trie
   rejected since is still told, but not put to work.
 - The first tick of a new deployment (no cursor) handles the changes of the last `FIRST_TICK_LOOKBACK`;
   older history is taken as handled, so a registry full of old versions does not notify or rescore again.
+- With the SageMaker registry and ``MODEL_REGISTRY_EVENTS_QUEUE_URL``, the changes are the EventBridge events
+  themselves, from an SQS queue the rule feeds; a message is deleted once handled, and one that is not such
+  an event is reported and skipped. Without the queue the registry is polled.
 - At most `MAX_CHANGES_PER_TICK` changes per tick (the rest on the next one), so a tick stays well inside
   Dagster's sensor timeout and its cursor is saved.
 """
@@ -35,12 +38,16 @@ SUBJECTS = {
 
 
 def notification(change: StatusChange) -> tuple[str, str] | None:
-    """(subject, message) for a status change, or None when the status is not one people are told about."""
+    """(subject, message) for a status change, or None when the status is not one people are told about.
+
+    As the reference's Lambda: the subject ``[SageMaker] New Model Approved in {group}`` and, after a
+    readable summary, ``Details:`` followed by the EventBridge "SageMaker Model Package State Change" event
+    as JSON (the event received, or one of that shape for a change read from the registry), so subscribers
+    written for the reference keep working.
+    """
     if change.status not in SUBJECTS:
         return None
     package = change.package
-    details = {**package.to_json(), "status": change.status, "approval_description": change.reason,
-               "current_status": package.status, "changed_at": change.at.isoformat() if change.at else None}
     since = f" (its status has since become {package.status})" if package.status != change.status else ""
     message = (
         f"Model package {package.arn} in group {package.group}, version {package.version}, is now {change.status}"
@@ -48,7 +55,7 @@ def notification(change: StatusChange) -> tuple[str, str] | None:
         + (f"Reason: {change.reason}\n" if change.reason else "")
         + f"Model data: {package.model_data_url}\n"
         f"Artifact version: {package.model_version or '(not set: registered outside this platform)'}\n\n"
-        f"Details:\n{json.dumps(details, indent=2, sort_keys=True)}\n"
+        f"Details:\n{json.dumps(change.as_event(), indent=2, sort_keys=True, default=str)}\n"
     )
     return SUBJECTS[change.status].format(group=package.group), message
 
@@ -59,7 +66,7 @@ def put_to_work(registry: ModelRegistry, change: StatusChange) -> dg.RunRequest 
     if not package.model_version:  # e.g. registered by the exported SageMaker Pipeline, which scores by itself
         return None
     pipeline = registry.pipeline_of(package.group)
-    run_key = f"approved-{package.arn}-{change.position}-{change.at.isoformat() if change.at else ''}"
+    run_key = f"approved-{package.arn}-{change.key}-{change.at.isoformat() if change.at else ''}"
     tags = {"model_package": package.arn, "model_version": package.model_version}
     if pipeline == "credit":
         return dg.RunRequest(job_name=credit_scoring_job.name, run_key=run_key, tags=tags,
@@ -82,7 +89,7 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, registry: ModelRe
     sent = old = 0
     for change in registry.changes(cursor, limit=MAX_CHANGES_PER_TICK):
         if change.package is None:
-            context.log.warning(f"registry change {change.position} ({change.status!r}) names no model package; skipped")
+            context.log.warning(f"registry change {change.key} ({change.status!r}) names no model package; skipped")
             cursor = registry.advance(cursor, change)
             continue
         if history_before is not None and change.at is not None and change.at < history_before:

@@ -255,39 +255,14 @@ STEP_OPERATIONS = {  # step type -> (the API SageMaker calls, its Describe* outp
 }
 EXECUTION_PROPERTIES = {"ExecutionId", "PipelineExecutionId", "PipelineExecutionArn", "PipelineName", "PipelineArn",
                         "StartDateTime", "CurrentDateTime"}
-REFERENCE_KEYS = ("Get", "Std:Join", "Std:JsonGet")
-
-
-def _is_reference(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in REFERENCE_KEYS
-
-
-def _placeholder(shape) -> Any:
-    """A value of the shape's type, standing in for a reference the pipeline resolves at run time."""
-    return {"integer": 1, "long": 1, "float": 1.0, "double": 1.0, "boolean": True}.get(shape.type_name, "resolved")
-
-
-def _resolved(value: Any, shape) -> Any:
-    if _is_reference(value):
-        return _placeholder(shape)
-    if shape.type_name == "structure" and isinstance(value, dict):
-        return {k: _resolved(v, shape.members[k]) if k in shape.members else v for k, v in value.items()}
-    if shape.type_name == "list" and isinstance(value, list):
-        return [_resolved(v, shape.member) for v in value]
-    if shape.type_name == "map" and isinstance(value, dict):
-        return {k: _resolved(v, shape.value) for k, v in value.items()}
-    return value
-
-
-def _references(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        if "Get" in value and len(value) == 1:
-            yield value["Get"]
-        for item in value.values():
-            yield from _references(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _references(item)
+PARAMETER_TYPES = {"String": "string", "Integer": "integer", "Float": "float", "Boolean": "boolean"}
+DEFAULT_CHECKS = {"String": lambda v: isinstance(v, str), "Boolean": lambda v: isinstance(v, bool),
+                  "Integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  "Float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+COMPARISONS = {"Equals", "GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo"}
+# what a reference's value may stand in for, by the botocore type it yields
+COMPATIBLE = {"string": {"string"}, "integer": {"integer", "long", "float", "double"}, "long": {"integer", "long"},
+              "float": {"float", "double"}, "double": {"float", "double"}, "boolean": {"boolean"}}
 
 
 def _all_steps(steps: list[dict]) -> Iterator[dict]:
@@ -303,69 +278,200 @@ def _property_path(path: str) -> list[str]:
     return ["[]" if part.startswith("[") else part for part in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path)]
 
 
-def _check_property(shape, tokens: list[str]) -> bool:
+def _property_shape(shape, tokens: list[str]):
+    """The shape at `tokens` inside `shape`, or None when there is no such property."""
     for token in tokens:
-        if token == "[]":
-            if shape.type_name == "list":
-                shape = shape.member
-            elif shape.type_name == "map":
-                shape = shape.value
-            else:
-                return False
-        elif shape.type_name == "structure" and token in shape.members:
+        if token == "[]" and shape.type_name in ("list", "map"):
+            shape = shape.member if shape.type_name == "list" else shape.value
+        elif token != "[]" and shape.type_name == "structure" and token in shape.members:
             shape = shape.members[token]
         else:
-            return False
-    return True
+            return None
+    return shape
+
+
+class _DefinitionCheck:
+    """One pass over a definition, collecting every problem (see `check_definition`)."""
+
+    def __init__(self, definition: dict) -> None:
+        import botocore.session
+
+        self.model = botocore.session.get_session().get_service_model("sagemaker")
+        self.problems: list[str] = []
+        self.steps = list(_all_steps(definition.get("Steps") or []))
+        self.by_name = {step.get("Name"): step for step in self.steps}
+        self.parameters: dict[str, str] = {}
+        for parameter in definition.get("Parameters") or []:
+            name, kind = parameter.get("Name"), parameter.get("Type")
+            if name in self.parameters:
+                self.problems.append(f"parameter {name!r} is defined twice")
+            if kind not in PARAMETER_TYPES:
+                self.problems.append(f"parameter {name!r} has an unknown type {kind!r}")
+            elif "DefaultValue" in parameter and not DEFAULT_CHECKS[kind](parameter["DefaultValue"]):
+                self.problems.append(f"parameter {name!r} ({kind}) has the default {parameter['DefaultValue']!r}")
+            self.parameters[name] = PARAMETER_TYPES.get(kind, "")
+        self.edges: dict[str, set[str]] = {}
+
+    def reference_type(self, reference: Any, where: str) -> str | None:
+        """The botocore type a ``Get`` yields ("" when any); None, with a problem noted, when it resolves to
+        nothing. A reference to another step is an edge of the step graph."""
+        if not isinstance(reference, str):
+            self.problems.append(f"step {where}: a Get names {reference!r}, not a property path")
+            return None
+        scope, _, rest = reference.partition(".")
+        kind = None
+        if scope == "Parameters" and rest in self.parameters:
+            kind = self.parameters[rest]
+        elif scope == "Execution" and rest in EXECUTION_PROPERTIES:
+            kind = "string"
+        elif scope == "Steps":
+            target, _, path = rest.partition(".")
+            step = self.by_name.get(target)
+            if step is not None:
+                self.edges.setdefault(where, set()).add(target)
+                step_type = step.get("Type")
+                if step_type == "Condition" and path == "Outcome":
+                    kind = "boolean"
+                elif path.startswith("PropertyFiles."):
+                    files = {f.get("PropertyFileName") for f in step.get("PropertyFiles") or []}
+                    kind = "" if path.removeprefix("PropertyFiles.") in files else None
+                elif step_type in STEP_OPERATIONS:
+                    output = self.model.operation_model(STEP_OPERATIONS[step_type][1]).output_shape
+                    found = _property_shape(output, _property_path(path))
+                    kind = found.type_name if found is not None else None
+        if kind is None:
+            self.problems.append(f"step {where}: reference {reference!r} resolves to nothing")
+        return kind
+
+    def function_type(self, value: dict, where: str) -> str | None:
+        """The type of a ``Get``, ``Std:Join`` or ``Std:JsonGet``, its inner references checked."""
+        (function, argument), = value.items()
+        if function == "Get":
+            return self.reference_type(argument, where)
+        if function == "Std:Join":
+            values = argument.get("Values") if isinstance(argument, dict) else None
+            if not isinstance(values, list):
+                self.problems.append(f"step {where}: Std:Join needs a list of Values")
+            self.references(values or [], where)
+            return "string"
+        self.references(argument, where)  # Std:JsonGet: a value read from a file at run time, of any type
+        return ""
+
+    def references(self, value: Any, where: str) -> None:
+        if _is_function(value):
+            self.function_type(value, where)
+        elif isinstance(value, dict):
+            for item in value.values():
+                self.references(item, where)
+        elif isinstance(value, list):
+            for item in value:
+                self.references(item, where)
+
+    def resolved(self, value: Any, shape, where: str) -> Any:
+        """`value` with each function replaced by a placeholder of the type `shape` wants (a function whose
+        value cannot be that type is a problem)."""
+        if _is_function(value):
+            kind = self.function_type(value, where)
+            if kind and shape.type_name not in COMPATIBLE.get(kind, {kind}):
+                self.problems.append(f"step {where}: {value} gives a {kind} where {shape.name} wants a {shape.type_name}")
+            return {"integer": 1, "long": 1, "float": 1.0, "double": 1.0, "boolean": True}.get(shape.type_name, "x")
+        if shape.type_name == "structure" and isinstance(value, dict):
+            return {k: self.resolved(v, shape.members[k], where) if k in shape.members else v for k, v in value.items()}
+        if shape.type_name == "list" and isinstance(value, list):
+            return [self.resolved(v, shape.member, where) for v in value]
+        if shape.type_name == "map" and isinstance(value, dict):
+            return {k: self.resolved(v, shape.value, where) for k, v in value.items()}
+        return value
+
+    def condition(self, condition: Any, where: str) -> None:
+        kind = condition.get("Type") if isinstance(condition, dict) else None
+        needed = {**{c: ("LeftValue", "RightValue") for c in COMPARISONS}, "In": ("QueryValue", "Values"),
+                  "Not": ("Condition",), "Or": ("Conditions",)}.get(kind)
+        if needed is None:
+            self.problems.append(f"step {where}: unknown condition type {kind!r}")
+            return
+        missing = [field for field in needed if field not in condition]
+        if missing:
+            self.problems.append(f"step {where}: a {kind} condition needs {', '.join(missing)}")
+        if kind == "Not":
+            self.condition(condition.get("Condition"), where)
+        elif kind == "Or":
+            for inner in condition.get("Conditions") or []:
+                self.condition(inner, where)
+        else:
+            self.references([condition.get(field) for field in needed], where)
+
+    def step(self, step: dict) -> None:
+        from botocore.validate import ParamValidator
+
+        kind, name = step.get("Type"), step.get("Name")
+        if not isinstance(name, str) or not name:
+            self.problems.append(f"a {kind} step has no Name")
+            return
+        arguments = step.get("Arguments") or {}
+        for dependency in step.get("DependsOn") or []:
+            if dependency not in self.by_name:
+                self.problems.append(f"step {name} depends on {dependency!r}, which is not a step")
+            self.edges.setdefault(name, set()).add(dependency)
+        if kind in STEP_OPERATIONS:
+            operation, _describe, generated = STEP_OPERATIONS[kind]
+            shape = self.model.operation_model(operation).input_shape
+            request = self.resolved({**({generated: "generated-by-the-pipeline"} if generated else {}), **arguments},
+                                    shape, name)
+            report = ParamValidator().validate(request, shape)
+            if report.has_errors():
+                self.problems.append(f"step {name} ({kind}) is not a valid {operation} request:\n"
+                                     f"{report.generate_report()}")
+        elif kind == "Condition":
+            if not arguments.get("Conditions") or not (arguments.get("IfSteps") or arguments.get("ElseSteps")):
+                self.problems.append(f"step {name} (Condition) needs Conditions and IfSteps or ElseSteps")
+            for condition in arguments.get("Conditions") or []:  # its branches are steps of their own
+                self.condition(condition, name)
+        elif kind == "Fail":
+            if "ErrorMessage" not in arguments:
+                self.problems.append(f"step {name} (Fail) has no ErrorMessage")
+            self.references(arguments, name)
+        else:
+            self.problems.append(f"step {name} has a type this check does not know: {kind!r}")
+
+    def cycles(self) -> None:
+        state: dict[str, str] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "open":
+                self.problems.append(f"the steps wait on each other: {' -> '.join(path[path.index(name):] + [name])}")
+                return
+            state[name] = "open"
+            for after in sorted(self.edges.get(name, ())):
+                if after in self.by_name:
+                    visit(after, path + [name])
+            state[name] = "done"
+
+        for name in sorted(self.edges):
+            visit(name, [])
+
+    def run(self) -> list[str]:
+        if len(self.by_name) != len(self.steps):
+            self.problems.append("step names are not unique")
+        for step in self.steps:
+            self.step(step)
+        self.cycles()
+        return self.problems
+
+
+def _is_function(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("Get", "Std:Join", "Std:JsonGet")
 
 
 def check_definition(definition: dict) -> None:
-    """Every step's arguments against botocore's request shape of its API, and every ``Get`` against what
-    exists: parameters, steps, their properties (from the Describe* response shapes) and execution variables."""
-    import botocore.session
-    from botocore.validate import ParamValidator
-
-    model = botocore.session.get_session().get_service_model("sagemaker")
-    steps = list(_all_steps(definition.get("Steps", [])))
-    by_name = {step["Name"]: step for step in steps}
-    parameters = {p["Name"] for p in definition.get("Parameters", [])}
-    problems: list[str] = []
-    if len(by_name) != len(steps):
-        problems.append("step names are not unique")
-    for step in steps:
-        kind, name = step.get("Type"), step.get("Name")
-        arguments = step.get("Arguments") or {}
-        if kind in STEP_OPERATIONS:
-            operation, _describe, generated = STEP_OPERATIONS[kind]
-            shape = model.operation_model(operation).input_shape
-            request = _resolved({**({generated: "generated-by-the-pipeline"} if generated else {}), **arguments}, shape)
-            report = ParamValidator().validate(request, shape)
-            if report.has_errors():
-                problems.append(f"step {name} ({kind}) is not a valid {operation} request:\n{report.generate_report()}")
-        elif kind == "Condition":
-            if not arguments.get("Conditions") or not (arguments.get("IfSteps") or arguments.get("ElseSteps")):
-                problems.append(f"step {name} (Condition) needs Conditions and IfSteps or ElseSteps")
-        elif kind == "Fail":
-            if "ErrorMessage" not in arguments:
-                problems.append(f"step {name} (Fail) has no ErrorMessage")
-        else:
-            problems.append(f"step {name} has a type this check does not know: {kind!r}")
-    for step in steps:
-        for reference in _references(step.get("Arguments")):
-            where, _, rest = reference.partition(".")
-            if where == "Parameters":
-                ok = rest in parameters
-            elif where == "Execution":
-                ok = rest in EXECUTION_PROPERTIES
-            elif where == "Steps":
-                target, _, path = rest.partition(".")
-                kind = by_name.get(target, {}).get("Type")
-                ok = kind in STEP_OPERATIONS and _check_property(
-                    model.operation_model(STEP_OPERATIONS[kind][1]).output_shape, _property_path(path))
-            else:
-                ok = False
-            if not ok:
-                problems.append(f"step {step['Name']}: reference {reference!r} resolves to nothing")
+    """What SageMaker would refuse: every step's arguments against botocore's request shape of its API (each
+    reference standing in for a value of the type it yields), every ``Get`` against what exists (parameters,
+    steps and the properties of their Describe* responses, condition outcomes, property files, execution
+    variables), parameter defaults against their types, conditions, ``DependsOn``, and steps that wait on
+    each other."""
+    problems = _DefinitionCheck(definition).run()
     if problems:
         raise PipelineExportError("the pipeline definition is not one SageMaker would accept:\n- " + "\n- ".join(problems))
 

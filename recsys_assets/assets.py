@@ -113,6 +113,10 @@ TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.
 }
 
 
+# what the user tower's code/inference.py reads and answers
+SERVING_CONTENT_TYPES = ("application/json", "application/jsonlines")
+
+
 class RecsysModelConfig(dg.Config):
     embedding_dim: int = 32
     hidden: int = 64
@@ -160,6 +164,7 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
         "recsys", model_version=version, model_data_url=job.model_data_uri,
         metrics={k: metrics[k] for k in ("validation_rmse", "validation_ndcg_at_5", "popularity_ndcg_at_5")},
         data_fingerprint=data["fingerprint"], description=f"two-tower recommender {version}, trained by {job.name}",
+        content_types=SERVING_CONTENT_TYPES,
     )
     return dg.MaterializeResult(
         metadata={

@@ -21,8 +21,9 @@ against the same policy.
 from __future__ import annotations
 
 import json
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -32,8 +33,12 @@ import psycopg
 from pydantic import PrivateAttr
 
 from resources.aws_clients import SENSOR_TIMEOUTS, aws_client
+from resources.sagemaker.containers import inference_environment
+from resources.sagemaker.images import pytorch_image
 from resources.postgres import DatabaseUnavailableError, PostgresDatabase, SchemaOnce
 
+STATE_CHANGE = "SageMaker Model Package State Change"  # the EventBridge detail-type
+_PROPERTY = "mldp:"  # prefix of the CustomerMetadataProperties this project writes
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"
 REJECTED = "Rejected"
@@ -42,6 +47,13 @@ STATUSES = (PENDING, APPROVED, REJECTED)
 
 class RegistryError(RuntimeError):
     """A package or group is missing, or a change is not allowed; the message names it."""
+
+
+def customer_metadata(model_version: str, data_fingerprint: str, metrics: Mapping[str, float]) -> dict[str, str]:
+    """The CustomerMetadataProperties of a package this platform registers (SageMaker allows 50, keys <= 128)."""
+    properties = {f"{_PROPERTY}model_version": model_version, f"{_PROPERTY}data_fingerprint": data_fingerprint}
+    properties.update({f"{_PROPERTY}metric:{k}"[:128]: f"{float(v):.6g}" for k, v in list(metrics.items())[:40]})
+    return properties
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,54 @@ class StatusChange:
     status: str
     reason: str | None = None
     at: datetime | None = None
+    event: dict[str, Any] | None = None  # the EventBridge event itself, when the change came as one
+
+    @property
+    def key(self) -> str:
+        """What identifies the change in logs and run keys: the event's id for a queued event (never the
+        message's receipt handle, which changes with every delivery), else its position."""
+        if isinstance(self.position, dict):
+            return str(self.position.get("event_id") or self.position.get("message_id"))
+        return str(self.position)
+
+    def as_event(self) -> dict[str, Any]:
+        """The change as EventBridge's "SageMaker Model Package State Change" event: the one received, or one
+        of the same shape for changes read from the registry (so subscribers see one shape either way)."""
+        if self.event is not None:
+            return self.event
+        package = self.package
+        if package is None:
+            raise RegistryError(f"registry change {self.position} names no model package")
+        parts = package.arn.split(":")
+        aws_arn = len(parts) > 5 and parts[0] == "arn" and parts[2] == "sagemaker"
+        at = self.at or package.modified_at
+        detail = {
+            "ModelPackageGroupName": package.group,
+            "ModelPackageVersion": package.version,
+            "ModelPackageArn": package.arn,
+            "ModelPackageName": package.group,
+            "ModelPackageDescription": package.description,
+            "CreationTime": int(package.created_at.timestamp() * 1000),
+            "LastModifiedTime": int(at.timestamp() * 1000),
+            "InferenceSpecification": {"Containers": [{"ModelDataUrl": package.model_data_url}]},
+            "ModelApprovalStatus": self.status,
+            "ModelPackageStatus": "Completed",
+            "CustomerMetadataProperties": customer_metadata(package.model_version, package.data_fingerprint,
+                                                            package.metrics),
+        }
+        if self.reason:
+            detail["ApprovalDescription"] = self.reason
+        return {
+            "version": "0",
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{package.arn}#{self.position}#{self.status}#{at.isoformat()}")),
+            "detail-type": STATE_CHANGE,
+            "source": "aws.sagemaker",
+            "account": parts[4] if aws_arn else "000000000000",
+            "time": at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": parts[3] if aws_arn else "local",
+            "resources": [package.arn],
+            "detail": detail,
+        }
 
 
 class ModelRegistry(dg.ConfigurableResource, ABC):
@@ -95,8 +155,9 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def register(self, pipeline: str, *, model_version: str, model_data_url: str, metrics: Mapping[str, float],
-                 data_fingerprint: str, description: str = "") -> ModelPackage:
-        """A new PendingManualApproval package (or the existing one for this model version)."""
+                 data_fingerprint: str, description: str = "", content_types: Sequence[str] = ("text/csv",)) -> ModelPackage:
+        """A new PendingManualApproval package (or the existing one for this model version); `content_types`
+        are what the model's inference code reads and answers."""
 
     @abstractmethod
     def packages(self, group: str) -> list[ModelPackage]:
@@ -244,7 +305,7 @@ class LocalModelRegistry(ModelRegistry):
         conn.execute("INSERT INTO model_package_events (arn, status, reason) VALUES (%s, %s, %s)", (arn, status, reason))
 
     def register(self, pipeline: str, *, model_version: str, model_data_url: str, metrics: Mapping[str, float],
-                 data_fingerprint: str, description: str = "") -> ModelPackage:
+                 data_fingerprint: str, description: str = "", content_types: Sequence[str] = ("text/csv",)) -> ModelPackage:
         group = self.group_for(pipeline)
         with self._connect() as conn, conn.transaction():
             conn.execute("INSERT INTO model_package_groups (name) VALUES (%s) ON CONFLICT DO NOTHING", (group,))
@@ -306,7 +367,6 @@ class LocalModelRegistry(ModelRegistry):
 
 # --- SageMaker backend -------------------------------------------------------------------------------------------
 
-_PROPERTY = "mldp:"  # prefix of the CustomerMetadataProperties this project writes
 
 
 class SageMakerModelRegistry(ModelRegistry):
@@ -314,11 +374,24 @@ class SageMakerModelRegistry(ModelRegistry):
 
     region_name: str = "us-east-1"
     endpoint_url: str | None = None
-    inference_image: str = ""  # the container the packages name (the PyTorch inference image)
+    inference_image: str = ""  # the container the packages name; empty: the PyTorch inference image below
+    inference_framework_version: str = "2.6.0"
+    py_version: str = "py312"
+    instance_type: str = "ml.m5.xlarge"
+    # an SQS queue fed by an EventBridge rule on "SageMaker Model Package State Change" for this environment's
+    # groups; without it, changes are found by polling the groups
+    events_queue_url: str | None = None
+    visibility_timeout_seconds: int = 120  # an event being handled stays hidden from other readers this long
+    remembered_events: int = 500  # event ids kept in the cursor against SQS's at-least-once redelivery
 
     def _client(self):
         # short timeouts: the registry is read from sensors, which must answer within Dagster's tick timeout
         return aws_client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url, **SENSOR_TIMEOUTS)
+
+    def _inference_image(self) -> str:
+        return self.inference_image or pytorch_image("inference", region=self.region_name,
+                                                     version=self.inference_framework_version,
+                                                     py_version=self.py_version, instance_type=self.instance_type)
 
     def _ensure_group(self, client, group: str) -> None:
         try:
@@ -328,23 +401,24 @@ class SageMakerModelRegistry(ModelRegistry):
                                               ModelPackageGroupDescription=f"{group}: models of this platform")
 
     def register(self, pipeline: str, *, model_version: str, model_data_url: str, metrics: Mapping[str, float],
-                 data_fingerprint: str, description: str = "") -> ModelPackage:
+                 data_fingerprint: str, description: str = "", content_types: Sequence[str] = ("text/csv",)) -> ModelPackage:
         existing = self.find(pipeline, model_version)
         if existing:
             return existing
         client = self._client()
         group = self.group_for(pipeline)
         self._ensure_group(client, group)
-        properties = {f"{_PROPERTY}model_version": model_version, f"{_PROPERTY}data_fingerprint": data_fingerprint}
-        properties.update({f"{_PROPERTY}metric:{k}"[:128]: f"{float(v):.6g}" for k, v in list(metrics.items())[:40]})
+        properties = customer_metadata(model_version, data_fingerprint, metrics)
         response = client.create_model_package(
             ModelPackageGroupName=group,
             ModelPackageDescription=(description or f"{pipeline} model {model_version}")[:1024],
             ModelApprovalStatus=PENDING,
+            # served as the platform serves it: the code inside model.tar.gz, in the PyTorch inference image
             InferenceSpecification={
-                "Containers": [{"Image": self.inference_image or "pytorch-inference", "ModelDataUrl": model_data_url}],
-                "SupportedContentTypes": ["text/csv"],
-                "SupportedResponseMIMETypes": ["text/csv"],
+                "Containers": [{"Image": self._inference_image(), "ModelDataUrl": model_data_url,
+                                "Environment": inference_environment(region=self.region_name)}],
+                "SupportedContentTypes": list(content_types),
+                "SupportedResponseMIMETypes": list(content_types),
             },
             CustomerMetadataProperties=properties,
         )
@@ -408,6 +482,95 @@ class SageMakerModelRegistry(ModelRegistry):
         return self._describe(client, package.arn)
 
     def changes(self, cursor: Mapping[str, Any] | None, limit: int | None = None) -> list[StatusChange]:
+        if self.events_queue_url:
+            return self._queued_changes(cursor, limit)
+        return self._polled_changes(cursor, limit)
+
+    def advance(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
+        if isinstance(change.position, dict) and "receipt_handle" in change.position:
+            return self._acknowledge(cursor, change)
+        statuses = dict((cursor or {}).get("statuses", {}))
+        statuses[str(change.position)] = change.status
+        return {**(cursor or {}), "statuses": statuses}
+
+    # --- the events queue ------------------------------------------------------------------------------------
+
+    def _queued_changes(self, cursor: Mapping[str, Any] | None, limit: int | None) -> list[StatusChange]:
+        """The state-change events waiting in the queue, oldest first. An event already handled (SQS delivers
+        at least once) is deleted at once; a message that is not such an event, or names a package of another
+        environment or one that is gone, comes back with no package, so the sensor reports and skips it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        queue = aws_client("sqs", region_name=self.region_name, endpoint_url=self.endpoint_url, **SENSOR_TIMEOUTS)
+        handled = set((cursor or {}).get("events", []))
+        wanted = limit or 100
+        found: list[StatusChange] = []
+        received: set[str] = set()  # a message can show again within one call once its visibility lapses
+        try:
+            while len(found) < wanted:
+                messages = [m for m in queue.receive_message(
+                    QueueUrl=self.events_queue_url, MaxNumberOfMessages=min(10, wanted - len(found)),
+                    WaitTimeSeconds=0, VisibilityTimeout=self.visibility_timeout_seconds).get("Messages", [])
+                    if m.get("MessageId") not in received]
+                if not messages:
+                    break
+                for message in messages:
+                    received.add(message.get("MessageId"))
+                    change = self._change_from_message(message)
+                    if change.event is not None and change.key in handled:  # a copy of a handled or found event
+                        queue.delete_message(QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"])
+                        continue
+                    if change.event is not None:
+                        handled.add(change.key)
+                    found.append(change)
+        except (ClientError, BotoCoreError) as exc:
+            raise RegistryError(f"cannot read the registry events queue {self.events_queue_url}: {exc}") from None
+        found.sort(key=lambda c: (c.at or datetime.min.replace(tzinfo=timezone.utc), c.status != PENDING))
+        return found
+
+    def _change_from_message(self, message: Mapping[str, Any]) -> StatusChange:
+        position = {"message_id": message.get("MessageId"), "receipt_handle": message["ReceiptHandle"]}
+        try:
+            event = json.loads(message.get("Body") or "")
+            detail = event["detail"]
+            fields = (event["id"], event["time"], detail["ModelPackageArn"], detail["ModelPackageGroupName"],
+                      detail["ModelApprovalStatus"])
+            if not all(isinstance(field, str) for field in fields):
+                raise TypeError("id, time, detail.ModelPackageArn, .ModelPackageGroupName and .ModelApprovalStatus "
+                                "must be text")
+            event_id, time, arn, group, status = fields
+            at = datetime.fromisoformat(time.replace("Z", "+00:00"))
+            at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
+            return StatusChange(position, None, f"unreadable message {message.get('MessageId')}: {exc!r}"[:300])
+        position["event_id"] = event_id
+        if event.get("detail-type") != STATE_CHANGE or self.pipeline_of(group) not in self.pipelines:
+            return StatusChange(position, None, f"{event.get('detail-type')!r} event for group {group!r}"[:300], at=at,
+                                event=event)
+        try:
+            package = self._describe(self._client(), arn)
+        except RegistryError as exc:
+            return StatusChange(position, None, f"{status} ({exc})"[:300], at=at, event=event)
+        return StatusChange(position, package, status, detail.get("ApprovalDescription"), at, event)
+
+    def _acknowledge(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
+        """Delete the handled message; remember its event id against a redelivery."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        queue = aws_client("sqs", region_name=self.region_name, endpoint_url=self.endpoint_url, **SENSOR_TIMEOUTS)
+        try:
+            queue.delete_message(QueueUrl=self.events_queue_url, ReceiptHandle=change.position["receipt_handle"])
+        except (ClientError, BotoCoreError) as exc:
+            raise RegistryError(f"cannot delete message {change.position.get('message_id')} from "
+                                f"{self.events_queue_url}: {exc}") from None
+        events = list((cursor or {}).get("events", []))
+        if change.position.get("event_id"):
+            events = (events + [change.position["event_id"]])[-self.remembered_events:]
+        return {**(cursor or {}), "events": events}
+
+    # --- polling ---------------------------------------------------------------------------------------------
+
+    def _polled_changes(self, cursor: Mapping[str, Any] | None, limit: int | None = None) -> list[StatusChange]:
         """Packages whose status differs from the one last seen; only those are described. A package seen
         for the first time in another status than Pending also gives its registration first. With `limit`,
         the oldest changed packages are described first and describing stops once enough are found (the
@@ -429,8 +592,3 @@ class SageMakerModelRegistry(ModelRegistry):
                                       package.modified_at))
         found.sort(key=lambda c: (c.at, c.status != PENDING, c.package.group, c.package.version))
         return found[:limit] if limit is not None else found
-
-    def advance(self, cursor: Mapping[str, Any] | None, change: StatusChange) -> dict[str, Any]:
-        statuses = dict((cursor or {}).get("statuses", {}))
-        statuses[str(change.position)] = change.status
-        return {**(cursor or {}), "statuses": statuses}

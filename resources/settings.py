@@ -46,6 +46,7 @@ class PlatformSettings:
     kinesis_stream_name: str | None = None
     environment: str = "dev"
     registry_backend: str = "local"
+    registry_events_queue_url: str | None = None
     model_version_policy: str = "approved"
     notifier_backend: str = "local"
     sns_topic_arn: str | None = None
@@ -119,6 +120,13 @@ class PlatformSettings:
         registry_backend = (get("MODEL_REGISTRY_BACKEND") or "local").lower()
         if registry_backend not in ("local", "sagemaker"):
             raise ConfigurationError(f"MODEL_REGISTRY_BACKEND must be 'local' or 'sagemaker', not {registry_backend!r}")
+        events_queue = get("MODEL_REGISTRY_EVENTS_QUEUE_URL")
+        if events_queue and registry_backend != "sagemaker":
+            raise ConfigurationError("MODEL_REGISTRY_EVENTS_QUEUE_URL needs MODEL_REGISTRY_BACKEND=sagemaker (the queue "
+                                     "carries SageMaker Model Registry events)")
+        if events_queue and not re.fullmatch(r"https?://[^\s]+", events_queue):
+            raise ConfigurationError("MODEL_REGISTRY_EVENTS_QUEUE_URL must be an SQS queue URL "
+                                     "(https://sqs.<region>.amazonaws.com/<account>/<queue>)")
         policy = (get("MODEL_VERSION_POLICY") or "approved").lower()
         if policy not in ("approved", "newest"):
             raise ConfigurationError(f"MODEL_VERSION_POLICY must be 'approved' or 'newest', not {policy!r}")
@@ -154,6 +162,7 @@ class PlatformSettings:
             kinesis_stream_name=get("KINESIS_STREAM_NAME"),
             environment=environment,
             registry_backend=registry_backend,
+            registry_events_queue_url=events_queue,
             model_version_policy=policy,
             notifier_backend=notifier_backend,
             sns_topic_arn=get("SNS_TOPIC_ARN"),
@@ -298,7 +307,11 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 
     registry_settings = {"env": settings.environment, "version_policy": settings.model_version_policy}
     if settings.registry_backend == "sagemaker":
-        registry = SageMakerModelRegistry(**registry_settings, **aws, inference_image=settings.sagemaker_inference_image or "")
+        registry = SageMakerModelRegistry(
+            **registry_settings, **aws, inference_image=settings.sagemaker_inference_image or "",
+            inference_framework_version=settings.sagemaker_inference_framework_version,
+            py_version=settings.sagemaker_py_version, instance_type=settings.sagemaker_instance_type,
+            events_queue_url=settings.registry_events_queue_url)
     else:
         registry = LocalModelRegistry(db=app_db, **registry_settings)
     if settings.notifier_backend == "sns":

@@ -96,10 +96,29 @@ def test_sagemaker_calls_and_arguments(moto, boto_client):
     assert described["ModelApprovalStatus"] == PENDING
     container = described["InferenceSpecification"]["Containers"][0]
     assert (container["Image"], container["ModelDataUrl"]) == ("img:1", "s3://b/models/20260103-000000-cccccccc.tar.gz")
+    # the package is served as the platform serves it: the code inside model.tar.gz
+    assert container["Environment"] == {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                                        "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": "us-east-1"}
+    assert described["InferenceSpecification"]["SupportedContentTypes"] == ["text/csv"]
     assert described["CustomerMetadataProperties"]["mldp:model_version"] == "20260103-000000-cccccccc"
     registry.approve("credit-prod-models", package.version, "reviewed by risk")
     described = client.describe_model_package(ModelPackageName=package.arn)
     assert (described["ModelApprovalStatus"], described["ApprovalDescription"]) == (APPROVED, "reviewed by risk")
+
+
+def test_packages_name_the_pytorch_inference_image_and_the_models_content_types(moto):
+    import boto3
+
+    registry = SageMakerModelRegistry(env="prod", region_name="eu-west-1", endpoint_url=moto)
+    package = registry.register("recsys", model_version="r-1", model_data_url="s3://b/r-1/model.tar.gz", metrics={},
+                                data_fingerprint="f", content_types=("application/json", "application/jsonlines"))
+    client = boto3.client("sagemaker", region_name="eu-west-1", endpoint_url=moto)
+    described = client.describe_model_package(ModelPackageName=package.arn)
+    specification = described["InferenceSpecification"]
+    assert specification["Containers"][0]["Image"] == (
+        "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.6.0-cpu-py312")
+    assert specification["SupportedContentTypes"] == specification["SupportedResponseMIMETypes"] == [
+        "application/json", "application/jsonlines"]
 
 
 def test_named_versions_are_checked_against_the_policy(registry):

@@ -43,8 +43,15 @@ def test_registered_then_approved_each_notified_once_and_put_to_work(registry, n
     assert sent["subject"] == f"[SageMaker] New Model Registered in credit-{registry.env}-models"
     assert package.arn in sent["message"] and "version 1" in sent["message"]
     assert "s3://b/c-1/model.tar.gz" in sent["message"]
-    details = json.loads(sent["message"].split("Details:\n", 1)[1])
-    assert details["status"] == PENDING and details["metrics"] == {"validation_auc": 0.91}
+    # the reference's body: "Details:" and the EventBridge "SageMaker Model Package State Change" event
+    event = json.loads(sent["message"].split("Details:\n", 1)[1])
+    assert (event["source"], event["detail-type"], event["resources"]) == (
+        "aws.sagemaker", "SageMaker Model Package State Change", [package.arn])
+    detail = event["detail"]
+    assert (detail["ModelPackageGroupName"], detail["ModelPackageVersion"], detail["ModelPackageArn"],
+            detail["ModelApprovalStatus"]) == (package.group, 1, package.arn, PENDING)
+    assert detail["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == "s3://b/c-1/model.tar.gz"
+    assert detail["CustomerMetadataProperties"]["mldp:metric:validation_auc"] == "0.91"
 
     result, cursor = tick(registry, notifier, cursor)
     assert len(notifier.sent()) == 1 and not result.run_requests  # nothing new: nothing sent twice
@@ -52,6 +59,8 @@ def test_registered_then_approved_each_notified_once_and_put_to_work(registry, n
     registry.approve(package.group, package.version, "Gini 0.82, reviewed")
     result, cursor = tick(registry, notifier, cursor)
     assert notifier.sent()[-1]["subject"] == f"[SageMaker] New Model Approved in credit-{registry.env}-models"
+    approval = json.loads(notifier.sent()[-1]["message"].split("Details:\n", 1)[1])["detail"]
+    assert (approval["ModelApprovalStatus"], approval["ApprovalDescription"]) == (APPROVED, "Gini 0.82, reviewed")
     [request] = result.run_requests
     assert request.job_name == "credit_scoring_job" and request.tags["model_version"] == "c-1"
 
@@ -147,9 +156,9 @@ def test_an_approval_rejected_before_the_tick_is_told_as_made_but_not_put_to_wor
     approved = notifier.sent()[-1]
     assert approved["subject"].startswith("[SageMaker] New Model Approved")
     assert "its status has since become Rejected" in approved["message"] and "Reason: looked fine" in approved["message"]
-    details = json.loads(approved["message"].split("Details:\n", 1)[1])
-    assert (details["status"], details["approval_description"], details["current_status"]) == (
-        APPROVED, "looked fine", REJECTED)
+    detail = json.loads(approved["message"].split("Details:\n", 1)[1])["detail"]  # the change as it was made
+    assert (detail["ModelApprovalStatus"], detail["ApprovalDescription"]) == (APPROVED, "looked fine")
+    assert registry.package(package.group, package.version).status == REJECTED
 
 
 def test_approval_runs_are_pinned_to_the_approved_version(registry, notifier):
@@ -209,3 +218,83 @@ def test_the_sagemaker_registry_feeds_the_sensor(moto, notifier):
     registry.reject(package.group, package.version, "drift")
     tick(registry, notifier, cursor)
     assert len(notifier.sent()) == 2  # rejections are not told
+
+
+def emit(events, package, status: str, reason: str | None = None) -> dict:
+    """What SageMaker puts on EventBridge when a package is created or its approval changes (moto's SageMaker
+    does not emit these itself)."""
+    detail = {"ModelPackageGroupName": package.group, "ModelPackageVersion": package.version,
+              "ModelPackageArn": package.arn, "ModelPackageName": package.group, "ModelApprovalStatus": status,
+              "ModelPackageStatus": "Completed", "CreationTime": 1764000000000,
+              **({"ApprovalDescription": reason} if reason else {})}
+    response = events.put_events(Entries=[{"Source": "aws.sagemaker", "DetailType": "SageMaker Model Package State Change",
+                                           "Detail": json.dumps(detail), "Resources": [package.arn]}])
+    assert response["FailedEntryCount"] == 0
+    return detail
+
+
+def test_registry_events_from_the_eventbridge_queue_are_told_as_received_and_once(moto, boto_client, notifier):
+    sqs, events = boto_client("sqs"), boto_client("events")
+    env = f"n{uuid.uuid4().hex[:8]}"
+    queue = sqs.create_queue(QueueName=f"registry-events-{env}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=f"model-packages-{env}", EventPattern=json.dumps({
+        "source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"],
+        "detail": {"ModelPackageGroupName": [f"credit-{env}-models", f"recsys-{env}-models"]}}))
+    events.put_targets(Rule=f"model-packages-{env}", Targets=[{"Id": "registry-sensor", "Arn": queue_arn}])
+    registry = SageMakerModelRegistry(env=env, region_name="us-east-1", endpoint_url=moto, inference_image="img:1",
+                                      events_queue_url=queue, visibility_timeout_seconds=0)
+    package = register(registry, "credit", "c-1")
+    registered = emit(events, package, PENDING)
+    registry.approve(package.group, package.version, "Gini 0.82")
+    approved = emit(events, package, APPROVED, "Gini 0.82")
+    sqs.send_message(QueueUrl=queue, MessageBody="not an event")  # poison among good messages
+    for poison in ({"id": ["a"]}, {"detail": {"ModelApprovalStatus": [APPROVED]}}):  # fields of the wrong type
+        body = {"id": "p-1", "time": "2026-11-26T10:00:00Z", "detail-type": "SageMaker Model Package State Change",
+                "detail": {"ModelPackageGroupName": package.group, "ModelPackageArn": package.arn,
+                           "ModelApprovalStatus": APPROVED}}
+        body.update({k: v for k, v in poison.items() if k != "detail"})
+        body["detail"].update(poison.get("detail", {}))
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({  # another environment's group, sent around the rule
+        "id": "x", "time": "2026-11-26T10:00:00Z", "detail-type": "SageMaker Model Package State Change",
+        "detail": {"ModelPackageGroupName": "credit-prod-models", "ModelPackageArn": "arn:x", "ModelApprovalStatus": APPROVED}}))
+
+    result, cursor = tick(registry, notifier)
+    sent = notifier.sent()
+    assert [m["subject"] for m in sent] == [f"[SageMaker] New Model Registered in credit-{env}-models",
+                                            f"[SageMaker] New Model Approved in credit-{env}-models"]
+    told = [json.loads(m["message"].split("Details:\n", 1)[1]) for m in sent]
+    assert [t["detail"] for t in told] == [registered, approved]  # the events as EventBridge delivered them
+    assert all(t["source"] == "aws.sagemaker" and t["resources"] == [package.arn] for t in told)
+    [request] = result.run_requests
+    assert request.job_name == "credit_scoring_job" and request.tags["model_version"] == "c-1"
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)  # all handled or skipped
+
+    # SQS delivers at least once: the same event again is not told again
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(told[1]))
+    result, cursor = tick(registry, notifier, cursor)
+    assert not result.run_requests and len(notifier.sent()) == 2
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
+
+    # two copies of one event in the same tick: told once
+    third = register(registry, "credit", "c-3")
+    copy = {**told[0], "id": "redelivered-1", "detail": {**told[0]["detail"], "ModelPackageArn": third.arn,
+                                                         "ModelPackageVersion": third.version}}
+    for _ in range(2):
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(copy))
+    result, cursor = tick(registry, notifier, cursor)
+    assert len(notifier.sent()) == 3 and third.arn in notifier.sent()[-1]["message"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)
+
+    # a failed publish leaves the event in the queue for the next tick
+    second = register(registry, "credit", "c-2")
+    emit(events, second, PENDING)
+    broken = SnsNotifier(topic_arn="arn:aws:sns:us-east-1:123456789012:no-such-topic", region_name="us-east-1",
+                         endpoint_url=moto, attempts=1, backoff_seconds=0.01)
+    result, cursor = tick(registry, broken, cursor)
+    assert "notification failed" in result.skip_reason.skip_message and len(notifier.sent()) == 3
+    result, cursor = tick(registry, notifier, cursor)
+    assert notifier.sent()[-1]["subject"] == f"[SageMaker] New Model Registered in credit-{env}-models"
+    assert json.loads(notifier.sent()[-1]["message"].split("Details:\n", 1)[1])["detail"]["ModelPackageArn"] == second.arn
+    assert len(notifier.sent()) == 4

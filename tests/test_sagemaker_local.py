@@ -2,6 +2,7 @@
 (the contract tests in test_sagemaker_toolkits.py hold the same artifacts against the AWS toolkits)."""
 
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -67,6 +68,32 @@ def test_model_code_cannot_import_the_platform(sagemaker, code_dir):
     with pytest.raises(SageMakerJobError, match=r"No module named 'resources': model code runs in the "
                                                 r"SageMaker container"):
         train(sagemaker, code_dir, name="job-imports")
+
+
+def test_model_code_sees_no_credentials_and_an_interrupted_job_is_stopped(sagemaker, code_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:sekret@db/bank")
+    (code_dir / "train.py").write_text(
+        "import json, os, pathlib\n"
+        "pathlib.Path(os.environ['SM_MODEL_DIR'], 'env.json').write_text(json.dumps(sorted(os.environ)))\n")
+    job = train(sagemaker, code_dir, name="job-env")
+    seen = json.loads((Path(job.model_dir) / "env.json").read_text())
+    assert "AWS_SECRET_ACCESS_KEY" not in seen and "DATABASE_URL" not in seen and "SM_MODEL_DIR" in seen
+
+    pid_file = tmp_path / "pid"
+    (code_dir / "train.py").write_text(
+        f"import os, pathlib, time\npathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "print('started', flush=True)\ntime.sleep(120)\n")
+
+    def interrupted(line):  # as when Dagster stops the run while the job logs
+        if line == "started":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sagemaker.train(job_name="job-stopped", source_dir=code_dir, entry_point="train.py",
+                        channels={"train": "data/train"}, hyperparameters={}, output_prefix="training", log=interrupted)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)  # the job's process is gone
 
 
 def test_failed_training_reports_the_scripts_reason_and_is_recorded(sagemaker, code_dir):
@@ -151,10 +178,11 @@ def test_single_record_requests_and_instances_sharing_the_files(sagemaker, code_
 
 def test_batch_transform_failure_names_the_file_and_records(sagemaker, model_key, local_artifacts):
     local_artifacts.write_text("bad/in/part-7.csv", "a,1\nb,boom\n")
+    local_artifacts.write_text("bad/out/part-7.csv.out", "an earlier run's output\n")
     with pytest.raises(SageMakerJobError, match=r"part-7\.csv, records 1-2: the model answered 500: ValueError: "
                                                 r"cannot score 'boom'"):
         transform(sagemaker, model_key, "score-bad", "bad")
-    assert local_artifacts.list("bad/out/") == []
+    assert local_artifacts.list("bad/out/") == []  # neither a half-written output nor an earlier one
     with pytest.raises(SageMakerJobError, match=r"the model answered 500: ValueError: cannot read application/json"):
         transform(sagemaker, model_key, "score-json", "bad", content_type="application/json")
 
@@ -185,6 +213,23 @@ def archive_of(tmp_path, files: dict[str, str]) -> Path:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     return pack_directory(folder, tmp_path / "model.tar.gz")
+
+
+def test_links_are_packed_as_files_and_archives_holding_links_are_refused(sagemaker, local_artifacts, tmp_path):
+    folder = tmp_path / "with-link"
+    (folder / "code").mkdir(parents=True)
+    (folder / "code" / "inference.py").write_text("")
+    (folder / "weights.bin").write_bytes(b"w")
+    (folder / "model.pt").symlink_to("weights.bin")
+    with tarfile.open(pack_directory(folder, tmp_path / "packed.tar.gz")) as tar:
+        assert tar.getmember("model.pt").isfile()  # stored as the file it points to
+    linked = tmp_path / "linked.tar.gz"
+    with tarfile.open(linked, "w:gz") as tar:
+        tar.add(folder / "code" / "inference.py", arcname="code/inference.py")
+        tar.add(folder / "model.pt", arcname="model.pt")  # a symlink member
+    local_artifacts.upload_file("models/linked/model.tar.gz", linked)
+    with pytest.raises(ModelArchiveError, match="member 'model.pt' is a link or a special file"):
+        sagemaker.check_model_archive("models/linked/model.tar.gz")
 
 
 def test_a_model_without_its_serving_code_is_refused_before_serving(sagemaker, local_artifacts, tmp_path):

@@ -110,11 +110,51 @@ def broken(definition: dict, change) -> dict:
      r"reference 'Steps.CreateModel.ModelName' resolves to nothing"),
     (lambda s: s["DecideLimits"]["Arguments"]["ProcessingInputs"][1]["S3Input"].__setitem__(
         "S3Uri", {"Get": "Parameters.CurrentLimitUri"}), r"reference 'Parameters.CurrentLimitUri' resolves to nothing"),
+    (lambda s: s["DecideLimits"].__setitem__("DependsOn", ["NoSuchStep"]),
+     r"step DecideLimits depends on 'NoSuchStep', which is not a step"),
+    (lambda s: s["CreateScoringModel"]["Arguments"]["PrimaryContainer"].__setitem__(
+        "ModelDataUrl", {"Get": "Steps.ScoreEligibleCustomers.TransformOutput.S3OutputPath"}),
+     r"the steps wait on each other: CreateScoringModel -> ScoreEligibleCustomers -> CreateScoringModel"),
+    (lambda s: s["TrainScorecard"]["Arguments"]["OutputDataConfig"].__setitem__(
+        "S3OutputPath", {"Get": "Steps.TrainScorecard.ModelArtifacts.S3ModelArtifacts"}),
+     r"the steps wait on each other: TrainScorecard -> TrainScorecard"),
+    (lambda s: s["CheckValidationGini"]["Arguments"]["Conditions"][0].__setitem__("Type", "GreaterThanOrEqual"),
+     r"step CheckValidationGini: unknown condition type 'GreaterThanOrEqual'"),
+    (lambda s: s["CheckValidationGini"]["Arguments"]["Conditions"][0].pop("LeftValue"),
+     r"a GreaterThanOrEqualTo condition needs LeftValue"),
+    (lambda s: s["ScoreEligibleCustomers"]["Arguments"]["TransformResources"].__setitem__(
+        "InstanceCount", {"Get": "Parameters.InstanceType"}),
+     r"step ScoreEligibleCustomers: \{'Get': 'Parameters.InstanceType'\} gives a string where .* wants a integer"),
+    (lambda s: s["ScoreEligibleCustomers"]["Arguments"].__setitem__(
+        "ModelName", {"Get": "Steps.TrainScorecard.ModelArtifacts"}), r"gives a structure where .* wants a string"),
+    (lambda s: s["ValidationGiniTooLow"]["Arguments"]["ErrorMessage"]["Std:Join"].__setitem__("Values", "x"),
+     r"step ValidationGiniTooLow: Std:Join needs a list of Values"),
+    (lambda s: s["CreateScoringModel"]["Arguments"]["PrimaryContainer"].__setitem__("ModelDataUrl", {"Get": {"x": 1}}),
+     r"step CreateScoringModel: a Get names \{'x': 1\}, not a property path"),
+    (lambda s: s["DecideLimits"].pop("Name"), r"a Processing step has no Name"),
 ])
 def test_a_definition_sagemaker_would_refuse_is_refused_here(definition, change, problem):
     check_definition(definition)
     with pytest.raises(PipelineExportError, match=f"(?s){problem}"):
         check_definition(broken(definition, change))
+
+
+def test_parameters_and_what_the_sdk_also_writes_are_checked(definition):
+    doubled = copy.deepcopy(definition)
+    doubled["Parameters"] += [{"Name": "InstanceType", "Type": "String", "DefaultValue": "ml.c5.xlarge"},
+                              {"Name": "Retries", "Type": "Integer", "DefaultValue": "three"}]
+    with pytest.raises(PipelineExportError, match=r"(?s)parameter 'InstanceType' is defined twice.*parameter "
+                                                  r"'Retries' \(Integer\) has the default 'three'"):
+        check_definition(doubled)
+    # the SDK's own forms are accepted: a condition's outcome and a property file read with Std:JsonGet
+    valid = copy.deepcopy(definition)
+    steps = steps_of(valid)
+    steps["DecideLimits"]["PropertyFiles"] = [{"PropertyFileName": "Report", "OutputName": "decisions",
+                                               "FilePath": "report.json"}]
+    steps["ValidationGiniTooLow"]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"] += [
+        {"Get": "Steps.CheckValidationGini.Outcome"},
+        {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.DecideLimits.PropertyFiles.Report"}, "Path": "approved"}}]
+    check_definition(valid)
 
 
 def test_local_locations_and_a_missing_role_are_refused(local_artifacts, s3_artifacts, app_db, moto, boto_client,

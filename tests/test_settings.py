@@ -56,6 +56,7 @@ def test_aws_settings_select_aws_implementations(tmp_path):
         "MODEL_VERSION_POLICY": "newest",
         "NOTIFIER_BACKEND": "sns",
         "SNS_TOPIC_ARN": "arn:aws:sns:eu-west-1:123456789012:model-approvals",
+        "MODEL_REGISTRY_EVENTS_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/registry-events",
         "SAGEMAKER_TRAINING_INSTANCE_COUNT": "2",
         "SAGEMAKER_TRANSFORM_INSTANCE_COUNT": "4",
     })
@@ -78,6 +79,7 @@ def test_aws_settings_select_aws_implementations(tmp_path):
     registry = res["registry"]
     assert isinstance(registry, SageMakerModelRegistry) and registry.group_for("recsys") == "recsys-prod-models"
     assert registry.version_policy == "newest" and registry.region_name == "eu-west-1"
+    assert registry.events_queue_url.endswith("/registry-events")
     assert isinstance(res["notifier"], SnsNotifier) and res["notifier"].topic_arn.endswith(":model-approvals")
 
 
@@ -114,6 +116,10 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"NOTIFIER_BACKEND": "email"}, "NOTIFIER_BACKEND must be 'local' or 'sns'"),
         ({"NOTIFIER_BACKEND": "sns"}, "needs SNS_TOPIC_ARN"),
         ({"MLDP_ENV": "Prod Env"}, "MLDP_ENV must be lower-case"),
+        ({"MODEL_REGISTRY_EVENTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/q"},
+         "MODEL_REGISTRY_EVENTS_QUEUE_URL needs MODEL_REGISTRY_BACKEND=sagemaker"),
+        ({"MODEL_REGISTRY_BACKEND": "sagemaker", "MODEL_REGISTRY_EVENTS_QUEUE_URL": "registry-events"},
+         "MODEL_REGISTRY_EVENTS_QUEUE_URL must be an SQS queue URL"),
         ({"SAGEMAKER_TRANSFORM_INSTANCE_COUNT": "0"}, "SAGEMAKER_TRANSFORM_INSTANCE_COUNT must be a whole number of "
                                                       "instances from 1 to 100, not '0'"),
         ({"SAGEMAKER_TRAINING_INSTANCE_COUNT": "two"}, "SAGEMAKER_TRAINING_INSTANCE_COUNT must be a whole number"),

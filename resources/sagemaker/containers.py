@@ -254,8 +254,11 @@ def check_model_archive(archive: Path, entry_point: str = DEFAULT_INFERENCE_ENTR
         raise ModelArchiveError(f"{shown} is not a readable model.tar.gz: {exc}") from None
     names = [m.name[2:] if m.name.startswith("./") else m.name for m in members]
     for member, member_name in zip(members, names):
-        if member_name.startswith("/") or ".." in Path(member_name).parts or member.islnk() or member.issym():
+        if member_name.startswith("/") or ".." in Path(member_name).parts:
             raise ModelArchiveError(f"{shown}: member {member.name!r} would land outside the model folder")
+        if not (member.isfile() or member.isdir()):
+            raise ModelArchiveError(f"{shown}: member {member.name!r} is a link or a special file; a model archive "
+                                    "holds files and folders only")
     wanted = f"{CODE_DIR}/{entry_point}"
     if wanted not in names:
         raise ModelArchiveError(

@@ -23,6 +23,7 @@ import dagster as dg
 
 from resources.artifacts import ArtifactStore, join_key, scratch_dir
 from resources.sagemaker import containers
+from resources.sagemaker.images import pytorch_image
 
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -118,9 +119,10 @@ def failure_message(kind: str, description: Mapping[str, Any]) -> str:
 
 
 def pack_directory(directory: Path, archive: Path) -> Path:
-    """tar.gz the contents of `directory` (entries relative to it), as SageMaker packs model.tar.gz."""
+    """tar.gz the contents of `directory` (entries relative to it), as SageMaker packs model.tar.gz; a symlink
+    is stored as the file it points to."""
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w:gz", dereference=True) as tar:
         for path in sorted(Path(directory).rglob("*")):
             if "__pycache__" in path.parts:
                 continue
@@ -294,18 +296,9 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
     def image_uri(self, scope: str) -> str:
         """The PyTorch framework image for 'training' or 'inference' (configured, or looked up by the SDK)."""
         configured = self.training_image if scope == "training" else self.inference_image
-        if configured:
-            return configured
-        from sagemaker.core import image_uris  # slow import, only where an image is needed
-
-        return image_uris.retrieve(
-            framework="pytorch",
-            region=self.region_name,
-            version=self.framework_version if scope == "training" else self.inference_framework_version,
-            py_version=self.py_version,
-            instance_type=self.instance_type,
-            image_scope=scope,
-        )
+        return configured or pytorch_image(
+            scope, region=self.region_name, py_version=self.py_version, instance_type=self.instance_type,
+            version=self.framework_version if scope == "training" else self.inference_framework_version)
 
     def upload_source(self, key: str, source_dir: Path) -> str:
         """Pack a script-mode source folder as ``sourcedir.tar.gz`` at `key` in the artifact store; its URI."""

@@ -45,9 +45,15 @@ RUNTIME_SCRIPT = Path(__file__).with_name("runtime.py")
 PLATFORM_PACKAGES = ("credit_assets", "recsys_assets", "mlops_assets", "resources", "platform_cli", "definitions")
 
 
+# what a job's process inherits from this one: what the OS and the numeric libraries need, never credentials or
+# the platform's settings (a SageMaker container has none of them either)
+INHERITED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "OMP_NUM_THREADS",
+             "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def container_environment(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without what would not reach a container (other SM_* values, PYTHONPATH)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_") and k != "PYTHONPATH"}
+    """The environment of a job's process: the inherited basics, then the job's own variables."""
+    env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
@@ -58,12 +64,17 @@ def run_logged(command: list[str], *, env: dict[str, str], cwd: Path, log_path: 
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)
-        assert process.stdout is not None
-        for line in process.stdout:
-            log_file.write(line)
-            lines.append(line.rstrip("\n"))
-            log(line.rstrip("\n"))
-        code = process.wait()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log_file.write(line)
+                lines.append(line.rstrip("\n"))
+                log(line.rstrip("\n"))
+            code = process.wait()
+        finally:  # an interrupted run does not leave its job running
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return code, lines
 
 
@@ -150,6 +161,7 @@ class LocalSageMakerJobs(SageMakerJobs):
             unpack_archive(archive, model_dir)
             archive.unlink()
             self.artifacts.download_prefix(request.input_prefix, input_dir)
+            self.artifacts.delete_prefix(request.output_prefix + "/")  # as on AWS: no earlier output survives
             output_dir.mkdir()
             files = sorted(p.relative_to(input_dir).as_posix() for p in input_dir.rglob("*") if p.is_file())
             # SageMaker hands each instance whole input objects; the platform's inputs come in parts for this
@@ -158,7 +170,6 @@ class LocalSageMakerJobs(SageMakerJobs):
             log(f"local SageMaker batch transform {request.job_name}: {self.artifacts.uri(request.model_data_key)} "
                 f"over {len(files)} file(s) on {len(shares)} instance(s)")
             self._serve(request, shares, model_dir, input_dir, output_dir, job_dir, log)
-            self.artifacts.delete_prefix(request.output_prefix + "/")
             self.artifacts.upload_dir(output_dir, request.output_prefix)
         finally:
             # the job folder keeps its log only: inputs may hold customer data, outputs now live in the store
