@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     readonly = commands.add_parser("readonly-check", help="connect through the read-only resource and report")
     readonly.set_defaults(func=cmd_readonly_check)
+
+    from platform_cli.deploy import add_parser as add_deploy_parser
+
+    add_deploy_parser(commands)
     return parser
 
 

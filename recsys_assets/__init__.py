@@ -1,25 +1,23 @@
-"""Recommender: ratings training data, the two-tower model, pgvector embeddings and streaming enrichment."""
+"""Recommender: ratings training data, the two-tower model, pgvector embeddings and streaming enrichment.
 
-import dagster as dg
+The package's Dagster definitions (`defs`) are built on first access, not on import: the Firehose
+transformation Lambda imports `recsys_assets.lambda_handler` and `recsys_assets.enrichment` without Dagster,
+pandas or torch in its package (see ``deploy/lambda``).
+"""
 
-from recsys_assets.assets import (
-    embeddings_tables,
-    ratings_training_data,
-    ratings_training_data_not_empty,
-    recsys_catalog,
-    recsys_model,
-    source_customers,
-    source_products,
-    source_ratings,
-)
-from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_training_job
-from recsys_assets.sensors import model_artifacts_sensor
-from recsys_assets.streaming import recommendations, recommendations_job, session_events_sensor
+from __future__ import annotations
 
-defs = dg.Definitions(
-    assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,
-            embeddings_tables, recommendations],
-    asset_checks=[ratings_training_data_not_empty],
-    jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
-    sensors=[model_artifacts_sensor, session_events_sensor],
-)
+import importlib
+import importlib.util
+
+
+def __getattr__(name: str):
+    """`defs` and the definitions' parts (``recsys_assets.recsys_model``, ...), imported when first asked for.
+    A submodule's name is left to the import system (``from recsys_assets import enrichment``)."""
+    if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(name)
+    definitions = importlib.import_module(f"{__name__}.definitions")
+    try:
+        return getattr(definitions, name)
+    except AttributeError:
+        raise AttributeError(f"module 'recsys_assets' has no attribute {name!r}") from None

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from resources.artifact_keys import MODEL_VERSIONS_PREFIX as ARTIFACTS_PREFIX
+from resources.artifact_keys import version_prefix  # noqa: F401  (re-exported)
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
 from resources.model_versions import MANIFEST, sha256_hex
 
-ARTIFACTS_PREFIX = "ml-artifacts"
 ITEM_FILE = "embeddings/item_embeddings.csv"
 USER_FILE = "embeddings/user_embeddings.csv"
 ROW_KEYS = {ITEM_FILE: "item_embeddings", USER_FILE: "user_embeddings"}
@@ -138,10 +139,6 @@ def _parse_matrix(rows: list[str], width: int, source: str, lines: list[int]) ->
 
 
 # --- versions in the artifact store ---------------------------------------------------------------------
-
-
-def version_prefix(version: str) -> str:
-    return join_key(ARTIFACTS_PREFIX, version)
 
 
 def listed_files(manifest: Mapping[str, Any]) -> dict[str, dict]:

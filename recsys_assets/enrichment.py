@@ -29,10 +29,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
-import pandas as pd
 
 DEFAULT_K = 5
 MAX_TEXT_LENGTH = 1_000  # session ids, cities, countries, product codes
@@ -296,22 +295,86 @@ def enrich_in_batches(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder
 
 
 class TowerEmbedder:
-    """Customer embeddings from the published user tower (new customers included)."""
+    """Customer embeddings from a model version's user tower (`NumpyUserTower`: no torch), new customers
+    included, with a note for each city or country the model never saw."""
 
     def __init__(self, tower, version: str) -> None:
         self.tower = tower
         self.version = version
-        self.known = {name: set(values) for name, values in tower.scaler["categorical"].items()}
 
     def embed(self, events: Sequence[dict]) -> tuple[np.ndarray, list[list[str]]]:
-        frame = pd.DataFrame({
-            "city": [e["city"] for e in events],
-            "country": [e["country"] for e in events],
-            "creditlimit": [float(e["credit_limit"]) for e in events],
-        })
+        rows = [{"city": e["city"], "country": e["country"], "creditlimit": float(e["credit_limit"])} for e in events]
         notes = [
             [f"{name} {event[name]!r} not seen in training: its features are ignored"
-             for name in ("city", "country") if event[name] not in self.known.get(name, ())]
+             for name in ("city", "country") if event[name] not in self.tower.known.get(name, ())]
             for event in events
         ]
-        return self.tower.embed(frame), notes
+        return self.tower.embed(rows), notes
+
+
+class UserTowerUnavailable(RuntimeError):
+    """A model version's user tower cannot be read; the message names the version and the file."""
+
+
+def load_user_tower(read: Callable[[str], bytes], version: str, where: str, *, torch_fallback: bool = False):
+    """Model version `version`'s user tower for numpy (`NumpyUserTower`), from its published files:
+    `read(name)` returns ``ml-artifacts/<version>/<name>`` (`ArtifactNotFoundError` when absent), `where` is
+    that folder's URI for messages. Reads ``model/user_tower.json``; a version published before that export
+    existed is converted from its torch weights (``weights_only=True``) where torch is installed
+    (`torch_fallback`), and refused with a message elsewhere (the Lambda)."""
+    from recsys_assets.model_code import numpy_tower
+    from resources.artifact_keys import ArtifactNotFoundError
+
+    def required(name: str) -> bytes:
+        try:
+            return read(name)
+        except ArtifactNotFoundError:
+            raise UserTowerUnavailable(
+                f"model version {version} has no {name} ({where}/{name}): enriching events needs the user tower to "
+                "embed customers, new ones included") from None
+
+    scaler = required(numpy_tower.USER_SCALER_FILE)
+    try:
+        export = read(numpy_tower.USER_TOWER_FILE)
+    except ArtifactNotFoundError:
+        if not torch_fallback:
+            raise UserTowerUnavailable(
+                f"model version {version} has no {numpy_tower.USER_TOWER_FILE} ({where}): it was published before "
+                "the platform exported the user tower for numpy; materialize recsys_model again to publish a version "
+                "with it") from None
+        from recsys_assets.model_code import two_tower  # torch: only where it is installed
+
+        files = {name: required(name) for name in (two_tower.CONFIG_FILE, two_tower.MODEL_FILE)}
+        return two_tower.UserTower.from_bytes({**files, two_tower.USER_SCALER_FILE: scaler}).to_numpy()
+    return numpy_tower.NumpyUserTower.from_files(
+        {numpy_tower.USER_TOWER_FILE: export, numpy_tower.USER_SCALER_FILE: scaler},
+        source=f"{where}/{numpy_tower.USER_TOWER_FILE}")
+
+
+class NoEmbeddingsLoaded(RuntimeError):
+    """The item embeddings table holds no live version: nothing can be recommended yet."""
+
+
+def enrich_with_live_model(items, embedder_for: Callable[[str], UserEmbedder], store, k: int = DEFAULT_K,
+                           batch_size: int = 500, max_bytes: int | None = None,
+                           attempts: int = 3) -> tuple[str, Enriched, list[float]]:
+    """Enrich (key, payload) items with the live model version: the user tower (`embedder_for(version)`)
+    and the items always of that one version. When a new version goes live meanwhile, the queries notice
+    (`EmbeddingsVersionChanged`) and everything starts again with the new one. `store`: a
+    `resources.vector_queries.NearestItems`. Returns (model version, outcome, micro-batch latencies)."""
+    from resources.vector_queries import EmbeddingsVersionChanged
+
+    attempt = 1
+    while True:
+        version = store.active_version(store.item_table)
+        if version is None:
+            raise NoEmbeddingsLoaded(
+                f"no embeddings are loaded in {store.item_table}: materialize item_embeddings and user_embeddings "
+                "first")
+        try:
+            outcome, latencies = enrich_in_batches(items, embedder_for(version), store, k, batch_size, max_bytes)
+            return version, outcome, latencies
+        except EmbeddingsVersionChanged:
+            if attempt >= attempts:  # versions changing faster than an hour is enriched: fail, retry later
+                raise
+            attempt += 1

@@ -8,11 +8,18 @@ enriched (Firehose routes those to its error output: data that is not a base64 s
 
 Nothing in a record's content makes the handler raise; only a malformed envelope does (no ``records``
 list, a record without a string ``recordId``, or one ``recordId`` twice: Firehose could not match the
-answers to its records), and having no embeddings loaded (Firehose retries the batch). The user tower and
-the items are always of one model version, the live one. The vector database, the artifact store and the
-limits come from the same environment variables as everywhere else (``DATABASE_URL``, ``ARTIFACTS_URI``,
-``MAX_EVENT_BYTES``, ...; see README); connections and the user tower are kept between invocations of a
-warm container, and the live model version is checked on each invocation.
+answers to its records), having no embeddings loaded, or a database that cannot be reached (Firehose
+retries the batch). The user tower and the items are always of one model version, the live one.
+
+Settings come from the same environment variables as everywhere else (see README): the database from
+``READONLY_DATABASE_SECRET_ID`` (deployed: the read replica's read-only user), ``READONLY_DATABASE_URL`` or
+``DATABASE_URL``; the model files from ``ARTIFACTS_URI``; ``MAX_EVENT_BYTES``, ``AWS_REGION``. Connections
+and the user tower are kept between invocations of a warm container, and the live model version is checked
+on each invocation.
+
+The package imports no Dagster, pandas or torch: customers are embedded in numpy from the version's
+``model/user_tower.json``, and the nearest items come from `resources.vector_queries` over psycopg, so the
+deployment package (``deploy/lambda/build.py``) stays far below Lambda's 250 MB.
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from contextlib import ExitStack
 
-from recsys_assets.enrichment import DEFAULT_K
-from recsys_assets.streaming import enrich_with_live_model
+import psycopg
+
+from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_with_live_model, load_user_tower
+from resources.artifact_keys import join_key, read_artifact, version_prefix
+from resources.credentials import DatabaseUnavailableError, connect_or_explain, credentials_from_secret
+from resources.settings import ConfigurationError, PlatformSettings
+from resources.vector_queries import ReadOnlyNearestItems
 
 logger = logging.getLogger(__name__)
 _state: dict = {}
@@ -33,24 +44,59 @@ class FirehoseEnvelopeError(ValueError):
     """The invocation is not a Firehose transformation request; names what is wrong, never record data."""
 
 
-def _resources():
-    if "resources" not in _state:
-        from resources.settings import PlatformSettings, open_resources
+def _connector(settings: PlatformSettings):
+    """How the Lambda opens a database connection: the read-only user of ``READONLY_DATABASE_SECRET_ID`` (the
+    deployed form), else ``READONLY_DATABASE_URL``, else ``DATABASE_URL``. Sessions are read-only and their
+    statements time out after ``READONLY_STATEMENT_TIMEOUT_SECONDS``."""
+    options = f"-c statement_timeout={settings.readonly_statement_timeout_seconds * 1000}"
+    if settings.readonly_secret_id:
+        from resources.aws_clients import aws_client
 
+        secret_id = settings.readonly_secret_id
+        client = aws_client("secretsmanager", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+        credentials = credentials_from_secret(secret_id, client.get_secret_value(SecretId=secret_id).get("SecretString"))
+        describe = f"the database in Secrets Manager secret {secret_id!r}"
+        return lambda: connect_or_explain(describe=describe, autocommit=True, options=options, **credentials)
+    for name, url in (("READONLY_DATABASE_URL", settings.readonly_database_url), ("DATABASE_URL", settings.database_url)):
+        if url:
+            return lambda: connect_or_explain(url, describe=f"given by {name}", autocommit=True, options=options)
+    raise ConfigurationError("the Firehose Lambda needs READONLY_DATABASE_SECRET_ID, READONLY_DATABASE_URL or "
+                             "DATABASE_URL: the database holding the live embeddings tables")
+
+
+def _setup() -> dict:
+    if "store" not in _state:
         settings = PlatformSettings.from_env()
-        stack = ExitStack()
-        _state["resources"] = stack.enter_context(open_resources(settings))
-        _state["max_event_bytes"] = settings.max_event_bytes
-        _state["stack"] = stack
-    return _state["resources"]
+        s3 = None
+        if settings.artifacts_uri.startswith("s3://"):
+            from resources.aws_clients import aws_client
+
+            s3 = aws_client("s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+        _state.update(settings=settings, s3=s3, store=ReadOnlyNearestItems(_connector(settings)), embedders={})
+    return _state
+
+
+def _embedder(version: str) -> TowerEmbedder:
+    """The model version's user tower in numpy, read once per warm container."""
+    embedders = _state["embedders"]
+    if version not in embedders:
+        settings, prefix = _state["settings"], version_prefix(version)
+
+        def read(name: str) -> bytes:
+            return read_artifact(settings.artifacts_uri, join_key(prefix, name), region_name=settings.aws_region,
+                                 endpoint_url=settings.aws_endpoint_url, client=_state["s3"])
+
+        where = f"{settings.artifacts_uri.rstrip('/')}/{prefix}"
+        embedders[version] = TowerEmbedder(load_user_tower(read, version, where), version)
+    return embedders[version]
 
 
 def reset() -> None:
     """Close connections and forget cached state (a cold start)."""
-    stack = _state.pop("stack", None)
+    store = _state.get("store")
     _state.clear()
-    if stack is not None:
-        stack.close()
+    if store is not None:
+        store.close()
 
 
 def firehose_records(event) -> list[dict]:
@@ -75,7 +121,7 @@ def _result(record_id: str, result: str, data: str) -> dict:
 
 def lambda_handler(event: dict, context=None) -> dict:
     records = firehose_records(event)
-    resources = _resources()
+    state = _setup()
     results: dict[str, dict] = {}
     items = []
     for record in records:
@@ -94,9 +140,13 @@ def lambda_handler(event: dict, context=None) -> dict:
             results[record_id] = _result(record_id, "Dropped", data)
             continue
         items.append((record_id, payload))
-    _version, outcome, _latencies = enrich_with_live_model(items, resources.artifacts, resources.pgvector, DEFAULT_K,
-                                                           batch_size=max(1, len(items)),
-                                                           max_bytes=_state["max_event_bytes"])
+    try:
+        _version, outcome, _latencies = enrich_with_live_model(items, _embedder, state["store"], DEFAULT_K,
+                                                               batch_size=max(1, len(items)),
+                                                               max_bytes=state["settings"].max_event_bytes)
+    except (DatabaseUnavailableError, psycopg.OperationalError):
+        reset()  # a connection the server dropped (a failover): the retried invocation opens new ones
+        raise
     for record_id, enriched in outcome.records:
         line = json.dumps(enriched, separators=(",", ":")) + "\n"
         results[record_id] = _result(record_id, "Ok", base64.b64encode(line.encode()).decode("ascii"))

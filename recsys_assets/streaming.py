@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 import dagster as dg
 import numpy as np
 
-from recsys_assets import embeddings
-from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, enrich_in_batches
-from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
+from recsys_assets import embeddings, enrichment
+from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, load_user_tower
+from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import markdown_mapping
-from resources.pgvector import EmbeddingsVersionChanged, PgVectorStore
+from resources.pgvector import PgVectorStore
 from resources.stream import EventStream, StreamRecord
 
 # end_offset=1: the hour in progress is a partition too, so its events are enriched while it lasts
@@ -112,45 +112,22 @@ _embedders: dict[tuple[str, str], TowerEmbedder] = {}
 
 
 def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
-    """The user tower of a published model version (read once per process)."""
-    from recsys_assets.model_code import two_tower  # torch: imported where a tower is needed, not by every job
-
+    """The user tower of a published model version, in numpy (read once per process; see
+    `enrichment.load_user_tower`)."""
     cache_key = (artifacts.uri(), version)
     if cache_key not in _embedders:
-        files = {}
-        for name in (two_tower.CONFIG_FILE, two_tower.USER_SCALER_FILE, two_tower.MODEL_FILE):
-            key = join_key(embeddings.version_prefix(version), name)
-            try:
-                files[name] = artifacts.read_bytes(key)
-            except ArtifactNotFoundError:
-                raise embeddings.EmbeddingsFileError(
-                    f"model version {version} has no {name} ({artifacts.uri(key)}): enriching events needs the "
-                    "user tower to embed customers, new ones included") from None
-        _embedders[cache_key] = TowerEmbedder(two_tower.UserTower.from_bytes(files), version)
+        prefix = embeddings.version_prefix(version)
+        tower = load_user_tower(lambda name: artifacts.read_bytes(join_key(prefix, name)), version,
+                                artifacts.uri(prefix), torch_fallback=True)
+        _embedders[cache_key] = TowerEmbedder(tower, version)
     return _embedders[cache_key]
 
 
 def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorStore, k: int = DEFAULT_K,
-                           batch_size: int = 500, max_bytes: int | None = None,
-                           attempts: int = 3) -> tuple[str, Enriched, list[float]]:
-    """Enrich (key, payload) items with the live model version: the user tower and the items always of that
-    one version. When a new version goes live meanwhile, the queries notice and everything starts again
-    with the new one. Returns (model version, outcome, micro-batch latencies)."""
-    attempt = 1
-    while True:
-        version = pgvector.active_version(pgvector.item_table)
-        if version is None:
-            raise embeddings.EmbeddingsFileError(
-                f"no embeddings are loaded in {pgvector.item_table}: materialize item_embeddings and user_embeddings "
-                "first")
-        try:
-            outcome, latencies = enrich_in_batches(items, embedder_for(artifacts, version), pgvector, k, batch_size,
-                                                   max_bytes)
-            return version, outcome, latencies
-        except EmbeddingsVersionChanged:
-            if attempt >= attempts:  # versions changing faster than an hour is enriched: fail, retry later
-                raise
-            attempt += 1
+                           batch_size: int = 500, max_bytes: int | None = None) -> tuple[str, Enriched, list[float]]:
+    """`enrichment.enrich_with_live_model` with the towers of `artifacts`."""
+    return enrichment.enrich_with_live_model(items, lambda version: embedder_for(artifacts, version), pgvector, k,
+                                             batch_size, max_bytes)
 
 
 def dead_letter_line(record: StreamRecord, reason: str) -> dict:

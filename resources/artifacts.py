@@ -26,9 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster_aws.s3 import S3Resource
 
-
-class ArtifactNotFoundError(FileNotFoundError):
-    """No object at that key; the message carries the full URI."""
+from resources.artifact_keys import (  # noqa: F401  (re-exported: the platform's callers import them from here)
+    ArtifactNotFoundError,
+    clean_key,
+    join_key,
+    parse_artifacts_uri,
+    read_artifact,
+)
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,6 @@ class ArtifactInfo:
     key: str
     size: int
     last_modified: datetime
-
-
-def clean_key(key: str) -> str:
-    """Validate a store key: relative, '/'-separated, no '..' or empty parts."""
-    if not key or key.startswith("/") or "\\" in key:
-        raise ValueError(f"invalid artifact key {key!r}: keys are relative '/'-separated paths")
-    parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"invalid artifact key {key!r}: empty, '.' and '..' parts are not allowed")
-    return key
-
-
-def join_key(*parts: str) -> str:
-    return clean_key("/".join(p.strip("/") for p in parts if p and p.strip("/")))
 
 
 class ArtifactStore(dg.ConfigurableResource, ABC):
@@ -278,11 +268,7 @@ class S3ArtifactStore(ArtifactStore):
         return self.uri(key)
 
     def read_bytes(self, key: str) -> bytes:
-        client = self._client()
-        try:
-            return client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except client.exceptions.NoSuchKey:
-            raise ArtifactNotFoundError(f"no artifact at {self.uri(key)}") from None
+        return read_artifact(self.uri(), key, region_name="", client=self._client())
 
     def exists(self, key: str) -> bool:
         client = self._client()
@@ -344,20 +330,6 @@ class S3ArtifactStore(ArtifactStore):
 def schema_metadata(schema: pa.Schema) -> dict[str, str]:
     """The key/value metadata written with `write_parquet` (pandas' own entry left out)."""
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if not k.startswith(b"pandas")}
-
-
-def parse_artifacts_uri(uri: str) -> tuple[str, str, str]:
-    """('file', path, '') or ('s3', bucket, prefix) for an ``ARTIFACTS_URI`` value."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
-        if not bucket:
-            raise ValueError(f"ARTIFACTS_URI {uri!r} names no bucket")
-        return "s3", bucket, prefix.strip("/")
-    if uri.startswith("file://"):
-        return "file", uri[len("file://"):], ""
-    if "://" in uri:
-        raise ValueError(f"ARTIFACTS_URI {uri!r}: only s3:// URIs and local paths are supported")
-    return "file", uri, ""
 
 
 def scratch_dir(prefix: str) -> Path:

@@ -9,8 +9,12 @@ strings no parser accepts: a driver that cannot parse a string often echoes part
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import psycopg
 
 MASK = "***"
 _PASSWORD_PARAMETER = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'?|\"[^\"]*\"?|[^\s&;]*)", re.IGNORECASE)
@@ -113,3 +117,72 @@ def check_http_url(raw: str) -> None:
         usable = False
     if not usable or any(c.isspace() or ord(c) < 32 for c in raw):
         raise UnusableConnectionString("must be an http:// or https:// URL with a host and no spaces")
+
+
+# --- connecting (no Dagster here: the Firehose Lambda connects through these too) ------------------------
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database could not be reached; the message names it without its password."""
+
+
+def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) -> psycopg.Connection:
+    """psycopg.connect, turning failures into errors that name the target safely: a connection string that
+    cannot be parsed is `UnusableConnectionString` without the driver's message (which echoes parts of it,
+    password included); a refused connection is `DatabaseUnavailableError` with the password masked."""
+    if conninfo is not None:
+        try:
+            check_postgres_url(conninfo)
+        except UnusableConnectionString as exc:
+            raise UnusableConnectionString(f"cannot connect to PostgreSQL {describe}: its connection string {exc}") from None
+    try:
+        if conninfo is None:
+            return psycopg.connect(**kwargs)
+        return psycopg.connect(conninfo, **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        message = scrub(f"cannot connect to PostgreSQL {describe}: {reason}", conninfo,
+                        passwords=(kwargs.get("password"),))
+        raise DatabaseUnavailableError(message) from None
+    except psycopg.ProgrammingError:
+        raise UnusableConnectionString(f"the connection parameters of {describe} are not valid for libpq (not shown: "
+                                       "they may carry a password)") from None
+
+
+class SecretConfigurationError(ValueError):
+    """The Secrets Manager secret is missing, unreadable or lacks a key; names the secret and key only."""
+
+
+SECRET_KEYS_REQUIRED = ("host", "username", "password")
+
+
+def credentials_from_secret(secret_id: str, secret_string: str | None) -> dict[str, Any]:
+    """libpq keyword arguments from an RDS-style secret; errors name the secret and key, never values."""
+    if not secret_string:
+        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} has no SecretString (binary secrets are not supported)")
+    try:
+        payload = json.loads(secret_string)
+    except json.JSONDecodeError:
+        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} is not a JSON object") from None
+    if not isinstance(payload, dict):
+        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} is not a JSON object")
+    missing = [key for key in SECRET_KEYS_REQUIRED if not payload.get(key)]
+    if not (payload.get("dbname") or payload.get("database")):
+        missing.append("dbname (or database)")
+    if missing:
+        raise SecretConfigurationError(
+            f"Secrets Manager secret {secret_id!r} is missing key(s) {', '.join(repr(m) for m in missing)}; "
+            "it needs host, port (optional, 5432), username, password and dbname or database"
+        )
+    port = payload.get("port", 5432)
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} has a non-numeric 'port'") from None
+    return {
+        "host": str(payload["host"]),
+        "port": port,
+        "user": str(payload["username"]),
+        "password": str(payload["password"]),
+        "dbname": str(payload.get("dbname") or payload["database"]),
+    }

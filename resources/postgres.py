@@ -28,7 +28,14 @@ import pyarrow.csv as pacsv
 import psycopg
 from psycopg import sql
 
-from resources.credentials import UnusableConnectionString, check_postgres_url, scrub
+from resources.credentials import (  # noqa: F401  (connect_or_explain and its error: re-exported)
+    DatabaseUnavailableError,
+    UnusableConnectionString,
+    check_postgres_url,
+    connect_or_explain,
+    scrub,
+)
+from resources.vector_queries import VectorExtensionUnavailableError
 
 EMBEDDED_DATABASE = "mldp"
 
@@ -44,14 +51,6 @@ _EMBEDDED_SETTINGS = {
     "work_mem": "64MB",
     "checkpoint_completion_target": "0.9",
 }
-
-
-class DatabaseUnavailableError(RuntimeError):
-    """The database could not be reached; the message names it without its password."""
-
-
-class VectorExtensionUnavailableError(RuntimeError):
-    """`CREATE EXTENSION vector` is not possible on this server."""
 
 
 def normalize_postgres_url(url: str) -> str:
@@ -83,29 +82,6 @@ def redact_url(url: str) -> str:
     if host.startswith("/"):  # a Unix socket folder
         return scrub(f"postgresql://{user}/{dbname}?host={host}", url, passwords=(params.get("password"),))
     return scrub(f"postgresql://{user}{host}{port}/{dbname}", url, passwords=(params.get("password"),))
-
-
-def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) -> psycopg.Connection:
-    """psycopg.connect, turning failures into errors that name the target safely: a connection string that
-    cannot be parsed is `UnusableConnectionString` without the driver's message (which echoes parts of it,
-    password included); a refused connection is `DatabaseUnavailableError` with the password masked."""
-    if conninfo is not None:
-        try:
-            check_postgres_url(conninfo)
-        except UnusableConnectionString as exc:
-            raise UnusableConnectionString(f"cannot connect to PostgreSQL {describe}: its connection string {exc}") from None
-    try:
-        if conninfo is None:
-            return psycopg.connect(**kwargs)
-        return psycopg.connect(conninfo, **kwargs)
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        message = scrub(f"cannot connect to PostgreSQL {describe}: {reason}", conninfo,
-                        passwords=(kwargs.get("password"),))
-        raise DatabaseUnavailableError(message) from None
-    except psycopg.ProgrammingError:
-        raise UnusableConnectionString(f"the connection parameters of {describe} are not valid for libpq (not shown: "
-                                       "they may carry a password)") from None
 
 
 # --- the embedded server -------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ Usable outside Dagster, e.g. in a notebook::
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -39,7 +38,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import PrivateAttr
 
-from resources.credentials import UnusableConnectionString
+from resources.credentials import (  # noqa: F401  (the secret's parsing: re-exported)
+    SECRET_KEYS_REQUIRED,
+    SecretConfigurationError,
+    UnusableConnectionString,
+    credentials_from_secret,
+)
 from resources.postgres import (
     PostgresDatabase,
     connect_or_explain,
@@ -66,10 +70,6 @@ _TRANSACTION_CONTROL = re.compile(
     r"(begin|start|commit|end|rollback|abort|savepoint|release|prepare\s+transaction|"
     r"set\s+(session\s+characteristics|transaction)|discard)\b", re.IGNORECASE)
 _MULTIPLE_COMMANDS = "cannot insert multiple commands into a prepared statement"
-
-
-class SecretConfigurationError(ValueError):
-    """The Secrets Manager secret is missing, unreadable or lacks a key; names the secret and key only."""
 
 
 class ReadOnlyViolation(PermissionError):
@@ -271,41 +271,6 @@ class ReadOnlyUrlDatabase(ReadOnlyDatabase):
 
     def describe(self) -> str:
         return f"{redact_url(self.url)} (READONLY_DATABASE_URL)"
-
-
-SECRET_KEYS_REQUIRED = ("host", "username", "password")
-
-
-def credentials_from_secret(secret_id: str, secret_string: str | None) -> dict[str, Any]:
-    """libpq keyword arguments from an RDS-style secret; errors name the secret and key, never values."""
-    if not secret_string:
-        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} has no SecretString (binary secrets are not supported)")
-    try:
-        payload = json.loads(secret_string)
-    except json.JSONDecodeError:
-        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} is not a JSON object") from None
-    if not isinstance(payload, dict):
-        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} is not a JSON object")
-    missing = [key for key in SECRET_KEYS_REQUIRED if not payload.get(key)]
-    if not (payload.get("dbname") or payload.get("database")):
-        missing.append("dbname (or database)")
-    if missing:
-        raise SecretConfigurationError(
-            f"Secrets Manager secret {secret_id!r} is missing key(s) {', '.join(repr(m) for m in missing)}; "
-            "it needs host, port (optional, 5432), username, password and dbname or database"
-        )
-    port = payload.get("port", 5432)
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise SecretConfigurationError(f"Secrets Manager secret {secret_id!r} has a non-numeric 'port'") from None
-    return {
-        "host": str(payload["host"]),
-        "port": port,
-        "user": str(payload["username"]),
-        "password": str(payload["password"]),
-        "dbname": str(payload.get("dbname") or payload["database"]),
-    }
 
 
 class SecretsManagerReadOnlyDatabase(ReadOnlyDatabase):

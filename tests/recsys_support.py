@@ -31,8 +31,10 @@ def training_frame(datasets_dir: Path) -> pd.DataFrame:
 
 
 def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVectorStore, version: str,
-                     epochs: int = 60, seed: int = 7) -> dict:
-    """Train, publish the lab layout's model files under ml-artifacts/<version>/, load both tables."""
+                     epochs: int = 60, seed: int = 7, numpy_export: bool = True) -> dict:
+    """Train, publish the lab layout's model files under ml-artifacts/<version>/, load both tables.
+    `numpy_export=False` publishes a version as earlier platform versions did, without
+    ``model/user_tower.json``."""
     user_scaler = tt.fit_scaler(frame, tt.USER_CATEGORICAL, tt.USER_NUMERIC)
     item_scaler = tt.fit_scaler(frame, tt.ITEM_CATEGORICAL, tt.ITEM_NUMERIC)
     validation = np.random.default_rng(seed).random(len(frame)) < 0.2
@@ -52,6 +54,8 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
         tt.ITEM_EMBEDDINGS_FILE: tt.embeddings_csv(products[tt.ITEM_ID].tolist(), item_vectors).encode(),
         tt.USER_EMBEDDINGS_FILE: tt.embeddings_csv(users[tt.USER_ID].astype(int).tolist(), user_vectors).encode(),
     }
+    if numpy_export:
+        files[tt.USER_TOWER_FILE] = json.dumps(tt.export_user_tower(model)).encode()
     for name, data in files.items():
         artifacts.write_bytes(join_key(version_prefix(version), name), data)
     artifacts.write_json(join_key(version_prefix(version), "manifest.json"),

@@ -53,7 +53,7 @@ def test_the_whole_graph_materialises_on_demo_data(demo_run):
     assert model["validation_rmse"] < model["item_mean_baseline_rmse"]
     artifacts = resources["artifacts"]
     keys = {i.key.split("/", 2)[2] for i in artifacts.list(f"ml-artifacts/{version}/")}
-    assert keys == {ITEM_FILE, USER_FILE, "model/best_model.pth", "model/model_config.json",
+    assert keys == {ITEM_FILE, USER_FILE, "model/best_model.pth", "model/model_config.json", "model/user_tower.json",
                     "scalers/user_features.json", "scalers/item_features.json", "metrics.json", "manifest.json"}
     manifest = artifacts.read_json(f"ml-artifacts/{version}/manifest.json")
     assert manifest["dimension"] == 32 and manifest["rows"] == {"item_embeddings": 110, "user_embeddings": 122}
@@ -80,6 +80,13 @@ def test_published_user_tower_reproduces_the_user_embeddings(demo_run, tmp_path)
     published = read_embeddings(artifacts, version, complete_versions(artifacts)[version].manifest, USER_FILE)
     computed = tower.embed(catalog)
     assert np.allclose(computed, published.vectors, atol=1e-5)
+    # the numpy export that training wrote (what the Firehose Lambda embeds with) gives the same vectors
+    from recsys_assets.model_code.numpy_tower import NumpyUserTower
+
+    files = {name: artifacts.read_bytes(f"ml-artifacts/{version}/{name}")
+             for name in (two_tower.USER_TOWER_FILE, two_tower.USER_SCALER_FILE)}
+    in_numpy = NumpyUserTower.from_files(files).embed(catalog.to_dict("records"))
+    assert np.allclose(in_numpy, published.vectors, atol=1e-5)
     # a new customer from an unseen city and country still gets a unit-length embedding
     stranger = tower.embed(pd.DataFrame({"city": ["Pasadena"], "country": ["Atlantis"], "creditlimit": [59811]}))
     assert stranger.shape == (1, 32) and abs(float(np.linalg.norm(stranger)) - 1) < 1e-5

@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     for folder in ("model", "scalers", "embeddings"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / tt.MODEL_FILE)
+    (out / tt.USER_TOWER_FILE).write_text(json.dumps(tt.export_user_tower(model)))
     (out / tt.CONFIG_FILE).write_text(json.dumps(tt.config_for(user_scaler, item_scaler, args.embedding_dim,
                                                                args.hidden), indent=2))
     (out / tt.USER_SCALER_FILE).write_text(json.dumps(user_scaler, indent=2))

@@ -24,6 +24,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+if __package__:  # imported as recsys_assets.model_code.two_tower
+    from . import numpy_tower
+else:  # the training job's and the serving container's code folder
+    import numpy_tower
+
 USER_CATEGORICAL = ["city", "country"]
 USER_NUMERIC = ["creditlimit"]
 ITEM_CATEGORICAL = ["productline", "productscale"]
@@ -35,12 +40,13 @@ SCALER_FORMAT = 1
 
 MODEL_FILE = "model/best_model.pth"
 CONFIG_FILE = "model/model_config.json"
-USER_SCALER_FILE = "scalers/user_features.json"
+USER_SCALER_FILE = numpy_tower.USER_SCALER_FILE
 ITEM_SCALER_FILE = "scalers/item_features.json"
+USER_TOWER_FILE = numpy_tower.USER_TOWER_FILE  # the user tower for numpy (the Firehose Lambda), JSON
 ITEM_EMBEDDINGS_FILE = "embeddings/item_embeddings.csv"
 USER_EMBEDDINGS_FILE = "embeddings/user_embeddings.csv"
 # what the serving container imports from code/ inside model.tar.gz (and pip-installs, requirements.txt)
-SERVING_CODE = ("inference.py", "two_tower.py", "requirements.txt")
+SERVING_CODE = ("inference.py", "two_tower.py", "numpy_tower.py", "requirements.txt")
 
 
 # --- feature scaling (JSON, never pickle) -----------------------------------------------------------------
@@ -132,6 +138,13 @@ def train(user_x: np.ndarray, item_x: np.ndarray, ratings: np.ndarray, val: np.n
     return model, best
 
 
+def export_user_tower(model: TwoTower) -> dict[str, Any]:
+    """``model/user_tower.json``: the user tower's weights for `numpy_tower.NumpyUserTower`."""
+    net = model.user_tower.net
+    layers = [(net[i].weight.detach().numpy(), net[i].bias.detach().numpy()) for i in (0, 2)]
+    return numpy_tower.export_user_tower(layers, dim=net[2].out_features, hidden=net[0].out_features)
+
+
 def embed(tower: Tower, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return tower(torch.from_numpy(x)).numpy().astype(np.float32)
@@ -191,9 +204,14 @@ class UserTower:
         model = TwoTower(config["user_width"], config["item_width"], config["dim"], config["hidden"])
         model.load_state_dict(state)
         model.eval()
+        self.model = model
         self.tower = model.user_tower
         self.scaler = scaler
         self.dim = config["dim"]
+
+    def to_numpy(self) -> numpy_tower.NumpyUserTower:
+        """The same tower for numpy (for model versions published without ``model/user_tower.json``)."""
+        return numpy_tower.NumpyUserTower(export_user_tower(self.model), self.scaler)
 
     @classmethod
     def load(cls, directory: Path) -> UserTower:

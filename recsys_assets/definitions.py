@@ -1,0 +1,25 @@
+"""The recommender's Dagster definitions (`recsys_assets.defs`)."""
+
+import dagster as dg
+
+from recsys_assets.assets import (
+    embeddings_tables,
+    ratings_training_data,
+    ratings_training_data_not_empty,
+    recsys_catalog,
+    recsys_model,
+    source_customers,
+    source_products,
+    source_ratings,
+)
+from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_training_job
+from recsys_assets.sensors import model_artifacts_sensor
+from recsys_assets.streaming import recommendations, recommendations_job, session_events_sensor
+
+defs = dg.Definitions(
+    assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,
+            embeddings_tables, recommendations],
+    asset_checks=[ratings_training_data_not_empty],
+    jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
+    sensors=[model_artifacts_sensor, session_events_sensor],
+)

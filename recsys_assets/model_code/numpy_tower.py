@@ -1,0 +1,134 @@
+"""The two-tower model's user tower in numpy alone: the exported weights file and its forward pass.
+
+Where torch cannot go (the Firehose transformation Lambda, whose package must stay under Lambda's 250 MB),
+customers are embedded from ``model/user_tower.json``, which training writes next to the torch weights:
+plain JSON (no pickle), the two linear layers of the tower with their float32 values, and what the forward
+pass does (ReLU between them, L2 normalisation after). `NumpyUserTower` gives the same embeddings as
+``two_tower.UserTower`` (tested to float32 rounding), and its features are built from the same JSON scaler
+by the same rules: one-hot city and country (an unseen value encodes as zeros), the credit limit
+standardised (missing -> the training mean).
+
+Imports only the standard library and numpy: it is part of the model's source folder (``two_tower.py``
+imports it to write the export) and of the Lambda package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+USER_TOWER_FILE = "model/user_tower.json"
+USER_SCALER_FILE = "scalers/user_features.json"
+EXPORT_FORMAT = 1
+SCALER_FORMAT = 1
+# torch's F.normalize: x / max(||x||, eps)
+NORMALIZE_EPS = 1e-12
+
+
+class TowerExportError(ValueError):
+    """The exported tower or its scaler cannot be used; the message names the file and what is wrong."""
+
+
+def export_user_tower(layers: Sequence[tuple[np.ndarray, np.ndarray]], *, dim: int, hidden: int) -> dict[str, Any]:
+    """The JSON document of ``model/user_tower.json`` from the tower's (weight, bias) pairs, in torch's
+    ``nn.Linear`` layout (weight: out x in). Values are written as the float32 numbers they are."""
+    return {
+        "format": EXPORT_FORMAT,
+        "model": "two-tower user tower",
+        "forward": "x -> relu(x @ W0.T + b0) @ W1.T + b1 -> l2 normalise",
+        "dim": dim,
+        "hidden": hidden,
+        "layers": [{"weight": np.asarray(weight, dtype=np.float32).tolist(),
+                    "bias": np.asarray(bias, dtype=np.float32).tolist()} for weight, bias in layers],
+    }
+
+
+def user_features(rows: Sequence[Mapping[str, Any]], scaler: Mapping[str, Any]) -> np.ndarray:
+    """The feature matrix of `rows` (mappings with the scaler's columns, e.g. city, country, creditlimit):
+    one-hot blocks in the scaler's order (a value not in the vocabulary, or missing, is all zeros), then
+    each numeric column standardised (missing or not a number -> the training mean)."""
+    blocks = []
+    for name, vocabulary in scaler["categorical"].items():
+        index = {value: position for position, value in enumerate(vocabulary)}
+        block = np.zeros((len(rows), len(vocabulary)), dtype=np.float32)
+        for row_number, row in enumerate(rows):
+            value = row.get(name)
+            position = index.get(value if isinstance(value, str) else ("" if value is None else str(value)))
+            if position is not None:
+                block[row_number, position] = 1.0
+        blocks.append(block)
+    for name, spec in scaler["numeric"].items():
+        values = np.array([_number(row.get(name), spec["mean"]) for row in rows], dtype=np.float64)
+        blocks.append(((values - spec["mean"]) / spec["std"]).astype(np.float32)[:, None])
+    return np.hstack(blocks) if blocks else np.zeros((len(rows), 0), dtype=np.float32)
+
+
+def _number(value, default: float) -> float:
+    if isinstance(value, bool) or value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if not math.isnan(number) else default
+
+
+class NumpyUserTower:
+    """Customers' unit-length embeddings from the exported user tower and the user scaler."""
+
+    def __init__(self, export: Mapping[str, Any], scaler: Mapping[str, Any], source: str = USER_TOWER_FILE) -> None:
+        if not isinstance(export, Mapping) or export.get("format") != EXPORT_FORMAT:
+            found = export.get("format") if isinstance(export, Mapping) else type(export).__name__
+            raise TowerExportError(f"{source}: unsupported export format {found!r} (expected {EXPORT_FORMAT})")
+        if not isinstance(scaler, Mapping) or scaler.get("format") != SCALER_FORMAT:
+            raise TowerExportError(f"{source}: the user scaler has an unsupported format")
+        layers = export.get("layers")
+        if not isinstance(layers, list) or len(layers) != 2:
+            raise TowerExportError(f"{source}: expected 2 layers, found {len(layers) if isinstance(layers, list) else 0}")
+        self.layers = []
+        width = int(scaler.get("width", -1))
+        for number, layer in enumerate(layers):
+            try:
+                weight = np.asarray(layer["weight"], dtype=np.float32)
+                bias = np.asarray(layer["bias"], dtype=np.float32)
+            except (KeyError, TypeError, ValueError):
+                raise TowerExportError(f"{source}: layer {number} needs numeric 'weight' and 'bias' arrays") from None
+            if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+                raise TowerExportError(f"{source}: layer {number} has weight {weight.shape} and bias {bias.shape}")
+            if weight.shape[1] != width:
+                raise TowerExportError(f"{source}: layer {number} takes {weight.shape[1]} inputs where "
+                                       f"{'the scaler gives' if number == 0 else 'the layer before gives'} {width}")
+            if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+                raise TowerExportError(f"{source}: layer {number} holds values that are not finite")
+            self.layers.append((weight, bias))
+            width = weight.shape[0]
+        if width != export.get("dim"):
+            raise TowerExportError(f"{source}: the tower gives {width} dimensions, its 'dim' says {export.get('dim')}")
+        self.dim = width
+        self.scaler = scaler
+        self.known = {name: set(values) for name, values in scaler["categorical"].items()}
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes], source: str = USER_TOWER_FILE) -> NumpyUserTower:
+        """From the published files' contents: ``model/user_tower.json`` and ``scalers/user_features.json``."""
+        try:
+            export = json.loads(files[USER_TOWER_FILE])
+            scaler = json.loads(files[USER_SCALER_FILE])
+        except ValueError as exc:
+            raise TowerExportError(f"{source}: not JSON ({exc})") from None
+        return cls(export, scaler, source)
+
+    def embed_features(self, x: np.ndarray) -> np.ndarray:
+        (w0, b0), (w1, b1) = self.layers
+        hidden = np.maximum(x.astype(np.float32) @ w0.T + b0, np.float32(0))
+        out = hidden @ w1.T + b1
+        norms = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(NORMALIZE_EPS))
+        return (out / norms).astype(np.float32)
+
+    def embed(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Unit-length embeddings for rows with city, country and creditlimit (new customers included)."""
+        return self.embed_features(user_features(rows, self.scaler))

@@ -1,0 +1,238 @@
+"""The Firehose transformation Lambda as it is deployed: its package built by ``deploy/lambda/build.py`` from
+the pinned requirements, under Lambda's 250 MB, and its handler run from that folder alone in a fresh
+interpreter (no site-packages, no project on the path), on the lab's real stream record, with the model
+files on moto's S3 and the read-only database user's credentials in moto's Secrets Manager.
+
+Also: the numpy user tower gives the torch tower's embeddings, and a model version without the numpy export
+is refused by the Lambda with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from recsys_assets import streaming
+from recsys_assets.enrichment import UserTowerUnavailable, enrich_batch
+from recsys_assets.model_code import numpy_tower
+from recsys_assets.model_code import two_tower as tt
+from resources.pgvector import PgVectorStore
+from resources.readonly import provision_readonly_role
+from resources.settings import PROJECT_ROOT
+from resources.vector_queries import ReadOnlyNearestItems
+from tests.recsys_support import GOOD, publish_and_load, training_frame
+
+BUILD = PROJECT_ROOT / "deploy" / "lambda" / "build.py"
+RUNNING_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+FORBIDDEN = ("dagster", "pandas", "torch", "pyarrow", "pydantic", "sqlalchemy", "sagemaker", "credit_assets",
+             "mlops_assets", "platform_cli")
+
+
+def build(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BUILD), "--out", str(out), *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> dict:
+    """The deployment package, built for this interpreter's Python so the test can run it (the template's
+    runtime is python3.12; `test_the_runtime_package_fits` builds that one too)."""
+    result = build(tmp_path_factory.mktemp("lambda"), "--python-version", RUNNING_PYTHON)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_package_is_under_the_limit_and_its_zip_holds_the_folder(package):
+    folder, archive = Path(package["folder"]), Path(package["package"])
+    assert package["unzipped_bytes"] < package["limit_unzipped_bytes"] == 250 * 1024 * 1024
+    assert package["unzipped_bytes"] == sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    with zipfile.ZipFile(archive) as bundle:
+        names = set(bundle.namelist())
+        assert sum(info.file_size for info in bundle.infolist()) == package["unzipped_bytes"]
+    assert names == {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert "recsys_assets/lambda_handler.py" in names and "resources/vector_queries.py" in names
+    top = {name.split("/")[0] for name in names}
+    assert not top & set(FORBIDDEN), top & set(FORBIDDEN)  # nothing of Dagster, pandas or torch is shipped
+
+
+def test_the_runtime_package_fits(tmp_path):
+    """The package for the template's runtime (python3.12, Amazon Linux 2023 wheels) builds under the limit."""
+    result = build(tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["runtime"] == "python3.12" and report["unzipped_bytes"] < report["limit_unzipped_bytes"]
+    with zipfile.ZipFile(report["package"]) as bundle:
+        assert any(n.startswith("numpy/_core/_multiarray_umath.cpython-312-") for n in bundle.namelist())
+
+
+def test_a_package_over_the_limit_fails_loudly_and_leaves_no_zip(tmp_path):
+    result = build(tmp_path, "--python-version", RUNNING_PYTHON, "--limit-bytes", str(20 * 1024 * 1024))
+    assert result.returncode != 0
+    assert "over Lambda's limit of 21.0 MB" in result.stderr and "numpy" in result.stderr, result.stderr
+    assert not (tmp_path / "enrichment-lambda.zip").exists()
+    assert not list(tmp_path.glob("*.zip*"))
+
+
+# --- the numpy tower ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(datasets_dir):
+    frame = training_frame(datasets_dir)
+    user_scaler = tt.fit_scaler(frame, tt.USER_CATEGORICAL, tt.USER_NUMERIC)
+    item_scaler = tt.fit_scaler(frame, tt.ITEM_CATEGORICAL, tt.ITEM_NUMERIC)
+    validation = np.random.default_rng(3).random(len(frame)) < 0.2
+    model, _ = tt.train(tt.transform(frame, user_scaler), tt.transform(frame, item_scaler),
+                        frame[tt.RATING].to_numpy(), validation, epochs=15, seed=3)
+    return {"frame": frame, "model": model, "user_scaler": user_scaler, "item_scaler": item_scaler}
+
+
+def test_the_numpy_tower_gives_the_torch_towers_embeddings(trained, tmp_path):
+    model, scaler, frame = trained["model"], trained["user_scaler"], trained["frame"]
+    export = json.loads(json.dumps(tt.export_user_tower(model)))  # through its JSON file form
+    tower = numpy_tower.NumpyUserTower(export, scaler)
+    customers = frame.drop_duplicates(tt.USER_ID)[[*tt.USER_CATEGORICAL, *tt.USER_NUMERIC]]
+    odd = pd.DataFrame({"city": ["Atlantis", customers["city"].iloc[0], None], "country": ["Nowhere", None, "USA"],
+                        "creditlimit": [0.0, float("nan"), 1e9]})  # unseen values, missing values, extremes
+    rows = pd.concat([customers, odd], ignore_index=True)
+    expected = tt.embed(model.user_tower, tt.transform(rows, scaler))
+    got = tower.embed([{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+                       for r in rows.to_dict("records")])
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert tt.UserTower(tt.config_for(scaler, trained["item_scaler"], 32, 64), model.state_dict(), scaler).to_numpy() \
+        .embed(rows.iloc[:5].to_dict("records")).shape == (5, 32)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda e: e.update(format=9), "unsupported export format 9"),
+    (lambda e: e["layers"].pop(), "expected 2 layers, found 1"),
+    (lambda e: e["layers"][0]["weight"][0].pop(), "layer 0 needs numeric 'weight' and 'bias' arrays"),
+    (lambda e: e["layers"][1]["bias"].append(0.5), r"layer 1 has weight \(32, 64\) and bias \(33,\)"),
+    (lambda e: e["layers"][1]["weight"][0].__setitem__(0, float("inf")), "layer 1 holds values that are not finite"),
+    (lambda e: e.update(dim=16), "the tower gives 32 dimensions, its 'dim' says 16"),
+])
+def test_a_broken_export_is_refused_naming_the_file(trained, mutate, message):
+    export = json.loads(json.dumps(tt.export_user_tower(trained["model"])))
+    mutate(export)
+    with pytest.raises(numpy_tower.TowerExportError, match=message) as raised:
+        numpy_tower.NumpyUserTower(export, trained["user_scaler"], "s3://b/ml-artifacts/v1/model/user_tower.json")
+    assert str(raised.value).startswith("s3://b/ml-artifacts/v1/model/user_tower.json: ")
+
+
+# --- the handler from its package -----------------------------------------------------------------------
+
+RUNNER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from recsys_assets.lambda_handler import lambda_handler
+event = json.load(sys.stdin)
+first = lambda_handler(event)
+second = lambda_handler(event)  # a warm container
+loaded = sorted({name.split(".")[0] for name in sys.modules})
+print(json.dumps({"first": first, "second": second, "modules": loaded}))
+"""
+
+
+def real_event(datasets_dir) -> dict:
+    path = datasets_dir / "classicmodels" / "delivery-stream-one-record.json"
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"the lab's enriched stream record is missing at {path}")
+        pytest.skip(f"the lab's enriched stream record is not present at {path}")
+    return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("recommended_items", "similar_items")}
+
+
+def firehose(*payloads: bytes) -> dict:
+    return {"invocationId": "inv", "deliveryStreamArn": "arn:aws:firehose:us-east-1:123456789012:deliverystream/s",
+            "region": "us-east-1", "records": [{"recordId": f"r{i}", "approximateArrivalTimestamp": 1_700_000_000_000,
+                                                "data": base64.b64encode(p).decode()} for i, p in enumerate(payloads)]}
+
+
+def test_the_handler_runs_from_its_package_alone_on_the_real_record(package, app_db, s3_artifacts, boto_client,
+                                                                     moto, datasets_dir, tmp_path):
+    event = real_event(datasets_dir)
+    store = PgVectorStore(db=app_db)
+    try:
+        publish_and_load(training_frame(datasets_dir), s3_artifacts, store, "pkg-v1", epochs=10)
+        expected = enrich_batch([("r0", json.dumps(event).encode())], streaming.embedder_for(s3_artifacts, "pkg-v1"),
+                                store)
+    finally:
+        store.close()
+    provision_readonly_role(app_db, "lambda_reader")
+    params = conninfo_to_dict(app_db.conninfo())  # the embedded server listens on a socket folder
+    secret = {"host": params["host"], "port": int(params.get("port") or 5432), "username": "lambda_reader",
+              "password": "unused-with-local-trust", "dbname": params["dbname"], "engine": "postgres"}
+    boto_client("secretsmanager").create_secret(Name="mldp/test/readonly", SecretString=json.dumps(secret))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto,
+           "ARTIFACTS_URI": s3_artifacts.uri(), "READONLY_DATABASE_SECRET_ID": "mldp/test/readonly",
+           "MAX_EVENT_BYTES": "65536", "MLDP_ENV": "test"}
+    invocation = firehose(json.dumps(event).encode(), b"{not json", json.dumps({**event, "credit_limit": -5}).encode())
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", RUNNER, package["folder"]], input=json.dumps(invocation),
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert not set(answer["modules"]) & set(FORBIDDEN), set(answer["modules"]) & set(FORBIDDEN)
+    for response in (answer["first"], answer["second"]):
+        assert [r["result"] for r in response["records"]] == ["Ok", "ProcessingFailed", "ProcessingFailed"]
+        assert base64.b64decode(response["records"][1]["data"]) == b"{not json"
+    enriched = json.loads(base64.b64decode(answer["first"]["records"][0]["data"]))
+    want = expected.records[0][1]
+    assert enriched["enrichment"]["model_version"] == "pkg-v1"
+    assert [i["id"] for i in enriched["recommended_items"]] == [i["id"] for i in want["recommended_items"]]
+    assert [i["score"] for i in enriched["recommended_items"]] == pytest.approx(
+        [i["score"] for i in want["recommended_items"]], abs=1e-5)
+    assert enriched["similar_items"] == want["similar_items"]
+    assert {k: enriched[k] for k in event} == event  # the event goes out as it came in, plus the enrichment
+
+
+def test_a_version_without_the_numpy_export_is_refused_naming_the_file(app_db, local_artifacts, datasets_dir,
+                                                                      monkeypatch):
+    from recsys_assets import lambda_handler
+
+    store = PgVectorStore(db=app_db, item_table="old_items", user_table="old_users")
+    try:
+        publish_and_load(training_frame(datasets_dir), local_artifacts, store, "old-v1", epochs=5, numpy_export=False)
+        # the Dagster side converts the torch weights of such a version ...
+        outcome = enrich_batch([("e", json.dumps(GOOD).encode())], streaming.embedder_for(local_artifacts, "old-v1"),
+                               store)
+        assert len(outcome.records) == 1
+    finally:
+        store.close()
+    for name in ("READONLY_DATABASE_URL", "READONLY_DATABASE_SECRET_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", app_db.conninfo())
+    monkeypatch.setenv("ARTIFACTS_URI", local_artifacts.root)
+    lambda_handler.reset()
+    monkeypatch.setattr(lambda_handler, "ReadOnlyNearestItems",
+                        lambda connect: ReadOnlyNearestItems(connect, item_table="old_items"))
+    try:  # ... the Lambda, which has no torch, refuses it and says what to do
+        with pytest.raises(UserTowerUnavailable, match=r"model version old-v1 has no model/user_tower\.json \(.*old-v1\)"
+                                                       r": .*materialize recsys_model again"):
+            lambda_handler.lambda_handler(firehose(json.dumps(GOOD).encode()))
+    finally:
+        lambda_handler.reset()
+
+
+def test_the_lambdas_sessions_cannot_write(app_db):
+    from resources.credentials import connect_or_explain
+
+    reader = ReadOnlyNearestItems(lambda: connect_or_explain(app_db.conninfo(), describe="test", autocommit=True))
+    try:
+        PgVectorStore(db=app_db).active_version("item_emb")  # the registry exists
+        with pytest.raises(Exception, match="read-only transaction"):
+            reader.connection().execute("CREATE TABLE lambda_wrote (x int)")
+    finally:
+        reader.close()
