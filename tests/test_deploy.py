@@ -9,7 +9,9 @@ missing and creates them itself, as the template defines them.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -114,96 +116,229 @@ def test_exports_are_refused_for_a_stack_that_is_missing_or_not_complete(aws_env
     assert "export" not in capsys.readouterr().out
 
 
-def test_the_stack_deploys_to_moto_and_the_platform_runs_on_its_resources(aws_env, boto_client, app_db, tmp_path,
-                                                                         monkeypatch):
+@pytest.fixture(scope="module")
+def stack(moto_server, app_db, tmp_path_factory):
+    """The template deployed to moto's server by `mldp deploy up` (state reset first, kept for the module's
+    later tests), with what moto skips created as the template defines it; returns the settings the stack
+    gives (`mldp deploy exports`) and where things are."""
+    import boto3
+    import urllib.request
+
     from platform_cli.main import main
-
-    s3 = boto_client("s3")
-    s3.create_bucket(Bucket="mldp-code")
-    with pytest.raises(SystemExit) as refused:  # up: build, upload, create, wait, then print the exports
-        main(["deploy", "up", "--stack", "mldp-dev", "--code-bucket", "mldp-code", "--out", str(tmp_path / "build"),
-              "--param", "Environment=dev"])
-    cloudformation = boto_client("cloudformation")
-    stack = cloudformation.describe_stacks(StackName="mldp-dev")["Stacks"][0]
-    assert stack["StackStatus"] == "CREATE_COMPLETE"
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
-    # the exports refuse a stack without every setting: here only the outputs of what moto skipped are missing
-    assert set(deploy.OUTPUT_VARIABLES) - set(outputs) == MOTO_SKIPS & set(deploy.OUTPUT_VARIABLES)
-    assert "has no output(s) ReadonlySecretArn" in str(refused.value)
-    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]
-
-    # the Lambda: its package uploaded by `up`, the handler and runtime the package was built for
-    function = boto_client("lambda").get_function(FunctionName=outputs["EnrichmentFunctionName"])["Configuration"]
-    assert function["Handler"] == "recsys_assets.lambda_handler.lambda_handler" and function["Runtime"] == "python3.12"
-    code_key = template["EnrichmentFunction"]["Properties"]["Code"]
-    assert code_key == {"S3Bucket": {"Ref": "LambdaCodeBucket"}, "S3Key": {"Ref": "LambdaCodeKey"}}
-    [package] = s3.list_objects_v2(Bucket="mldp-code", Prefix="lambda/")["Contents"]
-    assert package["Key"].endswith(".zip") and package["Size"] > 1_000_000
-
-    # what moto skipped, created as the template defines it
-    secret_name = f"mldp/dev/readonly-{uuid.uuid4().hex[:6]}"
-    from psycopg.conninfo import conninfo_to_dict
-
     from resources.readonly import provision_readonly_role
 
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).read()
+    client = lambda service: boto3.client(service, region_name="us-east-1", endpoint_url=moto_server)  # noqa: E731
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=moto_server, AWS_REGION="us-east-1")
+    try:
+        client("s3").create_bucket(Bucket="mldp-code")
+        with pytest.raises(SystemExit) as refused:  # up: build, upload, create, wait, then print the exports
+            main(["deploy", "up", "--stack", "mldp-dev", "--code-bucket", "mldp-code", "--param", "Environment=dev",
+                  "--out", str(tmp_path_factory.mktemp("lambda-build"))])
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    described = client("cloudformation").describe_stacks(StackName="mldp-dev")["Stacks"][0]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
+    # moto skips the read-only secret's type: create it as the template does, completed as a DBA would
     provision_readonly_role(app_db, "mldp_readonly")
+    from psycopg.conninfo import conninfo_to_dict
+
     params = conninfo_to_dict(app_db.conninfo())
-    secret_arn = boto_client("secretsmanager").create_secret(Name=secret_name, SecretString=json.dumps(
+    secret_arn = client("secretsmanager").create_secret(Name="mldp/dev/readonly-database", SecretString=json.dumps(
         {"username": "mldp_readonly", "password": "generated", "host": params["host"], "port": 5432,
          "dbname": params["dbname"]}))["ARN"]
-    assert template["ReadonlyDatabaseSecret"]["Properties"]["GenerateSecretString"]["SecretStringTemplate"]
+    complete = {**outputs, "ReadonlySecretArn": secret_arn}
+    exported = {}
+    for line in deploy.export_lines(complete):
+        if line.startswith("export "):
+            name, value = line[len("export "):].split("=", 1)
+            exported[name] = value.strip("'")
+    return {"status": described["StackStatus"], "outputs": outputs, "refused": str(refused.value), "env": exported,
+            "client": client, "secret_arn": secret_arn}
+
+
+def test_the_stack_deploys_to_moto_and_exports_its_settings(stack):
+    assert stack["status"] == "CREATE_COMPLETE"
+    # the exports refuse a stack without every setting: on moto only the outputs of what it skipped are missing
+    assert set(deploy.OUTPUT_VARIABLES) - set(stack["outputs"]) == MOTO_SKIPS & set(deploy.OUTPUT_VARIABLES)
+    assert "has no output(s) ReadonlySecretArn" in stack["refused"]
+    env = stack["env"]
+    assert env["MLDP_ENV"] == "dev" and env["ARTIFACTS_URI"] == f"s3://{stack['outputs']['ArtifactsBucketName']}/platform"
+    assert env["READONLY_DATABASE_SECRET_ID"] == stack["secret_arn"]
+    assert {env[k] for k in deploy.BACKENDS} == {"kinesis", "sns", "sagemaker", "aws"}
+    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]
+    client = stack["client"]
+    # the Lambda: its package uploaded by `up`, the handler, runtime and settings the package was built for
+    function = client("lambda").get_function(FunctionName=stack["outputs"]["EnrichmentFunctionName"])["Configuration"]
+    assert function["Handler"] == "recsys_assets.lambda_handler.lambda_handler" and function["Runtime"] == "python3.12"
+    assert function["Environment"]["Variables"]["ARTIFACTS_URI"] == env["ARTIFACTS_URI"]
+    assert template["EnrichmentFunction"]["Properties"]["Code"] == {"S3Bucket": {"Ref": "LambdaCodeBucket"},
+                                                                     "S3Key": {"Ref": "LambdaCodeKey"}}
+    [package] = client("s3").list_objects_v2(Bucket="mldp-code", Prefix="lambda/")["Contents"]
+    assert package["Key"].endswith(".zip") and package["Size"] > 1_000_000
+    # what moto skipped is in the template as the platform needs it
     firehose = template["DeliveryStream"]["Properties"]["ExtendedS3DestinationConfiguration"]
     assert firehose["Prefix"].endswith("!{timestamp:yyyy/MM/dd/HH}/")  # the lab's YYYY/MM/DD/HH layout
-    outputs.update(ReadonlySecretArn=secret_arn, DeliveryStreamName="created-by-the-test")
+    assert template["ReadonlyDatabaseSecret"]["Properties"]["GenerateSecretString"]["GenerateStringKey"] == "password"
+    rule = client("events").describe_rule(Name="mldp-dev-model-package-state-change")
+    pattern = json.loads(rule["EventPattern"])
+    assert pattern["detail"]["ModelPackageGroupName"] == ["credit-dev-models", "recsys-dev-models"]
 
-    lines = deploy.export_lines(outputs)
-    exported = dict(line[len("export "):].split("=", 1) for line in lines if line.startswith("export "))
-    exported = {name: value.strip("'") for name, value in exported.items()}
-    assert exported["MLDP_ENV"] == "dev" and exported["ARTIFACTS_URI"].startswith("s3://")
-    for name, value in exported.items():
+
+@pytest.fixture
+def on_the_stack(stack, app_db, tmp_path, monkeypatch, datasets_dir):
+    """The platform's settings from the stack's exports, with the application database of the test (the stack
+    made none: CreateDatabase=false) and SageMaker jobs run by the local backend (moto records jobs, runs none)."""
+    for name, value in stack["env"].items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("SAGEMAKER_BACKEND", "local")  # moto records SageMaker jobs but runs none
+    for name in ("READONLY_DATABASE_URL", "SOURCE_DATABASE_URL", "NOTIFY_WEBHOOK_URL", "DAGSTER_PG_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", stack["client"]("s3").meta.endpoint_url)
+    monkeypatch.setenv("SAGEMAKER_BACKEND", "local")
+    monkeypatch.setenv("MODEL_VERSION_POLICY", "approved")
     monkeypatch.setenv("DATABASE_URL", app_db.conninfo())
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DATASETS_DIR", str(datasets_dir))
     settings = PlatformSettings.from_env()
     assert settings.stream_backend == "kinesis" and settings.registry_backend == "sagemaker"
+    assert settings.notifier_backend == "sns" and settings.readonly_secret_id == stack["secret_arn"]
+    return settings
 
+
+def test_the_platforms_backends_run_on_the_stacks_resources(stack, on_the_stack):
     from resources.settings import open_resources
 
-    with open_resources(settings) as resources:
-        # artifacts on the stack's bucket
+    outputs = stack["outputs"]
+    with open_resources(on_the_stack) as resources:
         resources.artifacts.write_json("deploy-check/hello.json", {"ok": True})
         assert resources.artifacts.read_json("deploy-check/hello.json") == {"ok": True}
         assert resources.artifacts.uri().startswith(f"s3://{outputs['ArtifactsBucketName']}/")
-        # events on the stack's Kinesis stream, read back by the stream resource
-        resources.events.put([json.dumps({"session_id": f"s{i}"}).encode() for i in range(3)])
-        records, _after = resources.events.read({}, max_records=10)
-        assert [json.loads(r.data)["session_id"] for r in records] == ["s0", "s1", "s2"]
-        # notifications on the stack's topic, delivered to a subscriber
-        sqs = boto_client("sqs")
-        inbox = sqs.create_queue(QueueName="approvals-inbox")["QueueUrl"]
-        inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        boto_client("sns").subscribe(TopicArn=outputs["SnsTopicArn"], Protocol="sqs", Endpoint=inbox_arn)
-        resources.notifier.publish("[SageMaker] deploy check", "hello from the stack")
-        [delivered] = sqs.receive_message(QueueUrl=inbox, WaitTimeSeconds=2)["Messages"]
-        assert json.loads(delivered["Body"])["Message"] == "hello from the stack"
-        # registry events: SageMaker's state change through the stack's EventBridge rule into its queue
-        registry = resources.registry
-        package = registry.register("credit", model_version="deploy-1", model_data_url="s3://b/m/model.tar.gz",
-                                    metrics={"validation_gini": 0.8}, data_fingerprint="f", description="check")
-        events = boto_client("events")
+        assert resources.readonly_db.query("select 1 as one")["one"].tolist() == [1]  # the secret's user
+
+
+class StackEvents:
+    """What the platform sees of the stack's messaging: SageMaker's registry events put on EventBridge (moto's
+    SageMaker does not emit them; the stack's rule routes them to its queue), and the approvals topic read
+    through a subscribed queue."""
+
+    def __init__(self, client, topic_arn: str) -> None:
+        self.events, self.sqs = client("events"), client("sqs")
+        self.inbox = self.sqs.create_queue(QueueName=f"inbox-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        client("sns").subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
+
+    def emit(self, package, status: str, reason: str | None = None) -> None:
         detail = {"ModelPackageGroupName": package.group, "ModelPackageVersion": package.version,
-                  "ModelPackageArn": package.arn, "ModelApprovalStatus": "PendingManualApproval",
-                  "ModelPackageStatus": "Completed", "CreationTime": 1764000000000}
-        other = {**detail, "ModelPackageGroupName": "credit-prod-models"}  # another environment: not routed
-        for item in (detail, other):
-            events.put_events(Entries=[{"Source": "aws.sagemaker", "Detail": json.dumps(item), "Resources": [package.arn],
-                                        "DetailType": "SageMaker Model Package State Change"}])
-        changes = registry.changes(None)  # what the registry sensor reads on its tick
-        assert [(c.package.arn, c.status) for c in changes] == [(package.arn, "PendingManualApproval")]
-        assert changes[0].event["detail"]["ModelPackageGroupName"] == "credit-dev-models"
-        # the read-only database user from Secrets Manager
-        assert resources.readonly_db.query("select 1 as one")["one"].tolist() == [1]
+                  "ModelPackageArn": package.arn, "ModelApprovalStatus": status, "ModelPackageStatus": "Completed",
+                  "CreationTime": 1764000000000, **({"ApprovalDescription": reason} if reason else {})}
+        response = self.events.put_events(Entries=[{"Source": "aws.sagemaker", "Resources": [package.arn],
+                                                    "DetailType": "SageMaker Model Package State Change",
+                                                    "Detail": json.dumps(detail)}])
+        assert response["FailedEntryCount"] == 0
+
+    def notifications(self) -> list[str]:
+        received = self.sqs.receive_message(QueueUrl=self.inbox, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        messages = received.get("Messages", [])
+        for message in messages:
+            self.sqs.delete_message(QueueUrl=self.inbox, ReceiptHandle=message["ReceiptHandle"])
+        return [json.loads(m["Body"])["Subject"] for m in messages]
+
+
+def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datasets_dir):
+    """Credit, recommender, streaming and ML ops with every backend on the stack: models trained (by the local
+    backend) into its bucket, registered in SageMaker's registry, their state changes through its EventBridge
+    rule and queue to the registry sensor, notified on its topic, put to work on approval; session events
+    through its Kinesis stream, enriched hour by hour into its bucket, and by the Lambda handler."""
+    import dagster as dg
+
+    import credit_assets
+    import mlops_assets
+    import recsys_assets
+    from credit_assets import customer_store, population
+    from mlops_assets.notifications import model_registry_sensor
+    from recsys_assets import lambda_handler, ratings_etl
+    from recsys_assets.session_events import make_events
+    from recsys_assets.streaming import session_events_sensor
+    from resources.settings import build_resources, open_resources
+
+    defs = dg.Definitions.merge(credit_assets.defs, recsys_assets.defs, mlops_assets.defs,
+                                dg.Definitions(resources=build_resources(on_the_stack)))
+    instance = dg.DagsterInstance.ephemeral()
+    events = StackEvents(stack["client"], stack["outputs"]["SnsTopicArn"])
+    with open_resources(on_the_stack) as resources:
+        registry, cursor = resources.registry, {"registry": None}
+
+        def run(job: str, **kwargs) -> dg.ExecuteInProcessResult:
+            result = defs.resolve_job_def(job).execute_in_process(instance=instance, **kwargs)
+            assert result.success, job
+            return result
+
+        def tick() -> list[dg.RunRequest]:
+            with dg.build_sensor_context(cursor=cursor["registry"], instance=instance,
+                                         resources={"registry": registry, "notifier": resources.notifier}) as context:
+                result = model_registry_sensor(context)
+            cursor["registry"] = result.cursor
+            return list(result.run_requests or [])
+
+        def materialized(result, asset: str) -> dict:
+            [*_, event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+            return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+        def trained_then_approved(pipeline: str, training: dg.ExecuteInProcessResult, asset: str) -> dg.RunRequest:
+            version = materialized(training, asset)["model_version"]
+            package = registry.find(pipeline, version)
+            events.emit(package, "PendingManualApproval")
+            assert tick() == [] and events.notifications() == [f"[SageMaker] New Model Registered in {package.group}"]
+            registry.approve(package.group, package.version, "reviewed")
+            events.emit(package, "Approved", "reviewed")
+            [request] = tick()
+            assert events.notifications() == [f"[SageMaker] New Model Approved in {package.group}"]
+            assert request.tags["model_version"] == version
+            return request
+
+        # credit: train -> registered -> approved -> scoring batch written back
+        with app_db.connect(autocommit=True) as conn:
+            customer_store.load_customers(conn, population.customers(600), replace=True)
+        request = trained_then_approved("credit", run("credit_training_job"), "credit_model")
+        scored = run(request.job_name, run_config=request.run_config, tags=request.tags)
+        updates = materialized(scored, "customer_updates")
+        assert updates["updated"] > 0
+        assert resources.artifacts.exists(f"credit/batches/{updates['batch_id']}/results.json")
+        assert resources.artifacts.uri().startswith("s3://")
+
+        # recommender: ETL -> model -> registered -> approved -> embeddings loaded
+        training = run("recsys_training_job", run_config={"ops": {"recsys_model": {"config": {"epochs": 40}}}})
+        request = trained_then_approved("recsys", training, "recsys_model")
+        loaded = run(request.job_name, run_config=request.run_config, tags=request.tags)
+        version = materialized(loaded, "item_embeddings")["version"]
+        assert resources.pgvector.active_version("item_emb") == version
+
+        # streaming: events through the stack's Kinesis stream, archived and enriched per hour in its bucket
+        products, customers = ratings_etl.dimension_frames(resources.source_db)
+        payloads = make_events(products["productcode"].tolist(), customers, 40, broken_fraction=0.1, seed=5)
+        resources.events.put(payloads)
+        with dg.build_sensor_context(instance=instance, resources={"events": resources.events,
+                                                                   "artifacts": resources.artifacts}) as context:
+            archived = session_events_sensor(context)
+        enriched = dead = 0
+        for hour in archived.run_requests:
+            result = run("recommendations_job", partition_key=hour.partition_key, tags=hour.tags)
+            meta = materialized(result, "recommendations")
+            enriched, dead = enriched + meta["enriched"], dead + meta["dead_lettered"]
+            assert meta["model_version"] == version and str(meta["output"]).startswith("s3://")
+        assert enriched + dead == len(payloads) and enriched >= 30 and dead >= 1
+
+    # the Firehose form: the Lambda handler with the stack's settings (the read-only user of its secret)
+    lambda_handler.reset()
+    try:
+        response = lambda_handler.lambda_handler({"records": [
+            {"recordId": str(i), "data": base64.b64encode(p).decode()} for i, p in enumerate(payloads)]})
+    finally:
+        lambda_handler.reset()
+    results = [r["result"] for r in response["records"]]
+    assert results.count("Ok") == enriched and results.count("ProcessingFailed") == dead
 
 
 class _CfnLoader(yaml.SafeLoader):
