@@ -5,6 +5,9 @@
                                                           upload the Lambda zip, create or update the stack, wait,
                                                           then print the export lines
     mldp deploy exports --stack mldp-dev                  print ``export NAME=value`` for a complete stack
+    mldp deploy readonly-user [--host replica.example]    create the read-only role of READONLY_DATABASE_SECRET_ID's
+                                                          secret on DATABASE_URL's database, with its password; fill
+                                                          in the secret's host, port and dbname when it lacks them
 
 The exports are the platform's environment variables (README, "Environment variables") with the values
 the stack's outputs give; `exports` refuses a stack that is not complete (being created, rolled back,
@@ -17,11 +20,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from resources.settings import PROJECT_ROOT, PlatformSettings
 
@@ -52,6 +58,99 @@ BACKENDS = {
 
 class StackNotReady(SystemExit):
     """The stack is missing or not complete: no settings are printed for it."""
+
+
+class ParametersRefused(SystemExit):
+    """Parameters the template refuses; nothing was built, uploaded or created."""
+
+
+# --- the template ---------------------------------------------------------------------------------------
+
+
+class _TemplateLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short forms (!Ref, !Sub, !If, ...) read as their long forms."""
+
+
+def _intrinsic(loader, suffix: str, node):
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        return {name: value.split(".", 1) if suffix == "GetAtt" else value}
+    if isinstance(node, yaml.SequenceNode):
+        return {name: loader.construct_sequence(node, deep=True)}
+    return {name: loader.construct_mapping(node, deep=True)}
+
+
+_TemplateLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load_template(path: Path = TEMPLATE) -> dict:
+    return yaml.load(path.read_text(), Loader=_TemplateLoader)
+
+
+def _evaluate(expression, values: dict[str, str], where: str):
+    """A rule's condition or assertion, over the parameters' values (the functions CloudFormation allows in
+    Rules that the template uses; any other is an error, never silently true)."""
+    if isinstance(expression, (str, int, float)):
+        return str(expression)
+    if isinstance(expression, dict) and len(expression) == 1:
+        [(function, argument)] = expression.items()
+        if function == "Ref":
+            return values[argument]
+        if function == "Fn::Equals":
+            left, right = (_evaluate(a, values, where) for a in argument)
+            return left == right
+        if function == "Fn::Not":
+            return not _evaluate(argument[0], values, where)
+        if function == "Fn::And":
+            return all(_evaluate(a, values, where) for a in argument)
+        if function == "Fn::Or":
+            return any(_evaluate(a, values, where) for a in argument)
+    raise ParametersRefused(f"{where}: {json.dumps(expression)[:120]} is not a rule expression this check evaluates")
+
+
+def check_parameters(template: dict, given: dict[str, str]) -> dict[str, str]:
+    """What CloudFormation checks before it creates anything, checked here first so that nothing is built or
+    uploaded for parameters that cannot work: unknown names, required values, each parameter's
+    AllowedPattern, AllowedValues, lengths and number bounds (with its ConstraintDescription), and the
+    template's Rules (with their AssertDescription). Returns every parameter's value."""
+    declared = template.get("Parameters", {})
+    problems = [f"{name}: the template has no such parameter (it has {', '.join(declared)})"
+                for name in sorted(set(given) - set(declared))]
+    values: dict[str, str] = {}
+    for name, spec in declared.items():
+        value = given.get(name, spec.get("Default"))
+        if value is None:
+            problems.append(f"{name}: required (no default); pass --param {name}=...")
+            continue
+        value = values[name] = str(value)
+        why = spec.get("ConstraintDescription", "refused by the template's constraints")
+        if spec.get("Type") == "Number":
+            try:
+                number = float(value)
+            except ValueError:
+                problems.append(f"{name}={value!r}: not a number; {why}")
+                continue
+            if ("MinValue" in spec and number < float(spec["MinValue"])) or (
+                    "MaxValue" in spec and number > float(spec["MaxValue"])):
+                problems.append(f"{name}={value!r}: {why}")
+            continue
+        bad_length = len(value) < int(spec.get("MinLength", 0)) or len(value) > int(spec.get("MaxLength", 4096))
+        bad_pattern = "AllowedPattern" in spec and re.fullmatch(spec["AllowedPattern"], value) is None
+        bad_value = "AllowedValues" in spec and value not in [str(v) for v in spec["AllowedValues"]]
+        if bad_length or bad_pattern or bad_value:
+            problems.append(f"{name}={value!r}: {why}")
+    if not problems:
+        for rule_name, rule in template.get("Rules", {}).items():
+            if "RuleCondition" in rule and not _evaluate(rule["RuleCondition"], values, rule_name):
+                continue
+            for assertion in rule.get("Assertions", []):
+                if not _evaluate(assertion["Assert"], values, rule_name):
+                    problems.append(f"{rule_name}: {' '.join(assertion.get('AssertDescription', 'refused').split())}")
+    if problems:
+        raise ParametersRefused("the template refuses these parameters (nothing was built, uploaded or created):\n  "
+                                + "\n  ".join(problems))
+    return values
 
 
 def _client(service: str, settings: PlatformSettings):
@@ -150,18 +249,57 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
     return parameters
 
 
+def provision_readonly_user(settings: PlatformSettings, host: str | None = None, port: int | None = None) -> str:
+    """The read-only user of the stack's secret, made real: the role created on the application database
+    (``DATABASE_URL``) with read-only grants and the secret's password (as a SCRAM verifier), and the secret
+    completed with where to connect (`host`, default the application database's; a read replica's endpoint
+    when there is one). Returns what was done, without the password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from resources.postgres import ExternalPostgresDatabase
+    from resources.readonly import set_role_password
+
+    if not settings.readonly_secret_id:
+        raise SystemExit("set READONLY_DATABASE_SECRET_ID (`mldp deploy exports` prints it) to the stack's secret")
+    if not settings.database_url:
+        raise SystemExit("set DATABASE_URL to the application database (a user that can create roles)")
+    client = _client("secretsmanager", settings)
+    secret_id = settings.readonly_secret_id
+    payload = json.loads(client.get_secret_value(SecretId=secret_id)["SecretString"])
+    role, password = payload.get("username"), payload.get("password")
+    if not role or not password:
+        raise SystemExit(f"Secrets Manager secret {secret_id!r} has no 'username' and 'password' (the stack makes both)")
+    primary = ExternalPostgresDatabase(url=settings.database_url)
+    set_role_password(primary, role, password)
+    target = conninfo_to_dict(primary.conninfo())
+    completed = {"host": host or payload.get("host") or target.get("host"),
+                 "port": int(port or payload.get("port") or target.get("port") or 5432),
+                 "dbname": payload.get("dbname") or payload.get("database") or target.get("dbname")}
+    if any(payload.get(key) != value for key, value in completed.items()):
+        client.put_secret_value(SecretId=secret_id, SecretString=json.dumps({**payload, **completed}))
+    return (f"role {role!r} on {primary.describe()}: read-only, password from {secret_id!r}; the secret points at "
+            f"{completed['host']}:{completed['port']}/{completed['dbname']}")
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     settings = PlatformSettings.from_env()
+    if args.deploy_action == "readonly-user":
+        print(provision_readonly_user(settings, args.host, args.port))
+        return 0
     if args.deploy_action == "lambda-package":
         print(json.dumps(build_lambda(args.out.resolve())))
         return 0
     cloudformation = _client("cloudformation", settings)
     if args.deploy_action == "up":
+        given = _parameters(args.param)
+        # the code location is known only after the upload: checked with a stand-in of the right form
+        check_parameters(load_template(), {"LambdaCodeBucket": args.code_bucket,
+                                           "LambdaCodeKey": "lambda/enrichment-lambda-0000000000000000.zip", **given})
         report = build_lambda(args.out.resolve())
         key = upload_lambda(_client("s3", settings), args.code_bucket, Path(report["package"]))
         print(f"uploaded the Lambda package ({report['unzipped_bytes'] / 1e6:.1f} MB unzipped) to "
               f"s3://{args.code_bucket}/{key}", file=sys.stderr)
-        parameters = {"LambdaCodeBucket": args.code_bucket, "LambdaCodeKey": key, **_parameters(args.param)}
+        parameters = {"LambdaCodeBucket": args.code_bucket, "LambdaCodeKey": key, **given}
         status = deploy_stack(cloudformation, args.stack, parameters)
         print(f"stack {args.stack}: {status}", file=sys.stderr)
     for line in export_lines(stack_outputs(cloudformation, args.stack)):
@@ -181,4 +319,8 @@ def add_parser(commands) -> None:
     up.add_argument("--out", type=Path, default=PROJECT_ROOT / "build" / "lambda")
     exports = actions.add_parser("exports", help="print `export NAME=value` lines for a complete stack")
     exports.add_argument("--stack", required=True)
+    readonly = actions.add_parser("readonly-user", help="create the read-only database user of the stack's secret")
+    readonly.add_argument("--host", help="where read-only sessions connect (a read replica); default: the secret's "
+                                         "host, else DATABASE_URL's")
+    readonly.add_argument("--port", type=int)
     deploy.set_defaults(func=cmd_deploy)

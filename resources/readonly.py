@@ -407,6 +407,18 @@ def provision_readonly_role(primary: PostgresDatabase, role: str) -> None:
         _provisioned.add(key)
 
 
+def set_role_password(primary: PostgresDatabase, role: str, password: str) -> None:
+    """Give the read-only `role` (made by `provision_readonly_role`) a password for logins over the network.
+    Only the SCRAM-SHA-256 verifier, computed here by libpq, reaches the server: the password itself is never
+    in a statement (statement logs, pg_stat_activity)."""
+    if not password:
+        raise ReadOnlyRoleError(f"no password given for role {role!r}")
+    provision_readonly_role(primary, role)
+    with primary.connect(autocommit=True) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
+
+
 class ProvisionedReadOnlyDatabase(ReadOnlyDatabase):
     """A read-only role created on the application database and logged in as (local default).
 

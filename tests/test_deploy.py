@@ -116,6 +116,40 @@ def test_exports_are_refused_for_a_stack_that_is_missing_or_not_complete(aws_env
     assert "export" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("params, message", [
+    (["Environment=Bad_Env"], r"Environment='Bad_Env': 1-31 lower-case letters, digits and single hyphens"),
+    (["Environment=dev-"], r"Environment='dev-'"),
+    (["CreateDatabase=true"], r"DatabaseNeedsNetwork: CreateDatabase=true needs VpcId"),
+    (["CreateServices=true", "VpcId=vpc-0123456789abcdef0", "SubnetIds=subnet-0123456789abcdef0"],
+     r"ServicesNeedDatabase: CreateServices=true needs a database"),
+    (["CreateReadReplica=true"], r"ReplicaNeedsDatabase: CreateReadReplica=true needs CreateDatabase=true"),
+    (["KinesisShardCount=0"], r"KinesisShardCount='0': a whole number of shards from 1 to 500"),
+    (["SubnetIds=subnet-1 subnet-2"], r"SubnetIds='subnet-1 subnet-2': empty, or comma-separated subnet ids"),
+    (["Enviroment=dev"], r"Enviroment: the template has no such parameter"),
+])
+def test_parameters_that_cannot_work_are_refused_before_anything_is_made(params, message, tmp_path, capsys):
+    from platform_cli.main import main
+
+    args = ["deploy", "up", "--stack", "s", "--code-bucket", "no-such-bucket", "--out", str(tmp_path)]
+    with pytest.raises(deploy.ParametersRefused, match=message) as refused:
+        main(args + [f"--param={p}" for p in params])
+    assert "nothing was built, uploaded or created" in str(refused.value)
+    assert not list(tmp_path.iterdir())  # no package was built
+
+
+def test_the_parameter_check_agrees_with_the_template():
+    template = deploy.load_template()
+    values = deploy.check_parameters(template, {"LambdaCodeBucket": "b-1", "LambdaCodeKey": "lambda/x.zip"})
+    assert values["Environment"] == "dev" and values["CreateDatabase"] == "false"
+    full = {"LambdaCodeBucket": "b-1", "LambdaCodeKey": "lambda/x.zip", "CreateDatabase": "true",
+            "CreateReadReplica": "true", "CreateServices": "true", "VpcId": "vpc-0123456789abcdef0",
+            "SubnetIds": "subnet-0123456789abcdef0,subnet-0123456789abcdef1", "Environment": "prod-eu"}
+    assert deploy.check_parameters(template, full)["CreateServices"] == "true"
+    with pytest.raises(deploy.ParametersRefused, match="OneDatabase"):
+        deploy.check_parameters(template, {**full, "ExistingDatabaseSecretArn":
+                                           "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf"})
+
+
 @pytest.fixture(scope="module")
 def stack(moto_server, app_db, tmp_path_factory):
     """The template deployed to moto's server by `mldp deploy up` (state reset first, kept for the module's
@@ -125,7 +159,6 @@ def stack(moto_server, app_db, tmp_path_factory):
     import urllib.request
 
     from platform_cli.main import main
-    from resources.readonly import provision_readonly_role
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).read()
     client = lambda service: boto3.client(service, region_name="us-east-1", endpoint_url=moto_server)  # noqa: E731
@@ -141,14 +174,17 @@ def stack(moto_server, app_db, tmp_path_factory):
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     described = client("cloudformation").describe_stacks(StackName="mldp-dev")["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
-    # moto skips the read-only secret's type: create it as the template does, completed as a DBA would
-    provision_readonly_role(app_db, "mldp_readonly")
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(app_db.conninfo())
+    # moto skips the read-only secret's type: made as the template makes it (username and a generated
+    # password), then `mldp deploy readonly-user` creates the role and completes the secret
     secret_arn = client("secretsmanager").create_secret(Name="mldp/dev/readonly-database", SecretString=json.dumps(
-        {"username": "mldp_readonly", "password": "generated", "host": params["host"], "port": 5432,
-         "dbname": params["dbname"]}))["ARN"]
+        {"username": "mldp_readonly", "password": "Generated0Password0Of0Thirty0Two"}))["ARN"]
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "DATABASE_URL", "READONLY_DATABASE_SECRET_ID")}
+    os.environ.update(AWS_ENDPOINT_URL=moto_server, DATABASE_URL=app_db.conninfo(), READONLY_DATABASE_SECRET_ID=secret_arn)
+    try:
+        assert main(["deploy", "readonly-user"]) == 0
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     complete = {**outputs, "ReadonlySecretArn": secret_arn}
     exported = {}
     for line in deploy.export_lines(complete):
@@ -167,8 +203,9 @@ def test_the_stack_deploys_to_moto_and_exports_its_settings(stack):
     env = stack["env"]
     assert env["MLDP_ENV"] == "dev" and env["ARTIFACTS_URI"] == f"s3://{stack['outputs']['ArtifactsBucketName']}/platform"
     assert env["READONLY_DATABASE_SECRET_ID"] == stack["secret_arn"]
+
     assert {env[k] for k in deploy.BACKENDS} == {"kinesis", "sns", "sagemaker", "aws"}
-    template = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]
+    template = deploy.load_template()["Resources"]
     client = stack["client"]
     # the Lambda: its package uploaded by `up`, the handler, runtime and settings the package was built for
     function = client("lambda").get_function(FunctionName=stack["outputs"]["EnrichmentFunctionName"])["Configuration"]
@@ -185,6 +222,18 @@ def test_the_stack_deploys_to_moto_and_exports_its_settings(stack):
     rule = client("events").describe_rule(Name="mldp-dev-model-package-state-change")
     pattern = json.loads(rule["EventPattern"])
     assert pattern["detail"]["ModelPackageGroupName"] == ["credit-dev-models", "recsys-dev-models"]
+
+
+def test_the_readonly_user_is_made_from_the_stacks_secret(stack, app_db):
+    secret = json.loads(stack["client"]("secretsmanager").get_secret_value(SecretId=stack["secret_arn"])["SecretString"])
+    assert secret["username"] == "mldp_readonly" and secret["password"] == "Generated0Password0Of0Thirty0Two"
+    assert secret["dbname"] == app_db.database and secret["host"] and secret["port"] == 5432  # completed
+    with app_db.connect() as conn:
+        [verifier] = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'mldp_readonly'").fetchone()
+        [settings] = conn.execute("SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                                  "WHERE r.rolname = 'mldp_readonly'").fetchone()
+    assert verifier.startswith("SCRAM-SHA-256$") and "Generated0" not in verifier  # only the verifier was sent
+    assert "default_transaction_read_only=on" in settings
 
 
 @pytest.fixture
@@ -339,22 +388,3 @@ def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datase
         lambda_handler.reset()
     results = [r["result"] for r in response["records"]]
     assert results.count("Ok") == enriched and results.count("ProcessingFailed") == dead
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short forms (!Ref, !Sub, ...) read as their long forms."""
-
-
-def _intrinsic(loader, suffix, node):
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-        return {name: value.split(".", 1) if suffix == "GetAtt" else value}
-    if isinstance(node, yaml.SequenceNode):
-        return {name: loader.construct_sequence(node, deep=True)}
-    return {name: loader.construct_mapping(node, deep=True)}
-
-
-_CfnLoader.add_multi_constructor("!", _intrinsic)
-
-
