@@ -175,22 +175,30 @@ def stack_outputs(cloudformation, stack: str) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in described[0].get("Outputs", [])}
 
 
+def _shown(value: str) -> str:
+    """An output value in a comment line: control characters (a newline would end the comment, and the rest
+    would run under `eval`) replaced."""
+    return "".join(c if c.isprintable() else "?" for c in value)
+
+
 def export_lines(outputs: dict[str, str]) -> list[str]:
-    """``export NAME=value`` lines for the platform's settings, and comments for what is not a setting."""
+    """``export NAME=value`` lines for the platform's settings (values shell-quoted), and comments for what is
+    not a setting (values stripped of control characters): safe for ``eval "$(mldp deploy exports ...)"``."""
     missing = [key for key in OUTPUT_VARIABLES if key not in outputs]
     if missing:
         raise StackNotReady(f"the stack has no output(s) {', '.join(missing)}: is it this project's template?")
     lines = [f"export {name}={shlex.quote(value)}" for name, value in BACKENDS.items()]
     lines += [f"export {OUTPUT_VARIABLES[key]}={shlex.quote(outputs[key])}" for key in OUTPUT_VARIABLES]
     if "DatabaseEndpoint" in outputs:
-        lines.append(f"# application database: {outputs['DatabaseEndpoint']}:{outputs.get('DatabasePort', '5432')}; "
-                     f"its master credentials are in Secrets Manager secret {outputs.get('DatabaseMasterSecretArn', '?')} "
+        lines.append(f"# application database: {_shown(outputs['DatabaseEndpoint'])}:"
+                     f"{_shown(outputs.get('DatabasePort', '5432'))}; its master credentials are in Secrets Manager "
+                     f"secret {_shown(outputs.get('DatabaseMasterSecretArn', '?'))} "
                      "(set DATABASE_URL from them; never paste a password into a shell history)")
     else:
         lines.append("# application database: not created by the stack (CreateDatabase=false); set DATABASE_URL to "
                      "your PostgreSQL with the vector extension")
     if "EcrRepositoryUri" in outputs:
-        lines.append(f"# code-location image: {outputs['EcrRepositoryUri']}")
+        lines.append(f"# code-location image: {_shown(outputs['EcrRepositoryUri'])}")
     return lines
 
 
@@ -210,17 +218,27 @@ def upload_lambda(s3, bucket: str, archive: Path) -> str:
     return key
 
 
+def stack_parameters(cloudformation, stack: str) -> dict[str, str] | None:
+    """The parameter values of an existing stack; None when there is no such stack."""
+    try:
+        described = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    except cloudformation.exceptions.ClientError:
+        return None
+    if not described:
+        return None
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in described[0].get("Parameters", [])}
+
+
 def deploy_stack(cloudformation, stack: str, parameters: dict[str, str], template: Path = TEMPLATE,
                  timeout_seconds: int = 3600, poll_seconds: float = 5) -> str:
-    """Create the stack, or update it when it exists; wait until it settles and return its status."""
+    """Create the stack, or update it when it exists; wait until it settles and return its status. On an update,
+    every parameter not in `parameters` keeps its value (CloudFormation would otherwise reset it to the
+    template's default: a database created with CreateDatabase=true would be deleted)."""
     body = template.read_text()
+    current = stack_parameters(cloudformation, stack)
     params = [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items())]
-    try:
-        cloudformation.describe_stacks(StackName=stack)
-        exists = True
-    except cloudformation.exceptions.ClientError:
-        exists = False
-    if exists:
+    if current is not None:
+        params += [{"ParameterKey": k, "UsePreviousValue": True} for k in sorted(current) if k not in parameters]
         try:
             cloudformation.update_stack(StackName=stack, TemplateBody=body, Parameters=params, Capabilities=CAPABILITIES)
         except cloudformation.exceptions.ClientError as exc:
@@ -292,8 +310,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     cloudformation = _client("cloudformation", settings)
     if args.deploy_action == "up":
         given = _parameters(args.param)
-        # the code location is known only after the upload: checked with a stand-in of the right form
-        check_parameters(load_template(), {"LambdaCodeBucket": args.code_bucket,
+        # checked as the stack will be: its current values where it exists, then what is given; the code
+        # location is known only after the upload, so a stand-in of the right form is checked
+        check_parameters(load_template(), {**(stack_parameters(cloudformation, args.stack) or {}),
+                                           "LambdaCodeBucket": args.code_bucket,
                                            "LambdaCodeKey": "lambda/enrichment-lambda-0000000000000000.zip", **given})
         report = build_lambda(args.out.resolve())
         key = upload_lambda(_client("s3", settings), args.code_bucket, Path(report["package"]))

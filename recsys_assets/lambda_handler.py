@@ -31,6 +31,7 @@ import logging
 import psycopg
 
 from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_with_live_model, load_user_tower
+from recsys_assets.model_code.numpy_tower import MAX_FILE_BYTES
 from resources.artifact_keys import join_key, read_artifact, version_prefix
 from resources.credentials import DatabaseUnavailableError, connect_or_explain, credentials_from_secret
 from resources.settings import ConfigurationError, PlatformSettings
@@ -38,6 +39,7 @@ from resources.vector_queries import ReadOnlyNearestItems
 
 logger = logging.getLogger(__name__)
 _state: dict = {}
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 class FirehoseEnvelopeError(ValueError):
@@ -49,6 +51,7 @@ def _connector(settings: PlatformSettings):
     deployed form), else ``READONLY_DATABASE_URL``, else ``DATABASE_URL``. Sessions are read-only and their
     statements time out after ``READONLY_STATEMENT_TIMEOUT_SECONDS``."""
     options = f"-c statement_timeout={settings.readonly_statement_timeout_seconds * 1000}"
+    timeout = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}  # well within the function's own timeout
     if settings.readonly_secret_id:
         from resources.aws_clients import aws_client
 
@@ -56,10 +59,12 @@ def _connector(settings: PlatformSettings):
         client = aws_client("secretsmanager", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
         credentials = credentials_from_secret(secret_id, client.get_secret_value(SecretId=secret_id).get("SecretString"))
         describe = f"the database in Secrets Manager secret {secret_id!r}"
-        return lambda: connect_or_explain(describe=describe, autocommit=True, options=options, **credentials)
+        return lambda: connect_or_explain(describe=describe, autocommit=True, options=options, **timeout,
+                                          **credentials)
     for name, url in (("READONLY_DATABASE_URL", settings.readonly_database_url), ("DATABASE_URL", settings.database_url)):
         if url:
-            return lambda: connect_or_explain(url, describe=f"given by {name}", autocommit=True, options=options)
+            return lambda: connect_or_explain(url, describe=f"given by {name}", autocommit=True, options=options,
+                                              **timeout)
     raise ConfigurationError("the Firehose Lambda needs READONLY_DATABASE_SECRET_ID, READONLY_DATABASE_URL or "
                              "DATABASE_URL: the database holding the live embeddings tables")
 
@@ -84,7 +89,8 @@ def _embedder(version: str) -> TowerEmbedder:
 
         def read(name: str) -> bytes:
             return read_artifact(settings.artifacts_uri, join_key(prefix, name), region_name=settings.aws_region,
-                                 endpoint_url=settings.aws_endpoint_url, client=_state["s3"])
+                                 endpoint_url=settings.aws_endpoint_url, client=_state["s3"],
+                                 max_bytes=MAX_FILE_BYTES)
 
         where = f"{settings.artifacts_uri.rstrip('/')}/{prefix}"
         embedders[version] = TowerEmbedder(load_user_tower(read, version, where), version)

@@ -46,16 +46,26 @@ def parse_artifacts_uri(uri: str) -> tuple[str, str, str]:
     return "file", uri, ""
 
 
+class ArtifactTooLarge(ValueError):
+    """An artifact over the size its reader accepts; the message names its URI and size."""
+
+
 def read_artifact(artifacts_uri: str, key: str, *, region_name: str, endpoint_url: str | None = None,
-                  client=None) -> bytes:
+                  client=None, max_bytes: int | None = None) -> bytes:
     """The bytes at `key` under ``ARTIFACTS_URI`` (a local folder or ``s3://bucket/prefix``), as
     `ArtifactStore.read_bytes` reads them; `ArtifactNotFoundError` names the full URI. `client`: an S3 client
-    to reuse between reads."""
+    to reuse between reads. `max_bytes`: a larger object is refused (`ArtifactTooLarge`) before it is read."""
     kind, location, prefix = parse_artifacts_uri(artifacts_uri)
     key = clean_key(key)
+
+    def refuse_over_limit(size: int, where: str) -> None:
+        if max_bytes is not None and size > max_bytes:
+            raise ArtifactTooLarge(f"{where} holds {size:,} bytes, over the {max_bytes:,} its reader accepts")
+
     if kind == "file":
         path = Path(location).expanduser() / key
         try:
+            refuse_over_limit(path.stat().st_size, str(path))
             return path.read_bytes()
         except FileNotFoundError:
             raise ArtifactNotFoundError(f"no artifact at {path}") from None
@@ -65,6 +75,11 @@ def read_artifact(artifacts_uri: str, key: str, *, region_name: str, endpoint_ur
         client = aws_client("s3", region_name=region_name, endpoint_url=endpoint_url)
     full_key = join_key(prefix, key) if prefix else key
     try:
-        return client.get_object(Bucket=location, Key=full_key)["Body"].read()
+        response = client.get_object(Bucket=location, Key=full_key)
     except client.exceptions.NoSuchKey:
         raise ArtifactNotFoundError(f"no artifact at s3://{location}/{full_key}") from None
+    try:
+        refuse_over_limit(int(response.get("ContentLength") or 0), f"s3://{location}/{full_key}")
+        return response["Body"].read()
+    finally:
+        response["Body"].close()

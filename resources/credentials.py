@@ -140,7 +140,9 @@ def connect_or_explain(conninfo: str | None = None, *, describe: str, **kwargs) 
             return psycopg.connect(**kwargs)
         return psycopg.connect(conninfo, **kwargs)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        # libpq's message spans lines ("connection to server at ... failed: Connection refused", then a hint):
+        # all of them, on one line
+        reason = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
         message = scrub(f"cannot connect to PostgreSQL {describe}: {reason}", conninfo,
                         passwords=(kwargs.get("password"),))
         raise DatabaseUnavailableError(message) from None

@@ -9,6 +9,8 @@ from pathlib import Path
 from resources.settings import PROJECT_ROOT, PlatformSettings
 
 TEMPLATES = PROJECT_ROOT / "deploy"
+# the instance files `mldp dev` / `mldp demo` write (dagster.ecs.yaml is the image's own, never written here)
+LOCAL_TEMPLATES = ("dagster.sqlite.yaml", "dagster.postgres.yaml")
 
 
 def instance_template(settings: PlatformSettings) -> Path:
@@ -23,7 +25,7 @@ def prepare_dagster_home(settings: PlatformSettings) -> Path:
     home = settings.dagster_home or settings.data_dir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    ours = {path.read_text() for path in TEMPLATES.glob("dagster.*.yaml")}
+    ours = {(TEMPLATES / name).read_text() for name in LOCAL_TEMPLATES}
     if not target.exists() or target.read_text() in ours:
         shutil.copyfile(instance_template(settings), target)
     return home

@@ -127,7 +127,7 @@ def test_exports_are_refused_for_a_stack_that_is_missing_or_not_complete(aws_env
     (["SubnetIds=subnet-1 subnet-2"], r"SubnetIds='subnet-1 subnet-2': empty, or comma-separated subnet ids"),
     (["Enviroment=dev"], r"Enviroment: the template has no such parameter"),
 ])
-def test_parameters_that_cannot_work_are_refused_before_anything_is_made(params, message, tmp_path, capsys):
+def test_parameters_that_cannot_work_are_refused_before_anything_is_made(params, message, tmp_path, aws_env):
     from platform_cli.main import main
 
     args = ["deploy", "up", "--stack", "s", "--code-bucket", "no-such-bucket", "--out", str(tmp_path)]
@@ -388,3 +388,62 @@ def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datase
         lambda_handler.reset()
     results = [r["result"] for r in response["records"]]
     assert results.count("Ok") == enriched and results.count("ProcessingFailed") == dead
+
+
+def test_export_comments_cannot_break_out_under_eval(tmp_path):
+    marker = tmp_path / "ran"
+    hostile = f"x\ntouch {marker}\n# $(touch {marker})"
+    outputs = {key: hostile for key in deploy.OUTPUT_VARIABLES}
+    outputs.update(DatabaseEndpoint=hostile, DatabasePort="5432\nid", DatabaseMasterSecretArn=hostile,
+                   EcrRepositoryUri=f"repo'; touch {marker}; '\n")
+    script = "\n".join(deploy.export_lines(outputs))
+    result = subprocess.run(["bash", "-c", 'eval "$1"; printf %s "$ARTIFACTS_URI"', "_", script], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()  # nothing in a value ran
+    assert result.stdout == hostile  # and the value arrived whole
+
+
+def test_the_template_keeps_what_the_platform_relies_on():
+    resources = deploy.load_template()["Resources"]
+    # RDS makes no read replica of a database whose master password it manages itself
+    assert "ManageMasterUserPassword" not in resources["Database"]["Properties"]
+    # every Dagster container gets the recommender's source when one is given
+    for name in ("WebserverTaskDefinition", "DaemonTaskDefinition", "CodeServerTaskDefinition", "RunTaskDefinition"):
+        assert "SOURCE_DATABASE_URL" in json.dumps(resources[name]["Properties"]["ContainerDefinitions"]), name
+    # batches Firehose sends the Lambda leave room for the enrichment within Lambda's 6 MB answer
+    [processor] = resources["DeliveryStream"]["Properties"]["ExtendedS3DestinationConfiguration"][
+        "ProcessingConfiguration"]["Processors"]
+    buffer = {p["ParameterName"]: p["ParameterValue"] for p in processor["Parameters"]}["BufferSizeInMBs"]
+    assert float(buffer) * 6.5 < 6
+    lambda_env = resources["EnrichmentFunction"]["Properties"]["Environment"]["Variables"]
+    assert int(lambda_env["READONLY_STATEMENT_TIMEOUT_SECONDS"]) < resources["EnrichmentFunction"]["Properties"]["Timeout"]
+
+
+def test_the_local_instance_setup_leaves_the_ecs_instance_file_alone(tmp_path):
+    from resources.dagster_instance import prepare_dagster_home
+
+    home = tmp_path / "home"
+    home.mkdir()
+    ecs = (PROJECT_ROOT / "deploy" / "dagster.ecs.yaml").read_text()
+    (home / "dagster.yaml").write_text(ecs)
+    prepare_dagster_home(PlatformSettings.from_env({"DAGSTER_HOME": str(home), "DATA_DIR": str(tmp_path / "d")}))
+    assert (home / "dagster.yaml").read_text() == ecs
+
+
+def test_an_update_keeps_every_parameter_it_is_not_given(stack):
+    """CloudFormation resets a parameter left out of an update to its default (a database created with
+    CreateDatabase=true would be deleted); `deploy_stack` sends UsePreviousValue for each one not given. (moto
+    keeps only the values a create was given, so this stack is created with every parameter named.)"""
+    cloudformation = stack["client"]("cloudformation")
+    template = deploy.load_template()
+    given = {"LambdaCodeBucket": "mldp-code", "Environment": "upd", "KinesisShardCount": "2",
+             "LambdaCodeKey": stack["client"]("s3").list_objects_v2(Bucket="mldp-code")["Contents"][0]["Key"]}
+    everything = deploy.check_parameters(template, given)
+    assert deploy.deploy_stack(cloudformation, "mldp-upd", everything, poll_seconds=0.1) == "CREATE_COMPLETE"
+    before = deploy.stack_parameters(cloudformation, "mldp-upd")
+    status = deploy.deploy_stack(cloudformation, "mldp-upd", {"NotificationEmail": "ops@example.com"}, poll_seconds=0.1)
+    assert status == "UPDATE_COMPLETE"
+    after = deploy.stack_parameters(cloudformation, "mldp-upd")
+    assert after == {**before, "NotificationEmail": "ops@example.com"}
+    assert after["KinesisShardCount"] == "2" and after["Environment"] == "upd"  # not reset to their defaults

@@ -131,6 +131,88 @@ def test_a_broken_export_is_refused_naming_the_file(trained, mutate, message):
     assert str(raised.value).startswith("s3://b/ml-artifacts/v1/model/user_tower.json: ")
 
 
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: s.update(width=s["width"] + 1), "the scaler says width .* but its features make"),
+    (lambda s: s["numeric"]["creditlimit"].update(std=0), "'creditlimit' has a standard deviation of 0"),
+    (lambda s: s["numeric"]["creditlimit"].update(mean=float("nan")), "needs a finite numeric 'mean' and 'std'"),
+    (lambda s: s["numeric"]["creditlimit"].update(std="2"), "needs a finite numeric 'mean' and 'std'"),
+    (lambda s: s.pop("categorical"), "needs 'categorical' and 'numeric' objects"),
+    (lambda s: s["categorical"].update(city="Paris"), "vocabulary of 'city' must be a list of strings"),
+    (lambda s: s["categorical"]["city"].append(s["categorical"]["city"][0]), "vocabulary of 'city' repeats a value"),
+])
+def test_a_broken_scaler_is_refused_naming_the_file(trained, mutate, message):
+    scaler = json.loads(json.dumps(trained["user_scaler"]))
+    mutate(scaler)
+    files = {numpy_tower.USER_TOWER_FILE: json.dumps(tt.export_user_tower(trained["model"])).encode(),
+             numpy_tower.USER_SCALER_FILE: json.dumps(scaler).encode()}
+    with pytest.raises(numpy_tower.TowerExportError, match=message) as raised:
+        numpy_tower.NumpyUserTower.from_files(files, "s3://b/ml-artifacts/v1/model/user_tower.json")
+    assert str(raised.value).startswith("s3://b/ml-artifacts/v1/scalers/user_features.json: ")
+
+
+def test_hostile_export_files_are_refused_before_they_cost_memory(trained, monkeypatch):
+    scaler = json.dumps(trained["user_scaler"]).encode()
+    nested = b"[" * 100_000 + b"]" * 100_000
+    for data, message in ((nested, "nested too deeply"), (b"{not json", "not JSON")):
+        with pytest.raises(numpy_tower.TowerExportError, match=message):
+            numpy_tower.NumpyUserTower.from_files({numpy_tower.USER_TOWER_FILE: data,
+                                                   numpy_tower.USER_SCALER_FILE: scaler})
+    monkeypatch.setattr(numpy_tower, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(numpy_tower.TowerExportError, match="over the 1,000 an export may have"):
+        numpy_tower.NumpyUserTower.from_files({numpy_tower.USER_TOWER_FILE: b" " * 1001,
+                                               numpy_tower.USER_SCALER_FILE: scaler})
+
+
+def test_an_oversized_model_file_is_not_read(local_artifacts, s3_artifacts):
+    from resources.artifact_keys import ArtifactTooLarge, read_artifact
+
+    for store in (local_artifacts, s3_artifacts):
+        store.write_bytes("ml-artifacts/v1/model/user_tower.json", b"x" * 5000)
+        with pytest.raises(ArtifactTooLarge, match="holds 5,000 bytes, over the 4,096 its reader accepts"):
+            read_artifact(store.uri(), "ml-artifacts/v1/model/user_tower.json", region_name="us-east-1",
+                          endpoint_url=None if store is local_artifacts else s3_artifacts.s3.endpoint_url,
+                          max_bytes=4096)
+        assert read_artifact(store.uri(), "ml-artifacts/v1/model/user_tower.json", region_name="us-east-1",
+                             endpoint_url=None if store is local_artifacts else s3_artifacts.s3.endpoint_url,
+                             max_bytes=5000) == b"x" * 5000
+
+
+def test_a_database_that_never_answers_fails_the_invocation_within_the_connect_timeout(monkeypatch, tmp_path):
+    import socket
+    import threading
+
+    from recsys_assets import lambda_handler
+    from resources.credentials import DatabaseUnavailableError
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections and never says a word
+    for name in ("READONLY_DATABASE_URL", "READONLY_DATABASE_SECRET_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{silent.getsockname()[1]}/db")
+    monkeypatch.setenv("ARTIFACTS_URI", str(tmp_path))
+    monkeypatch.setattr(lambda_handler, "CONNECT_TIMEOUT_SECONDS", 1)
+    lambda_handler.reset()
+    outcome = {}
+
+    def invoke():
+        try:
+            lambda_handler.lambda_handler(firehose(json.dumps(GOOD).encode()))
+        except Exception as exc:  # noqa: BLE001 - the test looks at what it was
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=invoke, daemon=True)
+    worker.start()
+    worker.join(60)  # libpq's own default would wait 130 s or more
+    try:
+        assert not worker.is_alive(), "the invocation still waits for a database that never answers"
+        assert isinstance(outcome.get("error"), DatabaseUnavailableError), outcome
+        assert "pw" not in str(outcome["error"]) and "timeout" in str(outcome["error"]).lower()
+    finally:
+        silent.close()
+        lambda_handler.reset()
+
+
 # --- the handler from its package -----------------------------------------------------------------------
 
 RUNNER = """

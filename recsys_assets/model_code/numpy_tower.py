@@ -27,6 +27,9 @@ EXPORT_FORMAT = 1
 SCALER_FORMAT = 1
 # torch's F.normalize: x / max(||x||, eps)
 NORMALIZE_EPS = 1e-12
+# the largest export or scaler file read: a tower over ~300,000 one-hot values; a bigger file is refused
+# before it is parsed (parsing takes about six times the file's size in memory)
+MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 class TowerExportError(ValueError):
@@ -77,6 +80,42 @@ def _number(value, default: float) -> float:
     return number if not math.isnan(number) else default
 
 
+def check_scaler(scaler, source: str) -> None:
+    """The user scaler as `user_features` needs it, or `TowerExportError` naming the file and the problem."""
+    if not isinstance(scaler, Mapping) or scaler.get("format") != SCALER_FORMAT:
+        raise TowerExportError(f"{source}: the user scaler has an unsupported format")
+    categorical, numeric = scaler.get("categorical"), scaler.get("numeric")
+    if not isinstance(categorical, Mapping) or not isinstance(numeric, Mapping):
+        raise TowerExportError(f"{source}: the user scaler needs 'categorical' and 'numeric' objects")
+    for name, vocabulary in categorical.items():
+        if not isinstance(vocabulary, list) or not all(isinstance(v, str) for v in vocabulary):
+            raise TowerExportError(f"{source}: the scaler's vocabulary of {name!r} must be a list of strings")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise TowerExportError(f"{source}: the scaler's vocabulary of {name!r} repeats a value")
+    for name, spec in numeric.items():
+        mean, std = (spec.get(k) if isinstance(spec, Mapping) else None for k in ("mean", "std"))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (mean, std)):
+            raise TowerExportError(f"{source}: the scaler's {name!r} needs a finite numeric 'mean' and 'std'")
+        if std <= 0:
+            raise TowerExportError(f"{source}: the scaler's {name!r} has a standard deviation of {std}, not above 0")
+    width = sum(len(v) for v in categorical.values()) + len(numeric)
+    if scaler.get("width") != width:
+        raise TowerExportError(f"{source}: the scaler says width {scaler.get('width')!r} but its features make {width}")
+
+
+def parse_file(data: bytes, source: str):
+    """A JSON file of the export, refused with `TowerExportError` when too large, not JSON, or nested beyond
+    what the parser takes."""
+    if len(data) > MAX_FILE_BYTES:
+        raise TowerExportError(f"{source}: {len(data):,} bytes, over the {MAX_FILE_BYTES:,} an export may have")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise TowerExportError(f"{source}: not JSON this platform reads (nested too deeply)") from None
+    except ValueError as exc:
+        raise TowerExportError(f"{source}: not JSON ({exc})") from None
+
+
 class NumpyUserTower:
     """Customers' unit-length embeddings from the exported user tower and the user scaler."""
 
@@ -84,18 +123,17 @@ class NumpyUserTower:
         if not isinstance(export, Mapping) or export.get("format") != EXPORT_FORMAT:
             found = export.get("format") if isinstance(export, Mapping) else type(export).__name__
             raise TowerExportError(f"{source}: unsupported export format {found!r} (expected {EXPORT_FORMAT})")
-        if not isinstance(scaler, Mapping) or scaler.get("format") != SCALER_FORMAT:
-            raise TowerExportError(f"{source}: the user scaler has an unsupported format")
+        check_scaler(scaler, source.replace(USER_TOWER_FILE, USER_SCALER_FILE))
         layers = export.get("layers")
         if not isinstance(layers, list) or len(layers) != 2:
             raise TowerExportError(f"{source}: expected 2 layers, found {len(layers) if isinstance(layers, list) else 0}")
         self.layers = []
-        width = int(scaler.get("width", -1))
+        width = scaler["width"]
         for number, layer in enumerate(layers):
             try:
                 weight = np.asarray(layer["weight"], dtype=np.float32)
                 bias = np.asarray(layer["bias"], dtype=np.float32)
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, RecursionError):
                 raise TowerExportError(f"{source}: layer {number} needs numeric 'weight' and 'bias' arrays") from None
             if weight.ndim != 2 or bias.shape != (weight.shape[0],):
                 raise TowerExportError(f"{source}: layer {number} has weight {weight.shape} and bias {bias.shape}")
@@ -115,11 +153,8 @@ class NumpyUserTower:
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], source: str = USER_TOWER_FILE) -> NumpyUserTower:
         """From the published files' contents: ``model/user_tower.json`` and ``scalers/user_features.json``."""
-        try:
-            export = json.loads(files[USER_TOWER_FILE])
-            scaler = json.loads(files[USER_SCALER_FILE])
-        except ValueError as exc:
-            raise TowerExportError(f"{source}: not JSON ({exc})") from None
+        export = parse_file(files[USER_TOWER_FILE], source)
+        scaler = parse_file(files[USER_SCALER_FILE], source.replace(USER_TOWER_FILE, USER_SCALER_FILE))
         return cls(export, scaler, source)
 
     def embed_features(self, x: np.ndarray) -> np.ndarray:
