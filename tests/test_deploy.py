@@ -215,6 +215,16 @@ def test_the_stack_deploys_to_moto_and_exports_its_settings(stack):
                                                                      "S3Key": {"Ref": "LambdaCodeKey"}}
     [package] = client("s3").list_objects_v2(Bucket="mldp-code", Prefix="lambda/")["Contents"]
     assert package["Key"].endswith(".zip") and package["Size"] > 1_000_000
+    # the package `up` built and uploaded is the runtime's (python3.12 wheels), under Lambda's unzipped limit
+    import io
+    import zipfile
+
+    zipped = client("s3").get_object(Bucket="mldp-code", Key=package["Key"])["Body"].read()
+    with zipfile.ZipFile(io.BytesIO(zipped)) as bundle:
+        names = bundle.namelist()
+        unzipped = sum(info.file_size for info in bundle.infolist())
+    assert any(n.startswith("numpy/_core/_multiarray_umath.cpython-312-") for n in names)
+    assert "recsys_assets/lambda_handler.py" in names and unzipped < 250 * 1024 * 1024
     # what moto skipped is in the template as the platform needs it
     firehose = template["DeliveryStream"]["Properties"]["ExtendedS3DestinationConfiguration"]
     assert firehose["Prefix"].endswith("!{timestamp:yyyy/MM/dd/HH}/")  # the lab's YYYY/MM/DD/HH layout
