@@ -50,11 +50,11 @@ class ArtifactTooLarge(ValueError):
     """An artifact over the size its reader accepts; the message names its URI and size."""
 
 
-def read_artifact(artifacts_uri: str, key: str, *, region_name: str, endpoint_url: str | None = None,
+def read_artifact(artifacts_uri: str, key: str, *, region_name: str | None = None, endpoint_url: str | None = None,
                   client=None, max_bytes: int | None = None) -> bytes:
     """The bytes at `key` under ``ARTIFACTS_URI`` (a local folder or ``s3://bucket/prefix``), as
     `ArtifactStore.read_bytes` reads them; `ArtifactNotFoundError` names the full URI. `client`: an S3 client
-    to reuse between reads. `max_bytes`: a larger object is refused (`ArtifactTooLarge`) before it is read."""
+    to reuse between reads (without one, a client for `region_name` and `endpoint_url` is made). `max_bytes`: a larger object is refused (`ArtifactTooLarge`) before it is read."""
     kind, location, prefix = parse_artifacts_uri(artifacts_uri)
     key = clean_key(key)
 

@@ -268,7 +268,7 @@ class S3ArtifactStore(ArtifactStore):
         return self.uri(key)
 
     def read_bytes(self, key: str) -> bytes:
-        return read_artifact(self.uri(), key, region_name="", client=self._client())
+        return read_artifact(self.uri(), key, client=self._client())
 
     def exists(self, key: str) -> bool:
         client = self._client()

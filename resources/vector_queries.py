@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,20 +88,20 @@ class _JsonArrays:
         return json.dumps(np.round(self.vectors.astype(np.float64), 7).tolist())
 
 
-class NearestItems:
+class NearestItems(ABC):
     """Nearest-item queries over `item_table`, on up to `query_connections` connections. The concrete class
     provides the settings (`item_table`, `ef_search`, `exact_scan_below`, `query_connections`), the state
     (`_conns`, `_conn_locks`, `_pool`, `_lock`, `_row_counts`, `_pgvector_version`) and `_connect`."""
 
     # --- connections -----------------------------------------------------------------------------------
 
+    @abstractmethod
     def _connect(self) -> psycopg.Connection:
         """A new autocommit connection with the vector type registered (the concrete class says how)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _vector_extension_version(self) -> str:
         """The installed pgvector version, once per set of connections (a loader creates the extension)."""
-        raise NotImplementedError
 
     def _ensure_registry(self, conn: psycopg.Connection) -> None:
         """Create ``embedding_versions`` where the class may write (a read-only reader does not)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -162,29 +161,24 @@ def stack(moto_server, app_db, tmp_path_factory):
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).read()
     client = lambda service: boto3.client(service, region_name="us-east-1", endpoint_url=moto_server)  # noqa: E731
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=moto_server, AWS_REGION="us-east-1")
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", moto_server)
+        env.setenv("AWS_REGION", "us-east-1")
         client("s3").create_bucket(Bucket="mldp-code")
         with pytest.raises(SystemExit) as refused:  # up: build, upload, create, wait, then print the exports
             main(["deploy", "up", "--stack", "mldp-dev", "--code-bucket", "mldp-code", "--param", "Environment=dev",
                   "--out", str(tmp_path_factory.mktemp("lambda-build"))])
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     described = client("cloudformation").describe_stacks(StackName="mldp-dev")["Stacks"][0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
     # moto skips the read-only secret's type: made as the template makes it (username and a generated
     # password), then `mldp deploy readonly-user` creates the role and completes the secret
     secret_arn = client("secretsmanager").create_secret(Name="mldp/dev/readonly-database", SecretString=json.dumps(
         {"username": "mldp_readonly", "password": "Generated0Password0Of0Thirty0Two"}))["ARN"]
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "DATABASE_URL", "READONLY_DATABASE_SECRET_ID")}
-    os.environ.update(AWS_ENDPOINT_URL=moto_server, DATABASE_URL=app_db.conninfo(), READONLY_DATABASE_SECRET_ID=secret_arn)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in (("AWS_ENDPOINT_URL", moto_server), ("DATABASE_URL", app_db.conninfo()),
+                            ("READONLY_DATABASE_SECRET_ID", secret_arn)):
+            env.setenv(name, value)
         assert main(["deploy", "readonly-user"]) == 0
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     complete = {**outputs, "ReadonlySecretArn": secret_arn}
     exported = {}
     for line in deploy.export_lines(complete):

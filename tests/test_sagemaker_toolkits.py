@@ -79,6 +79,17 @@ def serve_with_toolkit(model_archive: Path, tmp_path: Path, requests: list[dict]
 # --- the credit scorecard ---------------------------------------------------------------------------------
 
 
+def train_credit_locally(artifacts, work_dir, job_name: str, data_prefix: str):
+    """The credit model trained by the local backend on the generated applications under `data_prefix`."""
+    frame, _source = training_data.training_frame(None)
+    artifacts.write_bytes(f"{data_prefix}/applications.csv", frame.to_csv(index=False).encode())
+    sagemaker = LocalSageMakerJobs(artifacts=artifacts, work_dir=str(work_dir))
+    job = sagemaker.train(job_name=job_name, source_dir=CREDIT_CODE, entry_point="train.py",
+                          channels={"train": data_prefix}, hyperparameters=CreditModelConfig().model_dump(),
+                          output_prefix="training")
+    return sagemaker, job, frame
+
+
 @pytest.fixture(scope="module")
 def credit(tmp_path_factory):
     """A credit model trained by the local backend, and the platform's transform input for some customers."""
@@ -86,12 +97,7 @@ def credit(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("credit")
     artifacts = LocalArtifactStore(root=str(root / "artifacts"))
-    frame, _source = training_data.training_frame(None)
-    artifacts.write_bytes("data/train/applications.csv", frame.to_csv(index=False).encode())
-    sagemaker = LocalSageMakerJobs(artifacts=artifacts, work_dir=str(root / "jobs"))
-    job = sagemaker.train(job_name="credit-contract", source_dir=CREDIT_CODE, entry_point="train.py",
-                          channels={"train": "data/train"}, hyperparameters=CreditModelConfig().model_dump(),
-                          output_prefix="training")
+    sagemaker, job, frame = train_credit_locally(artifacts, root / "jobs", "credit-contract", "data/train")
     customers = frame.head(300).rename(columns={f: f for f in scorecard.FEATURES}).copy()
     customers.insert(0, "customer_id", np.arange(1, len(customers) + 1))
     [(_name, request)] = list(scoring.transform_input(customers, 1000))
@@ -254,12 +260,7 @@ def test_the_training_toolkit_gives_the_entry_point_what_the_local_backend_gives
 
 
 def test_the_training_toolkit_runs_the_credit_training_script_from_the_uploaded_source(s3_artifacts, moto, tmp_path):
-    frame, _source = training_data.training_frame(None)
-    s3_artifacts.write_bytes("data/credit/applications.csv", frame.to_csv(index=False).encode())
-    sagemaker = LocalSageMakerJobs(artifacts=s3_artifacts, work_dir=str(tmp_path / "jobs"))
-    job = sagemaker.train(job_name="credit-toolkit", source_dir=CREDIT_CODE, entry_point="train.py",
-                          channels={"train": "data/credit"}, hyperparameters=CreditModelConfig().model_dump(),
-                          output_prefix="training")
+    _sagemaker, job, _frame = train_credit_locally(s3_artifacts, tmp_path / "jobs", "credit-toolkit", "data/credit")
     base = tmp_path / "opt-ml"
     s3_artifacts.download_prefix("data/credit", base / "input" / "data" / "train")
     done = train_with_toolkit(tmp_path / "jobs" / "training" / "credit-toolkit", base, "credit-toolkit", moto)
