@@ -2,7 +2,7 @@
 
 Measures the project's path (`PgVectorStore.load_embeddings`: COPY BINARY into a staging table, validation
 in SQL, swap) in vectors/s, the HNSW index build separately, parsing the lab's CSV format, and psycopg's
-``executemany`` INSERT into an equivalent table in the same run, with the ratio. One JSON line.
+`executemany` INSERT into an equivalent table in the same run, with the ratio. One JSON line.
 
     .venv/bin/python benchmarks/embeddings_load.py [--items 100000] [--dims 32 128]
 """

@@ -2,7 +2,7 @@
 
 Loads the items with the project's loader, then for a sample of items measures single-query latency
 (p50/p99 ms), batched queries (ms per query), and recall@10 against exact cosine search in numpy, at a
-few ``hnsw.ef_search`` settings. One JSON line.
+few `hnsw.ef_search` settings. One JSON line.
 
     .venv/bin/python benchmarks/knn_query.py [--items 100000] [--queries 500] [--ef-search 40 100 200]
 """

@@ -3,7 +3,7 @@
 Generates N ratings (default 2,000,000 by 2,000 customers over 2,000 products) into the MariaDB server on
 127.0.0.1:3306, with the classicmodels tables, and runs `ratings_training_data` (the project's asset,
 through `dg.materialize`) at N/4 and N to show that peak memory stays flat as N grows. The naive way is
-measured in the same run: ``pandas.read_sql`` of the whole join, then ``DataFrame.to_parquet`` partitioned by
+measured in the same run: `pandas.read_sql` of the whole join, then `DataFrame.to_parquet` partitioned by
 customer. Each measurement runs in its own process so its peak RSS is its own. One JSON line.
 
     .venv/bin/python benchmarks/ratings_etl.py [--ratings 2000000]

@@ -3,11 +3,11 @@
 Reference: the batch-scoring SageMaker pipeline (Query -> Inference -> Evaluate -> Update, four processing
 steps passing JSON files). Here each step is an asset with lineage, metadata and checks:
 
-    customers (bank table) -> eligible_customers -> credit_scores -> limit_decisions -> customer_updates
+    bank_customers -> eligible_customers -> credit_scores -> limit_decisions -> customer_updates
     credit_training_data -> credit_model ----------^
 
-A scoring batch is identified by the run that selected its eligible customers (``batch_id``); its files
-live under ``credit/batches/<batch_id>/`` and each step reads the batch its own run selected
+A scoring batch is identified by the run that selected its eligible customers (`batch_id`); its files
+live under `credit/batches/<batch_id>/` and each step reads the batch its own run selected
 (`credit_assets.batches`), so concurrent runs never mix batches. The write-back is idempotent per batch.
 """
 
@@ -37,7 +37,7 @@ from credit_assets.model_code import scorecard
 from credit_assets.policy import APPROVED, LimitPolicy, decide_limits
 from resources.artifacts import ArtifactStore, join_key
 from resources.datasets import ReferenceDatasets
-from resources.metadata import markdown_mapping, markdown_table
+from resources.metadata import artifact_link, count_table, markdown_mapping, markdown_table, metrics_table, tidy
 from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version, read_manifest, read_verified, sha256_hex
 from resources.postgres import PostgresDatabase
@@ -62,8 +62,8 @@ METRIC_DEFINITIONS = [
 ]
 
 
-customers = dg.AssetSpec(
-    "customers",
+bank_customers = dg.AssetSpec(
+    "bank_customers",
     group_name=GROUP,
     kinds={"postgres"},
     description=(
@@ -80,9 +80,9 @@ customers = dg.AssetSpec(
 def credit_training_data(context: dg.AssetExecutionContext, datasets: ReferenceDatasets,
                          artifacts: ArtifactStore) -> dg.MaterializeResult:
     """Labelled loan applications for the scorecard: the public bank case-study data set when present
-    (``DATASETS_DIR/credit/BankCaseStudyData.csv``), else a generated population with the same columns.
+    (`DATASETS_DIR/credit/BankCaseStudyData.csv`), else a generated population with the same columns.
 
-    Stored content-addressed (``credit/training_data/<fingerprint>/applications.csv``) so every model
+    Stored content-addressed (`credit/training_data/<fingerprint>/applications.csv`) so every model
     records exactly which data trained it.
     """
     frame, source = training_data.training_frame(datasets.credit_applications())
@@ -96,15 +96,15 @@ def credit_training_data(context: dg.AssetExecutionContext, datasets: ReferenceD
     splits = frame[scorecard.SPLIT].value_counts().to_dict()
     context.log.info(f"{len(frame):,} applications from {source}")
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "source": source,
             "rows": len(frame),
             "decline_rate": float((frame[scorecard.LABEL] == scorecard.POSITIVE_LABEL).mean()),
-            "labels": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
-            "splits": dg.MetadataValue.json({str(k): int(v) for k, v in splits.items()}),
+            "labels": count_table({str(k): int(v) for k, v in labels.items()}, "label", "applications"),
+            "splits": count_table({str(k): int(v) for k, v in splits.items()}, "split", "applications"),
             "fingerprint": fingerprint,
-            "uri": dg.MetadataValue.path(uri),
-        }
+            "uri": artifact_link(uri),
+        })
     )
 
 
@@ -134,9 +134,9 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The credit scorecard: a torch logistic regression on the application features, scaled to points.
 
-    Trained as a SageMaker script-mode job (``credit_assets/model_code/train.py``; locally by default) and
-    published as a version under ``credit/models/<version>/``: state_dict weights, preprocessing and
-    scaling as JSON, the SageMaker ``model.tar.gz``, and a manifest with checksums, metrics and the
+    Trained as a SageMaker script-mode job (`credit_assets/model_code/train.py`; locally by default) and
+    published as a version under `credit/models/<version>/`: state_dict weights, preprocessing and
+    scaling as JSON, the SageMaker `model.tar.gz`, and a manifest with checksums, metrics and the
     training-data fingerprint. Registered in the model registry as PendingManualApproval.
     """
     data = artifacts.read_json(TRAINING_DATA_POINTER)
@@ -183,20 +183,21 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
     )
     distribution = metrics["validation_score_distribution"]
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "model_version": version,
             "model_package": package.arn,
-            "approval_status": package.status,
+            "approval_status": package.status,  # at registration; the registry's changes follow as observations
             "validation_auc": metrics["validation_auc"],
             "validation_gini": metrics["validation_gini"],
             "development_auc": metrics["development_auc"],
             "validation_rows": metrics["validation_rows"],
+            "metrics": dg.MetadataValue.md(metrics_table(metrics)),
             "score_distribution": dg.MetadataValue.md(markdown_mapping(distribution, "statistic", "score")),
             "training_job": job.name,
             "training_data_fingerprint": data["fingerprint"],
-            "model_uri": dg.MetadataValue.path(artifacts.uri(join_key(MODEL_PREFIX, version))),
+            "model_uri": artifact_link(artifacts.uri(join_key(MODEL_PREFIX, version)), folder=True),
             "files": len(manifest["files"]),
-        }
+        })
     )
 
 
@@ -205,7 +206,7 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
 
 class EligibilityConfig(dg.Config):
     """Which customers get a limit review (defaults as the reference: score >= 600, limit < 10,000), and the
-    plausible range of each numeric column, e.g. ``{"gross_annual_income": [0, 5000000]}`` (see
+    plausible range of each numeric column, e.g. `{"gross_annual_income": [0, 5000000]}` (see
     `customer_store.PLAUSIBLE_RANGES` for the defaults); rows outside are skipped with their reason."""
 
     min_current_score: int = 600
@@ -214,15 +215,15 @@ class EligibilityConfig(dg.Config):
     plausible_ranges: dict[str, list[float]] = {}
 
 
-@dg.asset(group_name=GROUP, deps=[customers], kinds={"postgres", "pandas"}, pool=SCORING_POOL)
+@dg.asset(group_name=GROUP, deps=[bank_customers], kinds={"postgres", "pandas"}, pool=SCORING_POOL)
 def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityConfig, readonly_db: ReadOnlyDatabase,
                        artifacts: ArtifactStore) -> dg.MaterializeResult:
     """Customers up for a credit-limit review, read through the read-only role / replica.
 
-    Undecided customers with ``current_score >= min_current_score`` and ``current_limit <
-    max_current_limit``. Rows with a missing, infinite or implausible value (a NULL or negative limit, an
+    Undecided customers with `current_score >= min_current_score` and `current_limit <
+    max_current_limit`. Rows with a missing, infinite or implausible value (a NULL or negative limit, an
     income at the integer limit, ...) are skipped and counted by reason. The run that materialises this asset
-    starts a new scoring batch (``batch_id``, the run's id).
+    starts a new scoring batch (`batch_id`, the run's id).
     """
     ranges = customer_store.plausible_ranges(config.plausible_ranges)
     table = config.customers_table
@@ -242,32 +243,37 @@ def eligible_customers(context: dg.AssetExecutionContext, config: EligibilityCon
             "batch_id": batch_id,
             "eligible": len(valid),
             "selected_rows": len(frame),
-            "skipped": dg.MetadataValue.json(skipped_counts),
-            "filter": dg.MetadataValue.json(config.model_dump()),
+            "skipped": sum(skipped_counts.values()),
+            "skipped_reasons": count_table(skipped_counts),
+            "filter": dg.MetadataValue.md(markdown_mapping(
+                {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in config.model_dump().items()},
+                "setting", "value")),
             "read_from": readonly_db.describe(),
             "preview": dg.MetadataValue.md(markdown_table(valid[["customer_id", "current_score", "current_limit"]])),
-            "uri": dg.MetadataValue.path(uri),
+            "uri": artifact_link(uri),
         }
     )
 
 
 class CreditScoresConfig(dg.Config):
-    """Which model version under ``credit/models/`` scores; empty: the model registry's choice (the newest
+    """Which model version under `credit/models/` scores; empty: the model registry's choice (the newest
     Approved version, or the newest registered one with MODEL_VERSION_POLICY=newest). A version named here
-    must pass the same policy (Approved; or not Rejected under ``newest``)."""
+    must pass the same policy (Approved; or not Rejected under `newest`)."""
 
     model_version: str = ""
 
 
-@dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model], kinds={"torch", "sagemaker"}, pool=SCORING_POOL)
+# the model files come from credit_model, the choice of version from the registry
+@dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model, "model_registry"], kinds={"torch", "sagemaker"},
+          pool=SCORING_POOL)
 def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig, sagemaker: SageMakerJobs,
                   artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """New scorecard points and decline probability for each eligible customer of the run's batch, from the
     newest Approved model in the registry (the newest registered one with MODEL_VERSION_POLICY=newest), or
     the version the run config names (the approval sensor pins the version it approved).
 
-    Batch inference through SageMaker Batch Transform, served by the ``code/inference.py`` inside the model's
-    ``model.tar.gz`` (run locally by default).
+    Batch inference through SageMaker Batch Transform, served by the `code/inference.py` inside the model's
+    `model.tar.gz` (run locally by default).
     Customers with a category value the model never saw are skipped and counted per column.
     """
     upstream = batch_step(context, "eligible_customers")
@@ -303,17 +309,18 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
                            eligible_run_id=upstream.run_id)
     distribution = scorecard.score_distribution(scores["new_score"].to_numpy()) if len(scores) else {}
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "batch_id": batch_id,
             "model_version": version,
             "model_package": f"{package.arn} ({package.status})" if package else "not registered",
             "scored": len(scores),
-            "skipped": dg.MetadataValue.json(skipped_counts),
+            "skipped": sum(skipped_counts.values()),
+            "skipped_unseen_values": count_table(skipped_counts, "column", "customers"),
             "transform_job": job_name or "(nothing to score)",
             "score_distribution": dg.MetadataValue.md(markdown_mapping(distribution, "statistic", "score")),
             "mean_decline_probability": float(scores["probability"].mean()) if len(scores) else 0.0,
-            "uri": dg.MetadataValue.path(uri),
-        }
+            "uri": artifact_link(uri),
+        })
     )
 
 
@@ -359,18 +366,18 @@ def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig
                            model_version=version, policy=json.dumps(policy.as_dict()), scores_run_id=upstream.run_id)
     summary = evaluation_summary(decisions, batch_id, version, policy.as_dict())
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "batch_id": batch_id,
             "decisions": summary["customers_scored"],
             "approved": summary["approved"],
             "declined": summary["declined"],
             "approval_rate": summary["approval_rate"],
             "total_limit_increase": summary["total_limit_increase"],
-            "policy": dg.MetadataValue.json(policy.as_dict()),
+            "policy": dg.MetadataValue.md(markdown_mapping(policy.as_dict(), "setting", "value")),
             "preview": dg.MetadataValue.md(markdown_table(
                 decisions[["customer_id", "new_score", "current_limit", "new_limit", "decision", "reason"]])),
-            "uri": dg.MetadataValue.path(uri),
-        }
+            "uri": artifact_link(uri),
+        })
     )
 
 
@@ -384,7 +391,7 @@ def customer_updates(context: dg.AssetExecutionContext, config: WriteBackConfig,
     """The batch's decisions written to the customers table on the primary, with an append-only audit row
     per applied decision, in one transaction; idempotent per batch. Only the decisions file that this run's
     `limit_decisions` wrote (or, run alone, the latest one) is written back. Also writes the reference's
-    ``evaluations.json`` and ``results.json`` under ``credit/batches/<batch_id>/``.
+    `evaluations.json` and `results.json` under `credit/batches/<batch_id>/`.
     """
     upstream = batch_step(context, "limit_decisions")
     decisions, meta = read_step_file(artifacts, upstream, DECISIONS_FILE)
@@ -395,19 +402,22 @@ def customer_updates(context: dg.AssetExecutionContext, config: WriteBackConfig,
                                                 run_id=run_id, table=config.customers_table)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     status = "Succeeded" if result.conflicts == 0 and result.missing_customers == 0 else "SucceededWithConflicts"
-    artifacts.write_json(batch_key(batch_id, EVALUATIONS_FILE),
-                         evaluation_summary(decisions, batch_id, version, json.loads(meta["policy"])))
+    evaluations = evaluation_summary(decisions, batch_id, version, json.loads(meta["policy"]))
+    evaluations_uri = artifacts.write_json(batch_key(batch_id, EVALUATIONS_FILE), evaluations)
     results = {**result.as_dict(), "status": status, "time": datetime.now(timezone.utc).isoformat(),
                "dagster_run_id": run_id, "decisions_run_id": upstream.run_id, "model_version": version}
     results_uri = artifacts.write_json(batch_key(batch_id, RESULTS_FILE), results)
     context.log.info(f"batch {batch_id}: {result.updated:,} customers updated, {result.already_applied:,} already "
                      f"applied, {result.conflicts:,} changed since selection")
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "batch_id": batch_id,
             "decisions_run_id": upstream.run_id,
             "model_version": version,
             "decisions": result.decisions,
+            "approved": evaluations["approved"],
+            "declined": evaluations["declined"],
+            "approval_rate": evaluations["approval_rate"],
             "updated": result.updated,
             "already_applied": result.already_applied,
             "conflicts": result.conflicts,
@@ -416,6 +426,7 @@ def customer_updates(context: dg.AssetExecutionContext, config: WriteBackConfig,
             "write_seconds": round(seconds, 3),
             "rows_per_second": round(len(decisions) / seconds) if seconds > 0 else 0,
             "written_to": app_db.describe(),
-            "results": dg.MetadataValue.path(results_uri),
-        }
+            "evaluations": artifact_link(evaluations_uri),
+            "results": artifact_link(results_uri),
+        })
     )

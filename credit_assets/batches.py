@@ -1,7 +1,7 @@
 """Scoring batches: where a batch's files live, and which batch a step works on.
 
 A batch is started by the run that materialises `eligible_customers`; its id is that run's id, and every
-file of the batch lives under ``credit/batches/<batch_id>/``. Each file records its batch and the run that
+file of the batch lives under `credit/batches/<batch_id>/`. Each file records its batch and the run that
 wrote it. A step never reads "the current file" of its upstream asset: it asks Dagster's event log for the
 upstream materialisation in its own run (or in the run it re-executes), else for the latest one, and reads
 exactly that batch, refusing a file that another run has rewritten since. Two scoring runs at the same
@@ -118,5 +118,5 @@ def read_step_file(artifacts: ArtifactStore, step: BatchStep, name: str,
 
 
 def skipped_total(metadata: dict[str, str]) -> int:
-    """Rows skipped with a reason, from a batch file's ``skipped`` counts."""
+    """Rows skipped with a reason, from a batch file's `skipped` counts."""
     return sum(json.loads(metadata.get("skipped") or "{}").values())

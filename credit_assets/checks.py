@@ -144,12 +144,19 @@ def counts_reconcile(context: dg.AssetCheckExecutionContext, artifacts: Artifact
         "scored = decided": (len(batch.scored), len(batch.decisions)),
         "decided = written back": (len(batch.decisions), written_back),
     }
-    broken = {name: f"{left} != {right}" for name, (left, right) in equations.items() if left != right}
+    broken = [f"{name}: {left} != {right}" for name, (left, right) in equations.items() if left != right]
     return dg.AssetCheckResult(
         passed=not broken,
+        description="; ".join(broken) if broken else None,
         metadata={
             "batch_id": step.batch_id,
-            "counts": dg.MetadataValue.json({name: left for name, (left, _right) in equations.items()}),
-            "broken": dg.MetadataValue.json(broken),
+            "selected": int(batch.meta["eligible"]["selected"]),
+            "eligible": len(batch.eligible),
+            "skipped_at_selection": skipped_total(batch.meta["eligible"]),
+            "scored": len(batch.scored),
+            "skipped_at_scoring": skipped_total(batch.meta["scores"]),
+            "decided": len(batch.decisions),
+            "written_back": written_back,
+            "broken": dg.MetadataValue.md("\n".join(f"- {line}" for line in broken) if broken else "none"),
         },
     )

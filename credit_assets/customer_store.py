@@ -1,9 +1,9 @@
 """The customers table and the audit trail of limit decisions, in the application PostgreSQL database.
 
 `customers` is the bank's table (the source); this module knows its required columns, reads the eligible
-rows, and writes decisions back in one transaction: COPY into a staging table, one ``UPDATE ... FROM``
+rows, and writes decisions back in one transaction: COPY into a staging table, one `UPDATE ... FROM`
 guarded against concurrent changes, and an append-only audit row per applied decision. Keyed by
-``(batch_id, customer_id)``, the write-back is idempotent: applying the same batch again changes nothing.
+`(batch_id, customer_id)`, the write-back is idempotent: applying the same batch again changes nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class CustomerTableError(ValueError):
 
 
 def table_identifier(name: str) -> sql.Composed:
-    """``schema.table`` or ``table`` as a safely quoted identifier."""
+    """`schema.table` or `table` as a safely quoted identifier."""
     parts = name.split(".")
     if len(parts) > 2 or not all(parts):
         raise ValueError(f"invalid table name {name!r}")
@@ -202,7 +202,7 @@ def eligible_query(table: str, min_current_score: int, max_current_limit: int) -
 
 
 # Plausible values per column, inclusive. A row outside them is not scored: it is skipped with its reason,
-# counted in the batch's metadata and kept in ``eligibility_skipped.parquet``. Defaults are wide: the public
+# counted in the batch's metadata and kept in `eligibility_skipped.parquet`. Defaults are wide: the public
 # bank data set lies well inside them (scores 555-1085, amounts and incomes up to 900,000, times up to 6,100,
 # loan-to-income up to 11,603). Run config (`EligibilityConfig.plausible_ranges`) overrides any of them.
 PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {

@@ -1,6 +1,6 @@
 """Synthetic bank population: training applications and a customers table, when no real data is at hand.
 
-The generator mimics the public bank case-study data set (``BankCaseStudyData.csv``): the same columns,
+The generator mimics the public bank case-study data set (`BankCaseStudyData.csv`): the same columns,
 class-conditional distributions read off that data (Accept vs Decline), the same "missing" sentinels
 (Loan_to_income is -9999997 when income is zero) and about 10% Declines. A model trained on the real file
 therefore scores generated customers sensibly, and a model trained on generated data learns a real signal.
@@ -94,8 +94,8 @@ def training_applications(n: int = 24_859, seed: int = 20061206) -> pd.DataFrame
 def customers(n: int, seed: int = 42, first_id: int = 1, as_of: date | None = None) -> pd.DataFrame:
     """`n` rows for the customers table (snake-case columns), none decided yet.
 
-    ``current_score`` is the bank's last score on the 600-at-30:1 scale (correlated with the application
-    score); ``current_limit`` a credit limit in multiples of 500. With the default policy about 45% of
+    `current_score` is the bank's last score on the 600-at-30:1 scale (correlated with the application
+    score); `current_limit` a credit limit in multiples of 500. With the default policy about 45% of
     customers are eligible for a limit review.
     """
     rng = np.random.default_rng(seed)

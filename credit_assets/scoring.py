@@ -31,7 +31,7 @@ def scorable_customers(eligible: pd.DataFrame, preprocessing: dict) -> tuple[pd.
 
 
 def transform_input(scorable: pd.DataFrame, part_rows: int) -> Iterator[tuple[str, bytes]]:
-    """CSV parts without header, ``customer_id`` then the features in model order (inference.py's input)."""
+    """CSV parts without header, `customer_id` then the features in model order (inference.py's input)."""
     columns = ["customer_id", *scorecard.FEATURES]
     for part, start in enumerate(range(0, len(scorable), part_rows)):
         chunk = scorable.iloc[start:start + part_rows][columns]
@@ -39,7 +39,7 @@ def transform_input(scorable: pd.DataFrame, part_rows: int) -> Iterator[tuple[st
 
 
 def read_transform_output(parts: list[tuple[str, bytes]]) -> pd.DataFrame:
-    """inference.py's ``customer_id,probability,score`` lines from every (name, content) output part."""
+    """inference.py's `customer_id,probability,score` lines from every (name, content) output part."""
     frames = []
     for name, data in parts:
         try:

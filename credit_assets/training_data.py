@@ -17,7 +17,7 @@ class TrainingDataError(ValueError):
 
 
 def read_bank_applications(path: Path) -> pd.DataFrame:
-    """The columns the model uses from ``BankCaseStudyData.csv``, validated."""
+    """The columns the model uses from `BankCaseStudyData.csv`, validated."""
     try:
         header = pd.read_csv(path, nrows=0).columns
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -2,7 +2,7 @@
 (reference: the batch-scoring pipeline's CI/CD, which upserts the pipeline definition).
 
 Generated from the same configuration the Dagster assets use (the script-mode code in
-``credit_assets/model_code``, the framework images, instance type and counts, role, model package group and
+`credit_assets/model_code`, the framework images, instance type and counts, role, model package group and
 the limit policy's thresholds):
 
     TrainScorecard (Training, metric definitions) -> CheckValidationGini (Condition: validation:gini >=
@@ -11,16 +11,16 @@ the limit policy's thresholds):
                        -> DecideLimits (Processing: credit_assets/pipeline_steps/decide_limits.py)
                   else -> ValidationGiniTooLow (Fail)
 
-The trained ``model.tar.gz`` already carries ``code/inference.py`` (the training script packs it), so the
-model and the registered package point at it directly with ``SAGEMAKER_PROGRAM`` and
-``SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code``; no repack step is needed. Writing decisions back to the
+The trained `model.tar.gz` already carries `code/inference.py` (the training script packs it), so the
+model and the registered package point at it directly with `SAGEMAKER_PROGRAM` and
+`SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code`; no repack step is needed. Writing decisions back to the
 customers table stays with Dagster's `customer_updates`: it needs the primary database, and its transaction
 and audit trail.
 
 Every definition is checked before it is stored or upserted (`check_definition`): each step's arguments
-against botocore's request shape of the API SageMaker calls for it, and every ``Get`` reference against the
+against botocore's request shape of the API SageMaker calls for it, and every `Get` reference against the
 parameters, the steps and the properties their Describe* responses have. Upserting refuses definitions that
-name ``file://`` locations or have no execution role.
+name `file://` locations or have no execution role.
 """
 
 
@@ -111,7 +111,7 @@ def _sdk_environment(region: str) -> Iterator[None]:
 
 
 def sdk_session(region: str, bucket: str = "unused", sagemaker_client=None):
-    """A PipelineSession that builds definitions without calling AWS (``sagemaker_client`` for upserts;
+    """A PipelineSession that builds definitions without calling AWS (`sagemaker_client` for upserts;
     `bucket` is where the SDK would put a definition over 100 KB, and nothing else is uploaded)."""
     from sagemaker.core.workflow.pipeline_context import PipelineSession
 
@@ -120,7 +120,7 @@ def sdk_session(region: str, bucket: str = "unused", sagemaker_client=None):
 
 
 def build_credit_pipeline(inputs: CreditPipelineInputs, session) -> Any:
-    """The credit pipeline as a ``sagemaker.mlops.workflow.Pipeline``."""
+    """The credit pipeline as a `sagemaker.mlops.workflow.Pipeline`."""
     from sagemaker.core.processing import Processor
     from sagemaker.core.shapes import MetricDefinition as SdkMetricDefinition
     from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
@@ -274,7 +274,7 @@ def _all_steps(steps: list[dict]) -> Iterator[dict]:
 
 
 def _property_path(path: str) -> list[str]:
-    """``FinalMetricDataList['validation:gini'].Value`` -> ["FinalMetricDataList", "[]", "Value"]."""
+    """`FinalMetricDataList['validation:gini'].Value` -> ["FinalMetricDataList", "[]", "Value"]."""
     return ["[]" if part.startswith("[") else part for part in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path)]
 
 
@@ -313,7 +313,7 @@ class _DefinitionCheck:
         self.edges: dict[str, set[str]] = {}
 
     def reference_type(self, reference: Any, where: str) -> str | None:
-        """The botocore type a ``Get`` yields ("" when any); None, with a problem noted, when it resolves to
+        """The botocore type a `Get` yields ("" when any); None, with a problem noted, when it resolves to
         nothing. A reference to another step is an edge of the step graph."""
         if not isinstance(reference, str):
             self.problems.append(f"step {where}: a Get names {reference!r}, not a property path")
@@ -344,7 +344,7 @@ class _DefinitionCheck:
         return kind
 
     def function_type(self, value: dict, where: str) -> str | None:
-        """The type of a ``Get``, ``Std:Join`` or ``Std:JsonGet``, its inner references checked."""
+        """The type of a `Get`, `Std:Join` or `Std:JsonGet`, its inner references checked."""
         (function, argument), = value.items()
         if function == "Get":
             return self.reference_type(argument, where)
@@ -467,9 +467,9 @@ def _is_function(value: Any) -> bool:
 
 def check_definition(definition: dict) -> None:
     """What SageMaker would refuse: every step's arguments against botocore's request shape of its API (each
-    reference standing in for a value of the type it yields), every ``Get`` against what exists (parameters,
+    reference standing in for a value of the type it yields), every `Get` against what exists (parameters,
     steps and the properties of their Describe* responses, condition outcomes, property files, execution
-    variables), parameter defaults against their types, conditions, ``DependsOn``, and steps that wait on
+    variables), parameter defaults against their types, conditions, `DependsOn`, and steps that wait on
     each other."""
     problems = _DefinitionCheck(definition).run()
     if problems:

@@ -15,7 +15,7 @@ import time
 import dagster as dg
 import pandas as pd
 
-from resources.metadata import markdown_table
+from resources.metadata import markdown_table, tidy_number
 from resources.sagemaker import SageMakerJobs, TrainingJob
 from resources.tracking import InputDataset, TrackedRun, TrackingStore
 
@@ -72,7 +72,7 @@ class TrainingRunsConfig(dg.Config):
 @dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"})
 def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig, sagemaker: SageMakerJobs,
                   tracking: TrackingStore) -> dg.MaterializeResult:
-    """Completed training jobs that opted in (tag ``MODEL_DB_SYNC``), recorded once each in the tracking
+    """Completed training jobs that opted in (tag `MODEL_DB_SYNC`), recorded once each in the tracking
     tables; the materialisation history lists what each sync recorded."""
     problems: list[str] = []
     jobs = (sagemaker.describe_training_jobs(config.job_names, problems) if config.job_names
@@ -95,7 +95,8 @@ def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig,
         reported.append({"job": "?", "reason": problem})
         context.log.warning(problem)
     table = [{"job": r.job_name, "project": r.project_name, "model": f"{r.model_name} ({r.model_type})",
-              "status": r.status, "ended": r.ended_at, "metrics": json.dumps(r.metrics, sort_keys=True)}
+              "status": r.status, "ended": r.ended_at, "metrics": ", ".join(f"{name} {tidy_number(value) if isinstance(value, float) else value}"
+                                    for name, value in sorted(r.metrics.items()))}
              for r in synced]
     return dg.MaterializeResult(
         metadata={
@@ -118,12 +119,14 @@ RETRY_AFTER_SECONDS = 15 * 60
 MAX_ATTEMPTS = 4
 
 
-@dg.sensor(job=training_runs_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=training_runs_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Every minute, finds completed SageMaker training jobs it has not seen and requests a "
+                       "`training_runs` sync for those tagged for tracking; retried when a sync did not record them.")
 def training_jobs_sensor(context: dg.SensorEvaluationContext, sagemaker: SageMakerJobs,
                          tracking: TrackingStore) -> dg.SensorResult:
     """Requests a `training_runs` sync for completed training jobs it has not seen yet.
 
-    A requested job that opted in stays in the cursor's ``waiting`` list until it is in the tracking
+    A requested job that opted in stays in the cursor's `waiting` list until it is in the tracking
     tables; if it is still missing `RETRY_AFTER_SECONDS` after the request (the sync run failed), it is
     requested again, up to `MAX_ATTEMPTS` times (recording is idempotent, so a slow run that finishes after
     all does no harm). After that it is reported; a manual `training_runs` run picks it up.

@@ -32,7 +32,7 @@ def daemon_running(instance: dg.DagsterInstance) -> bool:
 
 
 def adopt_old_demo_cursors(runner: WorkspaceRunner, artifacts) -> None:
-    """Cursors an earlier version of the demo kept in the artifact store (``demo/<sensor>.cursor.json``) become
+    """Cursors an earlier version of the demo kept in the artifact store (`demo/<sensor>.cursor.json`) become
     the sensors' cursors in the instance, where the daemon reads them, unless the sensor has one there already
     (the instance's own is the later one). The files are removed either way: the instance is the one place."""
     for sensor in SENSORS:

@@ -1,10 +1,10 @@
-"""`mldp deploy`: the AWS stack of ``deploy/cloudformation/platform.yaml`` and the settings it gives.
+"""`mldp deploy`: the AWS stack of `deploy/cloudformation/platform.yaml` and the settings it gives.
 
     mldp deploy lambda-package [--out build/lambda]       build the Firehose Lambda's zip (deploy/lambda/build.py)
     mldp deploy up --stack mldp-dev --code-bucket B [--param Key=Value ...]
                                                           upload the Lambda zip, create or update the stack, wait,
                                                           then print the export lines
-    mldp deploy exports --stack mldp-dev                  print ``export NAME=value`` for a complete stack
+    mldp deploy exports --stack mldp-dev                  print `export NAME=value` for a complete stack
     mldp deploy readonly-user [--host replica.example]    create the read-only role of READONLY_DATABASE_SECRET_ID's
                                                           secret on DATABASE_URL's database, with its password; fill
                                                           in the secret's host, port and dbname when it lacks them
@@ -182,8 +182,8 @@ def _shown(value: str) -> str:
 
 
 def export_lines(outputs: dict[str, str]) -> list[str]:
-    """``export NAME=value`` lines for the platform's settings (values shell-quoted), and comments for what is
-    not a setting (values stripped of control characters): safe for ``eval "$(mldp deploy exports ...)"``."""
+    """`export NAME=value` lines for the platform's settings (values shell-quoted), and comments for what is
+    not a setting (values stripped of control characters): safe for `eval "$(mldp deploy exports ...)"`."""
     missing = [key for key in OUTPUT_VARIABLES if key not in outputs]
     if missing:
         raise StackNotReady(f"the stack has no output(s) {', '.join(missing)}: is it this project's template?")
@@ -269,7 +269,7 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
 
 def provision_readonly_user(settings: PlatformSettings, host: str | None = None, port: int | None = None) -> str:
     """The read-only user of the stack's secret, made real: the role created on the application database
-    (``DATABASE_URL``) with read-only grants and the secret's password (as a SCRAM verifier), and the secret
+    (`DATABASE_URL`) with read-only grants and the secret's password (as a SCRAM verifier), and the secret
     completed with where to connect (`host`, default the application database's; a read replica's endpoint
     when there is one). Returns what was done, without the password."""
     from psycopg.conninfo import conninfo_to_dict

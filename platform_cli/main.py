@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,11 +154,37 @@ def cmd_dev(args: argparse.Namespace) -> int:
     command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                *args.dagster_args]
     print(f"DAGSTER_HOME={home}")
-    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT)
+    # A process group of its own: a Ctrl-C in the terminal reaches only this process, which asks `dagster dev` to
+    # stop its services in order. Delivered to the whole group, it interrupts the code server in the middle of
+    # importing the project and each child prints a traceback.
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    return _wait_stopping_on_ctrl_c(process)
+
+
+def _wait_stopping_on_ctrl_c(process: subprocess.Popen, grace_seconds: float = 30) -> int:
+    """Wait for `process`; the first Ctrl-C asks it to stop (SIGINT), a second one or `grace_seconds` without
+    exiting ends its process group (SIGTERM, then SIGKILL). Returns its exit code, 0 after a Ctrl-C."""
     try:
         return process.wait()
-    except KeyboardInterrupt:  # dagster dev got the Ctrl-C too: let it shut its services down
-        return process.wait()
+    except KeyboardInterrupt:
+        pass
+    print("\nstopping Dagster (Ctrl-C again to stop it at once) ...", file=sys.stderr, flush=True)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=grace_seconds)
+        return 0
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        pass
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            break
+        except ProcessLookupError:
+            break
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            continue
+    return 0
 
 
 def cmd_psql(args: argparse.Namespace) -> int:

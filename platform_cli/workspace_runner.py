@@ -1,10 +1,10 @@
-"""Runs jobs and sensor ticks the way `mldp dev` (``dagster dev -w workspace.yaml``) does, from a script
+"""Runs jobs and sensor ticks the way `mldp dev` (`dagster dev -w workspace.yaml`) does, from a script
 (`mldp demo`), so that what it does is what `mldp dev` would have done and carries on from.
 
 `WorkspaceRunner` loads the project's workspace.yaml into a workspace of its own (a code server subprocess,
 as the webserver and the daemon do), and
 
-- `launch` creates a run from the remote job of location ``ml_data_platform`` as the UI's Launchpad does
+- `launch` creates a run from the remote job of location `ml_data_platform` as the UI's Launchpad does
   (remote job origin, job snapshot, execution plan from the code server) and launches it at once through
   the instance's run launcher (a run worker process per run): the UI lists it on its job;
 - `tick` evaluates one tick of a sensor with the sensor daemon's own code: its cursor is the one in the
@@ -14,8 +14,8 @@ as the webserver and the daemon do), and
 Open the instance with `open_instance`: the instance in DAGSTER_HOME with the DefaultRunCoordinator, so the
 runs a tick submits launch immediately instead of waiting for the run-queue daemon of `dagster dev`.
 
-This relies on dagster internals (``dagster._daemon.sensor``, ``dagster._core.workspace``,
-``DagsterInstance.create_run``), written against the pinned dagster 1.13.27; tests/test_cli.py runs the
+This relies on dagster internals (`dagster._daemon.sensor`, `dagster._core.workspace`,
+`DagsterInstance.create_run`), written against the pinned dagster 1.13.27; tests/test_cli.py runs the
 demo and then `mldp dev` to prove the two agree.
 """
 

@@ -2,7 +2,7 @@
 
 The package's Dagster definitions (`defs`) are built on first access, not on import: the Firehose
 transformation Lambda imports `recsys_assets.lambda_handler` and `recsys_assets.enrichment` without Dagster,
-pandas or torch in its package (see ``deploy/lambda``).
+pandas or torch in its package (see `deploy/lambda`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import importlib.util
 
 
 def __getattr__(name: str):
-    """`defs` and the definitions' parts (``recsys_assets.recsys_model``, ...), imported when first asked for.
-    A submodule's name is left to the import system (``from recsys_assets import enrichment``)."""
+    """`defs` and the definitions' parts (`recsys_assets.recsys_model`, ...), imported when first asked for.
+    A submodule's name is left to the import system (`from recsys_assets import enrichment`)."""
     if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
         raise AttributeError(name)
     definitions = importlib.import_module(f"{__name__}.definitions")

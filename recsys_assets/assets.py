@@ -9,7 +9,7 @@ into PostgreSQL + pgvector tables used for recommendations. Here:
                        {customers,products}    -> recsys_catalog ------^              -> user_embeddings
 
 `item_embeddings` / `user_embeddings` (one step, `embeddings_tables`: the two tables of a version go live
-together) load any complete version under ``ml-artifacts/``, ours or one a data scientist dropped there
+together) load any complete version under `ml-artifacts/`, ours or one a data scientist dropped there
 (`model_artifacts_sensor` requests the loads).
 """
 
@@ -20,7 +20,7 @@ import dagster as dg
 
 from recsys_assets import embeddings, ratings_etl
 from resources.artifacts import ArtifactStore, join_key
-from resources.metadata import markdown_mapping
+from resources.metadata import artifact_link, markdown_mapping, metrics_table, tidy
 from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version
 from resources.pgvector import PgVectorStore
@@ -55,11 +55,11 @@ def source_column_names(source_db: SourceDatabase) -> dict[str, dict[str, str]]:
 @dg.asset(group_name=GROUP, deps=[source_ratings, source_customers, source_products], kinds={"sql", "parquet"})
 def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlConfig, source_db: SourceDatabase,
                           artifacts: ArtifactStore) -> dg.MaterializeResult:
-    """The lab's ratings join as Parquet under ``ratings_ml_training/``, hive-partitioned by customernumber.
+    """The lab's ratings join as Parquet under `ratings_ml_training/`, hive-partitioned by customernumber.
 
     Ratings are streamed through a server-side cursor in chunks and joined to the customers and products
     tables in memory (memory does not grow with the ratings); a rerun replaces the previous output
-    completely, and ``_manifest.json`` lists exactly the current files.
+    completely, and `_manifest.json` lists exactly the current files.
     """
     chunks = ratings_etl.joined_chunks(source_db, source_column_names(source_db), config.chunk_rows)
     manifest = ratings_etl.write_partitioned(chunks, artifacts, TRAINING_PREFIX, context.run.run_id[:8],
@@ -75,7 +75,7 @@ def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlC
             "stale_files_removed": manifest["stale_files_removed"],
             "fingerprint": manifest["fingerprint"],
             "source": manifest["source"],
-            "uri": dg.MetadataValue.path(artifacts.uri(TRAINING_PREFIX)),
+            "uri": artifact_link(artifacts.uri(TRAINING_PREFIX), folder=True),
         }
     )
 
@@ -95,12 +95,12 @@ def ratings_training_data_not_empty(artifacts: ArtifactStore) -> dg.AssetCheckRe
 @dg.asset(group_name=GROUP, deps=[source_customers, source_products], kinds={"sql", "parquet"})
 def recsys_catalog(source_db: SourceDatabase, artifacts: ArtifactStore) -> dg.MaterializeResult:
     """Every product's and customer's tower features, so that all of them get embeddings (not only those
-    with ratings): ``recsys/catalog/products.parquet`` and ``customers.parquet``."""
+    with ratings): `recsys/catalog/products.parquet` and `customers.parquet`."""
     products, customers = ratings_etl.dimension_frames(source_db)
     artifacts.write_parquet(join_key(CATALOG_PREFIX, "products.parquet"), products)
     artifacts.write_parquet(join_key(CATALOG_PREFIX, "customers.parquet"), customers)
     return dg.MaterializeResult(metadata={"products": len(products), "customers": len(customers),
-                                          "uri": dg.MetadataValue.path(artifacts.uri(CATALOG_PREFIX))})
+                                          "uri": artifact_link(artifacts.uri(CATALOG_PREFIX), folder=True)})
 
 
 TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.tracking)
@@ -130,9 +130,9 @@ class RecsysModelConfig(dg.Config):
 @dg.asset(group_name=GROUP, deps=[ratings_training_data, recsys_catalog], kinds={"torch", "sagemaker"})
 def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, sagemaker: SageMakerJobs,
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
-    """The two-tower recommender, trained as a SageMaker script-mode job (``recsys_assets/model_code``) and
-    published in the lab's layout under ``ml-artifacts/<version>/``: embeddings CSVs, ``model/``, JSON
-    scalers, and ``manifest.json`` last (version, dimension, row counts, metrics, data fingerprint). Registered
+    """The two-tower recommender, trained as a SageMaker script-mode job (`recsys_assets/model_code`) and
+    published in the lab's layout under `ml-artifacts/<version>/`: embeddings CSVs, `model/`, JSON
+    scalers, and `manifest.json` last (version, dimension, row counts, metrics, data fingerprint). Registered
     in the model registry as PendingManualApproval."""
     data = artifacts.read_json(join_key(TRAINING_PREFIX, ratings_etl.MANIFEST))
     version = new_version(context.run.run_id)
@@ -167,27 +167,28 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
         content_types=SERVING_CONTENT_TYPES,
     )
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "model_version": version,
             "model_package": package.arn,
-            "approval_status": package.status,
+            "approval_status": package.status,  # at registration; the registry's changes follow as observations
             "validation_rmse": metrics["validation_rmse"],
             "item_mean_baseline_rmse": metrics["item_mean_baseline_rmse"],
             "validation_ndcg_at_5": metrics["validation_ndcg_at_5"],
             "popularity_ndcg_at_5": metrics["popularity_ndcg_at_5"],
             "item_embeddings": metrics["item_embeddings"],
             "user_embeddings": metrics["user_embeddings"],
+            "metrics": dg.MetadataValue.md(metrics_table(metrics)),
             "training_job": job.name,
             "files": len(manifest["files"]),
-            "uri": dg.MetadataValue.path(artifacts.uri(embeddings.version_prefix(version))),
-        }
+            "uri": artifact_link(artifacts.uri(embeddings.version_prefix(version)), folder=True),
+        })
     )
 
 
 class EmbeddingsVersionConfig(dg.Config):
-    """Which ``ml-artifacts/<version>`` to load; empty: the model registry's choice (the newest Approved
+    """Which `ml-artifacts/<version>` to load; empty: the model registry's choice (the newest Approved
     version, or the newest registered one with MODEL_VERSION_POLICY=newest). A version named here must pass
-    the same policy (Approved; or not Rejected, registered or not, under ``newest``)."""
+    the same policy (Approved; or not Rejected, registered or not, under `newest`)."""
 
     version: str = ""
 
@@ -197,12 +198,14 @@ TABLE_FILES = {"item_embeddings": embeddings.ITEM_FILE, "user_embeddings": embed
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("item_embeddings", group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"},
-                     description="``item_emb (id varchar primary key, embedding vector(32))`` with an HNSW cosine "
-                                 "index, from a model version's ``embeddings/item_embeddings.csv``."),
-        dg.AssetSpec("user_embeddings", group_name=GROUP, deps=[recsys_model], kinds={"postgres", "pgvector"},
-                     description="``user_emb (id int primary key, embedding vector(32))`` with an HNSW cosine "
-                                 "index, from a model version's ``embeddings/user_embeddings.csv``."),
+        dg.AssetSpec("item_embeddings", group_name=GROUP, deps=[recsys_model, "model_registry"],
+                     kinds={"postgres", "pgvector"},
+                     description="`item_emb (id varchar primary key, embedding vector(32))` with an HNSW cosine "
+                                 "index, from a model version's `embeddings/item_embeddings.csv`."),
+        dg.AssetSpec("user_embeddings", group_name=GROUP, deps=[recsys_model, "model_registry"],
+                     kinds={"postgres", "pgvector"},
+                     description="`user_emb (id int primary key, embedding vector(32))` with an HNSW cosine "
+                                 "index, from a model version's `embeddings/user_embeddings.csv`."),
     ],
     can_subset=False,
     pool="recsys_embeddings",
@@ -236,7 +239,7 @@ def embeddings_tables(context: dg.AssetExecutionContext, config: EmbeddingsVersi
                                 "still read by someone and were left in place: drop them once they are not")
         yield dg.MaterializeResult(
             asset_key=asset,
-            metadata={
+            metadata=tidy({
                 "version": version,
                 "rows": report.rows,
                 "dimension": report.dimension,
@@ -244,9 +247,9 @@ def embeddings_tables(context: dg.AssetExecutionContext, config: EmbeddingsVersi
                 "index_seconds": report.index_seconds,
                 "swap_seconds": report.swap_seconds,
                 "previous_version": report.previous_version or "",
-                "dropped_tables": dg.MetadataValue.json(report.dropped_tables),
+                "dropped_tables": ", ".join(report.dropped_tables) or "none",
                 "already_live": report.skipped,
                 "model_package": f"{package.arn} ({package.status})" if package else "not registered",
                 "source": rows[asset].source,
-            },
+            }),
         )

@@ -12,7 +12,7 @@ from recsys_assets.assets import (
     source_products,
     source_ratings,
 )
-from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_training_job
+from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_retraining_schedule, recsys_training_job
 from recsys_assets.sensors import model_artifacts_sensor
 from recsys_assets.streaming import recommendations, recommendations_job, session_events_sensor
 
@@ -22,4 +22,5 @@ defs = dg.Definitions(
     asset_checks=[ratings_training_data_not_empty],
     jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
     sensors=[model_artifacts_sensor, session_events_sensor],
+    schedules=[recsys_retraining_schedule],
 )

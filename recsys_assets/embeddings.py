@@ -1,6 +1,6 @@
 """Embeddings files in the lab's layout and their validation.
 
-A model version lives under ``ml-artifacts/<version>/``::
+A model version lives under `ml-artifacts/<version>/`::
 
     embeddings/item_embeddings.csv   id,embedding   (embedding as pgvector text "[x1,...,x32]")
     embeddings/user_embeddings.csv
@@ -9,8 +9,8 @@ A model version lives under ``ml-artifacts/<version>/``::
     scalers/*.json                   feature scaling as JSON (no pickle)
     manifest.json                    written last: version, dimension, row counts, metrics, files
 
-A version a data scientist publishes by hand in this layout loads as well: its manifest needs ``files``
-(a list of paths or a mapping to ``{"sha256", "bytes"}``); ``dimension`` and ``rows`` are checked when
+A version a data scientist publishes by hand in this layout loads as well: its manifest needs `files`
+(a list of paths or a mapping to `{"sha256", "bytes"}`); `dimension` and `rows` are checked when
 given. Every problem in a CSV is reported with the file and line.
 """
 
@@ -60,7 +60,7 @@ class EmbeddingRows:
 
 def parse_embeddings_csv(data: bytes, source: str, *, dimension: int | None = None,
                          integer_ids: bool = False) -> EmbeddingRows:
-    """Parse ``id,embedding`` lines; the embedding may be quoted or not (``1,"[0.1,...]"`` or ``1,[0.1,...]``).
+    """Parse `id,embedding` lines; the embedding may be quoted or not (`1,"[0.1,...]"` or `1,[0.1,...]`).
 
     Fails on the first problem, naming the file and line: a bad header, a missing or duplicate id, an
     unparsable or non-finite number, a vector of the wrong dimension.
@@ -160,7 +160,7 @@ class CompleteVersion:
 
 
 def complete_versions(store: ArtifactStore, problems: list[str] | None = None) -> dict[str, CompleteVersion]:
-    """Versions under ``ml-artifacts/`` whose manifest is present and lists files that are all present.
+    """Versions under `ml-artifacts/` whose manifest is present and lists files that are all present.
 
     Decided from one listing of the prefix, whatever order the files were written in. Versions whose
     manifest cannot be read are left out and described in `problems`.

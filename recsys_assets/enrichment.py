@@ -1,17 +1,17 @@
 """Enrichment of online shopping-session events with recommendations (the lab's transformation Lambda).
 
-Input event: ``session_id``, ``customer_number``, ``city``, ``country``, ``credit_limit`` and
-``browse_history`` (a list of ``{product_code, quantity, in_shopping_cart}``). The output record is the event
+Input event: `session_id`, `customer_number`, `city`, `country`, `credit_limit` and
+`browse_history` (a list of `{product_code, quantity, in_shopping_cart}`). The output record is the event
 as received plus:
 
-- ``recommended_items``: the top k items for the customer, ``[{id, score}]`` by cosine similarity,
+- `recommended_items`: the top k items for the customer, `[{id, score}]` by cosine similarity,
   highest first. The customer's embedding comes from the model's user tower, computed from city, country
   and credit limit, so customers the model never saw get recommendations too; items already in the browse
   history are not recommended again.
-- ``similar_items``: ``{product_code, similar_items: [{id, distance}]}`` for one browsed item: **the first
+- `similar_items`: `{product_code, similar_items: [{id, distance}]}` for one browsed item: **the first
   item in the shopping cart, or else the first item browsed**; nearest first, the item itself excluded;
-  ``null`` when there is no browse history or the item is unknown.
-- ``enrichment``: ``{status: "complete" | "partial", notes: [...], model_version}`` saying what could not be
+  `null` when there is no browse history or the item is unknown.
+- `enrichment`: `{status: "complete" | "partial", notes: [...], model_version}` saying what could not be
   done (no browse history, unknown product, city or country unseen in training).
 
 Events that cannot be enriched at all (not JSON, too large or too deeply nested, a missing or mistyped
@@ -128,7 +128,7 @@ def _text(event: dict, name: str) -> str:
 
 def parse_event(payload: bytes | str, max_bytes: int | None = None) -> dict:
     """The event as a dict after checking every field the enrichment needs; `EventRejected` says why not.
-    `max_bytes`: the largest payload accepted (``MAX_EVENT_BYTES``)."""
+    `max_bytes`: the largest payload accepted (`MAX_EVENT_BYTES`)."""
     if max_bytes is not None and len(payload) > max_bytes:
         raise EventRejected(f"event too large: {len(payload):,} bytes, over the limit of {max_bytes:,} (MAX_EVENT_BYTES)")
     try:
@@ -318,9 +318,9 @@ class UserTowerUnavailable(RuntimeError):
 
 def load_user_tower(read: Callable[[str], bytes], version: str, where: str, *, torch_fallback: bool = False):
     """Model version `version`'s user tower for numpy (`NumpyUserTower`), from its published files:
-    `read(name)` returns ``ml-artifacts/<version>/<name>`` (`ArtifactNotFoundError` when absent), `where` is
-    that folder's URI for messages. Reads ``model/user_tower.json``; a version published before that export
-    existed is converted from its torch weights (``weights_only=True``) where torch is installed
+    `read(name)` returns `ml-artifacts/<version>/<name>` (`ArtifactNotFoundError` when absent), `where` is
+    that folder's URI for messages. Reads `model/user_tower.json`; a version published before that export
+    existed is converted from its torch weights (`weights_only=True`) where torch is installed
     (`torch_fallback`), and refused with a message elsewhere (the Lambda)."""
     from recsys_assets.model_code import numpy_tower
     from resources.artifact_keys import ArtifactNotFoundError

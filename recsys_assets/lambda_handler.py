@@ -1,25 +1,25 @@
 """The enrichment as a Kinesis Data Firehose transformation Lambda (the lab's streaming path).
 
-``lambda_handler(event, context)`` takes Firehose's ``{"records": [{"recordId", "data"}]}`` (data base64) and
-returns ``{"records": [{"recordId", "result", "data"}]}``, one result per record, in order: ``Ok`` with the
-enriched record as one JSON line, ``ProcessingFailed`` with the original data for records that cannot be
+`lambda_handler(event, context)` takes Firehose's `{"records": [{"recordId", "data"}]}` (data base64) and
+returns `{"records": [{"recordId", "result", "data"}]}`, one result per record, in order: `Ok` with the
+enriched record as one JSON line, `ProcessingFailed` with the original data for records that cannot be
 enriched (Firehose routes those to its error output: data that is not a base64 string, not JSON, over
-``MAX_EVENT_BYTES``, or an event a check refuses), ``Dropped`` for empty records.
+`MAX_EVENT_BYTES`, or an event a check refuses), `Dropped` for empty records.
 
-Nothing in a record's content makes the handler raise; only a malformed envelope does (no ``records``
-list, a record without a string ``recordId``, or one ``recordId`` twice: Firehose could not match the
+Nothing in a record's content makes the handler raise; only a malformed envelope does (no `records`
+list, a record without a string `recordId`, or one `recordId` twice: Firehose could not match the
 answers to its records), having no embeddings loaded, or a database that cannot be reached (Firehose
 retries the batch). The user tower and the items are always of one model version, the live one.
 
 Settings come from the same environment variables as everywhere else (see README): the database from
-``READONLY_DATABASE_SECRET_ID`` (deployed: the read replica's read-only user), ``READONLY_DATABASE_URL`` or
-``DATABASE_URL``; the model files from ``ARTIFACTS_URI``; ``MAX_EVENT_BYTES``, ``AWS_REGION``. Connections
+`READONLY_DATABASE_SECRET_ID` (deployed: the read replica's read-only user), `READONLY_DATABASE_URL` or
+`DATABASE_URL`; the model files from `ARTIFACTS_URI`; `MAX_EVENT_BYTES`, `AWS_REGION`. Connections
 and the user tower are kept between invocations of a warm container, and the live model version is checked
 on each invocation.
 
 The package imports no Dagster, pandas or torch: customers are embedded in numpy from the version's
-``model/user_tower.json``, and the nearest items come from `resources.vector_queries` over psycopg, so the
-deployment package (``deploy/lambda/build.py``) stays far below Lambda's 250 MB.
+`model/user_tower.json`, and the nearest items come from `resources.vector_queries` over psycopg, so the
+deployment package (`deploy/lambda/build.py`) stays far below Lambda's 250 MB.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ class FirehoseEnvelopeError(ValueError):
 
 
 def _connector(settings: PlatformSettings):
-    """How the Lambda opens a database connection: the read-only user of ``READONLY_DATABASE_SECRET_ID`` (the
-    deployed form), else ``READONLY_DATABASE_URL``, else ``DATABASE_URL``. Sessions are read-only and their
-    statements time out after ``READONLY_STATEMENT_TIMEOUT_SECONDS``."""
+    """How the Lambda opens a database connection: the read-only user of `READONLY_DATABASE_SECRET_ID` (the
+    deployed form), else `READONLY_DATABASE_URL`, else `DATABASE_URL`. Sessions are read-only and their
+    statements time out after `READONLY_STATEMENT_TIMEOUT_SECONDS`."""
     options = f"-c statement_timeout={settings.readonly_statement_timeout_seconds * 1000}"
     timeout = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}  # well within the function's own timeout
     if settings.readonly_secret_id:

@@ -7,17 +7,17 @@ write Parquet hive-partitioned by customer.
     from ratings r join products p on p.productCode = r.productCode
     join customers c on c.customerNumber = r.customerNumber
 
-It runs as a broadcast hash join, the plan Spark picks for small dimension tables: ``customers`` and
-``products`` are read once, ``ratings`` (the large table, three narrow columns) is streamed through a
+It runs as a broadcast hash join, the plan Spark picks for small dimension tables: `customers` and
+`products` are read once, `ratings` (the large table, three narrow columns) is streamed through a
 server-side cursor ordered by customer, and each chunk is joined in memory. Memory holds the dimension
 tables and one chunk, whatever the number of ratings; the source decodes a quarter of the values the SQL
 join would send. `lab_join_statement` keeps the SQL form (for comparison and the benchmark's baseline).
 
 Output columns are the lab's, in lower case (as Glue writes them). Types are fixed whatever the source
-dialect returns: ids and counts are int64 (``customernumber``, ``quantityinstock``, ``productrating``),
-money is float64 (``creditlimit``, ``buyprice``, ``msrp``; the source's DECIMAL(10,2) values are exact in
-float64 at these magnitudes), everything else is a string. ``customernumber`` is the partition column: it
-lives in the folder name (``customernumber=103/``), not inside the files, as Spark and Glue do.
+dialect returns: ids and counts are int64 (`customernumber`, `quantityinstock`, `productrating`),
+money is float64 (`creditlimit`, `buyprice`, `msrp`; the source's DECIMAL(10,2) values are exact in
+float64 at these magnitudes), everything else is a string. `customernumber` is the partition column: it
+lives in the folder name (`customernumber=103/`), not inside the files, as Spark and Glue do.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class PartitionedWrite:
         self.products.update(pc.unique(table.column("productcode")).to_pylist())
 
     def begin(self) -> None:
-        """Withdraw ``_SUCCESS``: from here until `finish`, the folder is being rewritten."""
+        """Withdraw `_SUCCESS`: from here until `finish`, the folder is being rewritten."""
         self.store.delete([join_key(self.prefix, SUCCESS)])
 
     def abort(self) -> None:
@@ -266,7 +266,7 @@ class PartitionedWrite:
             self._pool = None
 
     def finish(self, source: str) -> dict:
-        """Make the files durable, write the manifest and ``_SUCCESS``, then delete what earlier runs wrote.
+        """Make the files durable, write the manifest and `_SUCCESS`, then delete what earlier runs wrote.
 
         Readers follow the manifest, which lists exactly this run's files from the moment it is written.
         """

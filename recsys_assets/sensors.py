@@ -1,12 +1,12 @@
-"""`model_artifacts_sensor`: register each new complete model version, and (policy ``newest``) load its
+"""`model_artifacts_sensor`: register each new complete model version, and (policy `newest`) load its
 embeddings, once per version content.
 
 The cursor maps the versions already requested to their signature (a hash of the manifest and of the listed
-files' sizes and times), not a key or a timestamp: a version counts once it is complete (``manifest.json``
+files' sizes and times), not a key or a timestamp: a version counts once it is complete (`manifest.json`
 present and every file it lists present), whatever order its files arrived in, so a half-uploaded version
-waits and out-of-order writes are never skipped (the failure modes of key-order and ``since_last_modified``
+waits and out-of-order writes are never skipped (the failure modes of key-order and `since_last_modified`
 cursors). A version republished in place gets a new signature and is requested again; the signature is
-part of the ``run_key``, so a replayed tick requests nothing twice.
+part of the `run_key`, so a replayed tick requests nothing twice.
 """
 
 import json
@@ -23,14 +23,17 @@ def read_cursor(cursor: str | None) -> dict[str, str]:
     return dict(json.loads(cursor)["requested"]) if cursor else {}
 
 
-@dg.sensor(job=embeddings_load_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=embeddings_load_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Watches `ml-artifacts/` for complete model versions (however they were published), registers "
+                       "each new one in the model registry and, under MODEL_VERSION_POLICY=newest, loads its "
+                       "embeddings at once.")
 def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactStore,
                            registry: ModelRegistry) -> dg.SensorResult:
-    """Watches ``ARTIFACTS_URI/ml-artifacts/`` (a folder, or S3 through dagster-aws `get_objects`).
+    """Watches `ARTIFACTS_URI/ml-artifacts/` (a folder, or S3 through dagster-aws `get_objects`).
 
     Every new complete version enters the model registry (a version a data scientist published by hand is
-    registered here, PendingManualApproval). With ``MODEL_VERSION_POLICY=newest`` its embeddings are loaded
-    at once; with ``approved`` (the default) the approval does that (`model_registry_sensor`).
+    registered here, PendingManualApproval). With `MODEL_VERSION_POLICY=newest` its embeddings are loaded
+    at once; with `approved` (the default) the approval does that (`model_registry_sensor`).
     """
     requested = read_cursor(context.cursor)
     problems: list[str] = []
@@ -40,17 +43,21 @@ def model_artifacts_sensor(context: dg.SensorEvaluationContext, artifacts: Artif
     new = sorted((v for v, info in complete.items() if requested.get(v) != info.signature),
                  key=lambda v: (complete[v].published_at, v))
     if not new:
-        return dg.SensorResult(skip_reason=f"no new complete model version ({len(complete)} known)",
+        return dg.SensorResult(skip_reason=f"nothing new under {artifacts.uri(embeddings.ARTIFACTS_PREFIX)}: "
+                                           f"{len(complete)} complete version(s), all registered before",
                                cursor=context.cursor)
+    done = []
     for version in new:
         package = register_published(registry, artifacts, complete[version])  # the existing one if registered
-        context.log.info(f"{'republished' if version in requested else 'new'} complete model version {version} "
-                         f"({package.arn}, {package.status})")
+        done.append(f"{version} ({'republished' if version in requested else 'new'}): {package.group} version "
+                    f"{package.version}, {package.status}")
+        context.log.info(f"complete model version {done[-1]}")
     # versions deleted from the store are forgotten, so the cursor does not grow forever
     cursor = {v: sig for v, sig in requested.items() if v in complete}
     cursor.update({v: complete[v].signature for v in new})
     if registry.version_policy != "newest":
-        return dg.SensorResult(skip_reason=f"{len(new)} new version(s) registered; they load once approved",
+        return dg.SensorResult(skip_reason=f"registered {'; '.join(done)}. Approve a version to load its embeddings "
+                                           "(`mldp registry approve` or model_approval_job).",
                                cursor=json.dumps({"requested": sorted(cursor.items())}))
     return dg.SensorResult(
         run_requests=[

@@ -1,15 +1,15 @@
 """Streaming recommendations: session events -> hourly enriched records, exactly once.
 
 Reference: the recommender lab's streaming path (Kinesis data stream -> Firehose with a transformation
-Lambda -> S3 under ``YYYY/MM/DD/HH/``). Here:
+Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
 
 1. `session_events_sensor` reads new events since its cursor (the stream checkpoint), archives them as raw
-   batches under ``raw_events/YYYY/MM/DD/HH/<shard>-<first>-<last>.jsonl`` (a replay from the same
+   batches under `raw_events/YYYY/MM/DD/HH/<shard>-<first>-<last>.jsonl` (a replay from the same
    checkpoint rewrites the same batch), and only then returns its new cursor, with a run request for each
    hour the batch touched.
 2. `recommendations` (hourly partitions) recomputes one hour from that hour's archived events and the live
-   embeddings, in micro-batches, and replaces ``recommendations/YYYY/MM/DD/HH/recommendations-<hour>.jsonl``
-   and ``dead_letter/YYYY/MM/DD/HH/dead-letter-<hour>.jsonl`` in one write each. Events are deduplicated by
+   embeddings, in micro-batches, and replaces `recommendations/YYYY/MM/DD/HH/recommendations-<hour>.jsonl`
+   and `dead_letter/YYYY/MM/DD/HH/dead-letter-<hour>.jsonl` in one write each. Events are deduplicated by
    (shard, sequence), so a crash anywhere loses nothing and duplicates nothing, and re-materialising an hour
    (a backfill, a replay after a model change) reproduces it.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from recsys_assets import embeddings, enrichment
 from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, load_user_tower
 from resources.artifacts import ArtifactStore, join_key
-from resources.metadata import markdown_mapping
+from resources.metadata import artifact_link, count_table, tidy
 from resources.pgvector import PgVectorStore
 from resources.stream import EventStream, StreamRecord
 
@@ -59,7 +59,7 @@ def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str |
     A batch is named by shard and sequence range; an earlier batch of the same hour and shard starting at
     the same sequence (a tick that crashed before its cursor was kept, then read again) is replaced. Records
     whose arrival is in no hourly partition (before the first one, or in the future) are dead-lettered under
-    ``dead_letter/outside_partitions/`` instead, with the reason, and counted under the key ``None``.
+    `dead_letter/outside_partitions/` instead, with the reason, and counted under the key `None`.
     """
     groups: dict[tuple[str, str], list[StreamRecord]] = defaultdict(list)
     outside: list[StreamRecord] = []
@@ -169,7 +169,7 @@ class RecommendationsConfig(dg.Config):
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, artifacts: ArtifactStore,
                     pgvector: PgVectorStore) -> dg.MaterializeResult:
     """One hour of session events enriched with recommended and similar items, in Firehose's layout:
-    ``recommendations/YYYY/MM/DD/HH/`` (and ``dead_letter/YYYY/MM/DD/HH/`` with reasons)."""
+    `recommendations/YYYY/MM/DD/HH/` (and `dead_letter/YYYY/MM/DD/HH/` with reasons)."""
     hour = context.partition_time_window.start
     records, duplicates = archived_records(artifacts, hour)
     version, outcome, latencies = enrich_with_live_model([(r, r.data) for r in records if not r.oversize_bytes],
@@ -189,7 +189,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
     written, dead_written = count_lines(artifacts, output_key), count_lines(artifacts, dead_key)
     reconciled = len(records) == written + dead_written
     return dg.MaterializeResult(
-        metadata={
+        metadata=tidy({
             "hour": stamp,
             "events_in": len(records),
             "enriched": len(lines),
@@ -200,10 +200,9 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
             "micro_batches": len(latencies),
             "batch_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else 0.0,
             "batch_p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else 0.0,
-            "dead_letter_reasons": dg.MetadataValue.md(markdown_mapping(dict(reasons), "reason", "events"))
-            if reasons else dg.MetadataValue.md("none"),
-            "output": dg.MetadataValue.path(artifacts.uri(output_key)),
-        },
+            "dead_letter_reasons": count_table(dict(reasons), "reason", "events"),
+            "output": artifact_link(artifacts.uri(output_key)),
+        }),
         check_results=[dg.AssetCheckResult(
             check_name="events_reconcile", passed=reconciled,
             metadata={"events_in": len(records), "enriched_in_file": written, "dead_lettered_in_file": dead_written},
@@ -217,7 +216,9 @@ recommendations_job = dg.define_asset_job(
 )
 
 
-@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Reads new session events from the stream (local files or Kinesis) after its checkpoint, "
+                       "archives them by hour and requests the `recommendations` partition of each hour they touched.")
 def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStream,
                           artifacts: ArtifactStore) -> dg.SensorResult:
     """Archives new session events and requests the hours they belong to. The cursor is the stream

@@ -33,7 +33,7 @@ def version_prefix(version: str) -> str:
 
 
 def parse_artifacts_uri(uri: str) -> tuple[str, str, str]:
-    """('file', path, '') or ('s3', bucket, prefix) for an ``ARTIFACTS_URI`` value."""
+    """('file', path, '') or ('s3', bucket, prefix) for an `ARTIFACTS_URI` value."""
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[len("s3://"):].partition("/")
         if not bucket:
@@ -52,7 +52,7 @@ class ArtifactTooLarge(ValueError):
 
 def read_artifact(artifacts_uri: str, key: str, *, region_name: str | None = None, endpoint_url: str | None = None,
                   client=None, max_bytes: int | None = None) -> bytes:
-    """The bytes at `key` under ``ARTIFACTS_URI`` (a local folder or ``s3://bucket/prefix``), as
+    """The bytes at `key` under `ARTIFACTS_URI` (a local folder or `s3://bucket/prefix`), as
     `ArtifactStore.read_bytes` reads them; `ArtifactNotFoundError` names the full URI. `client`: an S3 client
     to reuse between reads (without one, a client for `region_name` and `endpoint_url` is made). `max_bytes`: a larger object is refused (`ArtifactTooLarge`) before it is read."""
     kind, location, prefix = parse_artifacts_uri(artifacts_uri)

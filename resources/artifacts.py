@@ -1,6 +1,6 @@
-"""Object storage for models, datasets and reports (``ARTIFACTS_URI``): a local folder or S3.
+"""Object storage for models, datasets and reports (`ARTIFACTS_URI`): a local folder or S3.
 
-Keys are '/'-separated paths relative to the store's root (``credit/models/<version>/manifest.json``).
+Keys are '/'-separated paths relative to the store's root (`credit/models/<version>/manifest.json`).
 Writes are atomic enough for readers that poll: locally a file is written beside its target and renamed
 over it; on S3 every object is one PUT, which S3 makes visible all at once.
 """
@@ -47,13 +47,13 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
 
     @abstractmethod
     def uri(self, key: str = "") -> str:
-        """The full URI of `key` (``file:///...`` or ``s3://bucket/...``)."""
+        """The full URI of `key` (`file:///...` or `s3://bucket/...`)."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes, *, durable: bool = True) -> str:
         """Store `data` at `key` atomically; returns the URI.
 
-        ``durable=False`` skips the per-object flush to stable storage for bulk writes that end with one
+        `durable=False` skips the per-object flush to stable storage for bulk writes that end with one
         `sync()` before their commit marker (a manifest) is written.
         """
 
@@ -155,7 +155,7 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
 
 
 class LocalArtifactStore(ArtifactStore):
-    """A folder on this machine (the default: ``DATA_DIR/artifacts``)."""
+    """A folder on this machine (the default: `DATA_DIR/artifacts`)."""
 
     root: str
 
@@ -247,7 +247,7 @@ class LocalArtifactStore(ArtifactStore):
 
 
 class S3ArtifactStore(ArtifactStore):
-    """``s3://bucket/prefix`` through dagster-aws's `S3Resource` (``AWS_ENDPOINT_URL`` for S3-compatible servers)."""
+    """`s3://bucket/prefix` through dagster-aws's `S3Resource` (`AWS_ENDPOINT_URL` for S3-compatible servers)."""
 
     bucket: str
     prefix: str = ""

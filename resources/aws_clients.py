@@ -1,6 +1,6 @@
 """How every resource reaches AWS: one boto3 client factory with the platform's region, endpoint and timeouts.
 
-The endpoint (``AWS_ENDPOINT_URL``) points every client at moto's server or another AWS-compatible one in
+The endpoint (`AWS_ENDPOINT_URL`) points every client at moto's server or another AWS-compatible one in
 tests and local setups; unset, boto3 uses the real service. Timeouts are short on the paths that run inside
 a sensor tick (the registry, the notifier, the stream), so a tick answers within Dagster's tick timeout.
 """
@@ -16,7 +16,7 @@ JOB_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 60, "max_attempts": 5}
 
 def aws_client(service: str, *, region_name: str, endpoint_url: str | None = None, connect_timeout: float = 10,
                read_timeout: float = 60, max_attempts: int = 5) -> Any:
-    """A boto3 client for `service` (``sagemaker``, ``sns``, ``sqs``, ``kinesis`` ...), with standard retries."""
+    """A boto3 client for `service` (`sagemaker`, `sns`, `sqs`, `kinesis` ...), with standard retries."""
     import boto3
     from botocore.config import Config
 

@@ -1,5 +1,5 @@
 """Demo data for the local stand-in of the `classicmodels` source: the tables and column names of the MySQL
-sample database the recommender lab uses (productlines, products, customers) plus its ``ratings`` table.
+sample database the recommender lab uses (productlines, products, customers) plus its `ratings` table.
 
 Sizes follow the real database (7 product lines, 110 products, 122 customers of whom about 98 rate about
 26 products each). Ratings carry structure a content-based model can learn: customers in some regions

@@ -1,7 +1,7 @@
 """Connection strings carry passwords: what of them may ever be shown.
 
-Every URL setting (``DATABASE_URL``, ``READONLY_DATABASE_URL``, ``SOURCE_DATABASE_URL``, ``DAGSTER_PG_URL``,
-``NOTIFY_WEBHOOK_URL``) is checked once, in `resources.settings`, by the functions here, and an error names
+Every URL setting (`DATABASE_URL`, `READONLY_DATABASE_URL`, `SOURCE_DATABASE_URL`, `DAGSTER_PG_URL`,
+`NOTIFY_WEBHOOK_URL`) is checked once, in `resources.settings`, by the functions here, and an error names
 the setting and what is wrong, never the value. Where a driver's own message has to be passed on (a
 server that refuses a login, say), `scrub` removes whatever in it could be the password, including from
 strings no parser accepts: a driver that cannot parse a string often echoes part of it.
@@ -27,8 +27,8 @@ class UnusableConnectionString(ValueError):
 
 def credential_fragments(raw: str) -> list[str]:
     """Every part of `raw` that may be a password or a piece of one, longest first, whatever its shape:
-    the userinfo's password of a URL (up to the last ``@``, decoded and not), the pieces a parser that
-    splits at the first ``@`` would take for a host, and every ``password=`` value."""
+    the userinfo's password of a URL (up to the last `@`, decoded and not), the pieces a parser that
+    splits at the first `@` would take for a host, and every `password=` value."""
     found: set[str] = set()
     _scheme, separator, rest = raw.partition("://")
     if separator and "@" in rest:
@@ -64,8 +64,8 @@ def _refuse_unencoded_userinfo(rest: str) -> None:
 
 
 def check_postgres_url(raw: str) -> dict[str, str]:
-    """The libpq parameters of a PostgreSQL connection string (``postgresql://``, ``postgres://``, SQLAlchemy's
-    ``postgresql+psycopg://`` or ``key=value`` pairs); `UnusableConnectionString` when it cannot be parsed."""
+    """The libpq parameters of a PostgreSQL connection string (`postgresql://`, `postgres://`, SQLAlchemy's
+    `postgresql+psycopg://` or `key=value` pairs); `UnusableConnectionString` when it cannot be parsed."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
@@ -86,7 +86,7 @@ def check_postgres_url(raw: str) -> dict[str, str]:
 
 def check_sqlalchemy_url(raw: str):
     """A SQLAlchemy URL object for `raw`; `UnusableConnectionString` when it cannot be parsed, or when its
-    userinfo holds an unencoded ``@`` (SQLAlchemy would take the password's end for the host)."""
+    userinfo holds an unencoded `@` (SQLAlchemy would take the password's end for the host)."""
     import sqlalchemy as sa
 
     _scheme, separator, rest = raw.partition("://")
@@ -103,7 +103,7 @@ def check_sqlalchemy_url(raw: str):
 
 
 def check_postgres_sqlalchemy_url(raw: str) -> None:
-    """A PostgreSQL URL that SQLAlchemy reads too (dagster-postgres' ``postgres_url``)."""
+    """A PostgreSQL URL that SQLAlchemy reads too (dagster-postgres' `postgres_url`)."""
     check_postgres_url(raw)
     check_sqlalchemy_url(raw)
 

@@ -1,4 +1,4 @@
-"""The Dagster instance's home: SQLite under ``DAGSTER_HOME`` by default, PostgreSQL when ``DAGSTER_PG_URL``
+"""The Dagster instance's home: SQLite under `DAGSTER_HOME` by default, PostgreSQL when `DAGSTER_PG_URL`
 is set (dagster-postgres; the URL itself stays in the environment, dagster.yaml only names the variable)."""
 
 from __future__ import annotations

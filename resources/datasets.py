@@ -1,6 +1,6 @@
-"""The real public reference data sets that may sit beside the project (``DATASETS_DIR``).
+"""The real public reference data sets that may sit beside the project (`DATASETS_DIR`).
 
-In development and CI they are at ``../shared/datasets``; a user's fresh machine has none of them, and every
+In development and CI they are at `../shared/datasets`; a user's fresh machine has none of them, and every
 consumer falls back to generated demo data. The files are read in place, never copied into the project.
 """
 
@@ -22,5 +22,5 @@ class ReferenceDatasets(dg.ConfigurableResource):
         return candidate if candidate.is_file() else None
 
     def credit_applications(self) -> Path | None:
-        """The bank credit case-study data set (``credit/BankCaseStudyData.csv``)."""
+        """The bank credit case-study data set (`credit/BankCaseStudyData.csv`)."""
         return self.path("credit/BankCaseStudyData.csv")

@@ -1,5 +1,5 @@
-"""The model registry: every trained model is a package version in a group ``{pipeline}-{env}-models``,
-``PendingManualApproval`` until someone approves or rejects it.
+"""The model registry: every trained model is a package version in a group `{pipeline}-{env}-models`,
+`PendingManualApproval` until someone approves or rejects it.
 
 Two backends with SageMaker's model package semantics (states, versions, approval description):
 
@@ -14,7 +14,7 @@ Two backends with SageMaker's model package semantics (states, versions, approva
   seen; an EventBridge rule is the exact feed on AWS.
 
 The version to put to work is chosen by `select`: the newest Approved package, or with the policy
-``newest`` (development) the newest package not Rejected. `resolve` checks a version named explicitly
+`newest` (development) the newest package not Rejected. `resolve` checks a version named explicitly
 against the same policy.
 """
 
@@ -139,7 +139,7 @@ class StatusChange:
 
 
 class ModelRegistry(dg.ConfigurableResource, ABC):
-    """Model package groups ``{pipeline}-{env}-models`` and their versions."""
+    """Model package groups `{pipeline}-{env}-models` and their versions."""
 
     env: str = "dev"
     version_policy: str = "approved"  # or "newest": for development, use the newest package regardless
@@ -215,7 +215,7 @@ class ModelRegistry(dg.ConfigurableResource, ABC):
 
     def resolve(self, pipeline: str, model_version: str = "") -> ModelPackage | None:
         """The package to use: `select` when `model_version` is empty, else that version's package, checked
-        against the policy (``approved``: it must be Approved; ``newest``: it must not be Rejected, and may
+        against the policy (`approved`: it must be Approved; `newest`: it must not be Rejected, and may
         be unregistered, giving None)."""
         if not model_version:
             return self.select(pipeline)
@@ -370,7 +370,7 @@ class LocalModelRegistry(ModelRegistry):
 
 
 class SageMakerModelRegistry(ModelRegistry):
-    """SageMaker Model Registry (``MODEL_REGISTRY_BACKEND=sagemaker``)."""
+    """SageMaker Model Registry (`MODEL_REGISTRY_BACKEND=sagemaker`)."""
 
     region_name: str = "us-east-1"
     endpoint_url: str | None = None

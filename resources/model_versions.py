@@ -1,4 +1,4 @@
-"""Versioned model artifacts in the artifact store: ``<prefix>/<version>/...`` completed by ``manifest.json``.
+"""Versioned model artifacts in the artifact store: `<prefix>/<version>/...` completed by `manifest.json`.
 
 A version is published file by file and its manifest is written last, listing every file with its size
 and SHA-256; a version without a manifest is incomplete and invisible to readers. Loading verifies each
@@ -39,7 +39,7 @@ def publish_version(
     files: Mapping[str, bytes | Path],
     manifest: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Upload `files` (name -> content or local path) under ``prefix/version/``, then the manifest."""
+    """Upload `files` (name -> content or local path) under `prefix/version/`, then the manifest."""
     entries = {}
     for name, content in files.items():
         data = Path(content).read_bytes() if isinstance(content, Path) else content

@@ -1,7 +1,7 @@
 """Notifications to people: an SNS topic (the reference's notification stack), or a local stand-in.
 
-`SnsNotifier` publishes to ``SNS_TOPIC_ARN``; `LocalNotifier` writes a log line and appends the message to
-an append-only JSON-lines file (``DATA_DIR/notifications.jsonl``), and posts it to ``NOTIFY_WEBHOOK_URL`` when
+`SnsNotifier` publishes to `SNS_TOPIC_ARN`; `LocalNotifier` writes a log line and appends the message to
+an append-only JSON-lines file (`DATA_DIR/notifications.jsonl`), and posts it to `NOTIFY_WEBHOOK_URL` when
 one is set. Both retry a failed publish with backoff and then raise `NotificationError`, so the caller can
 keep the message for the next attempt instead of losing it.
 """

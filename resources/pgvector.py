@@ -4,14 +4,14 @@ and queried for nearest neighbours.
 Loading (`load_embeddings`): COPY (FORMAT BINARY) into a new table, validate it in SQL (rows, duplicate
 ids, dimension), build the primary key and the HNSW index (cosine), then swap names in one short
 transaction, so readers see the old table or the new one, never an empty or partial one. The replaced
-table is kept for `rollback` (``retention`` versions), and every load is recorded in ``embedding_versions``.
+table is kept for `rollback` (`retention` versions), and every load is recorded in `embedding_versions`.
 
 Queries: `similar_items` (cosine distance, ascending, the item itself excluded) and
 `recommend_for_embedding` (cosine similarity, descending, with exclusions), each with a batched form that
 answers many queries in one round trip. Exclusions never silently return fewer than k rows while enough
 items exist: k + len(excluded) nearest rows are fetched and filtered, and the HNSW scan is iterative
-(``hnsw.iterative_scan``, pgvector >= 0.8) so it can return more than ``ef_search`` rows (older servers get
-a raised ``ef_search`` instead); catalogues under ``exact_scan_below`` rows are scanned exactly.
+(`hnsw.iterative_scan`, pgvector >= 0.8) so it can return more than `ef_search` rows (older servers get
+a raised `ef_search` instead); catalogues under `exact_scan_below` rows are scanned exactly.
 """
 
 from __future__ import annotations

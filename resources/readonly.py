@@ -2,7 +2,7 @@
 
 Three ways to get credentials, one interface (`ReadOnlyDatabase`):
 
-- `ReadOnlyUrlDatabase`: ``READONLY_DATABASE_URL`` (the replica's endpoint with a read-only user);
+- `ReadOnlyUrlDatabase`: `READONLY_DATABASE_URL` (the replica's endpoint with a read-only user);
 - `SecretsManagerReadOnlyDatabase`: an AWS Secrets Manager secret (JSON with host, port, username,
   password, dbname/database), read through dagster-aws;
 - `ProvisionedReadOnlyDatabase`: neither given: a read-only role is created on the application database
@@ -11,7 +11,7 @@ Three ways to get credentials, one interface (`ReadOnlyDatabase`):
 Writes are refused twice over: the role has no write privilege (the server's guarantee), and every call
 sends one statement in a READ ONLY transaction that is never committed, refusing transaction control, so
 nothing a session can do without a privilege (large objects, its own settings and password) lasts either.
-`test_connection` (``mldp readonly-check``) tries each of those and reports what became of it.
+`test_connection` (`mldp readonly-check`) tries each of those and reports what became of it.
 
 Usable outside Dagster, e.g. in a notebook::
 
@@ -77,7 +77,7 @@ class ReadOnlyViolation(PermissionError):
 
 
 def statement_start(text: str) -> str:
-    """The statement without the whitespace and comments (``--`` lines, nested ``/* */``) before it."""
+    """The statement without the whitespace and comments (`--` lines, nested `/* */`) before it."""
     position = 0
     while True:
         while position < len(text) and text[position].isspace():
@@ -101,7 +101,7 @@ def statement_start(text: str) -> str:
 @dataclass(frozen=True)
 class ConnectionReport:
     """What `test_connection` found: who we are connected as, that writes are refused, and what became of
-    each way a session could try to leave a lasting change or block the application (``probes``: what was
+    each way a session could try to leave a lasting change or block the application (`probes`: what was
     tried -> "refused: <why>", or "ALLOWED")."""
 
     server_version: str
@@ -136,7 +136,7 @@ ESCAPE_PROBES = {
 class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
     """Read-only SQL access returning pandas DataFrames.
 
-    ``statement_timeout_seconds`` (``READONLY_STATEMENT_TIMEOUT_SECONDS``, 600 by default) ends a query, or a
+    `statement_timeout_seconds` (`READONLY_STATEMENT_TIMEOUT_SECONDS`, 600 by default) ends a query, or a
     transaction left idle, that holds the tables longer.
 
     One statement per call, in a READ ONLY transaction of a connection of its own that is closed (never
@@ -258,7 +258,7 @@ class ReadOnlyDatabase(dg.ConfigurableResource, ABC):
 
 
 class ReadOnlyUrlDatabase(ReadOnlyDatabase):
-    """The read replica (or a read-only user) given by ``READONLY_DATABASE_URL``."""
+    """The read replica (or a read-only user) given by `READONLY_DATABASE_URL`."""
 
     url: str
 
@@ -274,7 +274,7 @@ class ReadOnlyUrlDatabase(ReadOnlyDatabase):
 
 
 class SecretsManagerReadOnlyDatabase(ReadOnlyDatabase):
-    """Credentials from an AWS Secrets Manager secret (``READONLY_DATABASE_SECRET_ID``)."""
+    """Credentials from an AWS Secrets Manager secret (`READONLY_DATABASE_SECRET_ID`)."""
 
     secret_id: str
     secretsmanager: SecretsManagerResource
@@ -304,7 +304,7 @@ _provision_lock = threading.Lock()
 
 
 class ReadOnlyRoleError(ValueError):
-    """``READONLY_ROLE`` names a role that cannot be made the read-only role; it was left unchanged."""
+    """`READONLY_ROLE` names a role that cannot be made the read-only role; it was left unchanged."""
 
 
 # What an existing role may have for provisioning to take it as its own read-only role: login, CONNECT,
@@ -366,7 +366,7 @@ def provision_readonly_role(primary: PostgresDatabase, role: str) -> None:
 
     Idempotent; safe to run from several processes at once. A role of that name that already exists is
     taken only if it can do nothing but read (as one this function made); any other role (a superuser such
-    as ``postgres``, the application's own, one with write grants) is refused with `ReadOnlyRoleError` and
+    as `postgres`, the application's own, one with write grants) is refused with `ReadOnlyRoleError` and
     never altered.
     """
     key = (primary.describe(), role)
@@ -423,7 +423,7 @@ class ProvisionedReadOnlyDatabase(ReadOnlyDatabase):
     """A read-only role created on the application database and logged in as (local default).
 
     Logging in as the role needs no password on the embedded server (local trust authentication). On an
-    external server that requires passwords, set ``READONLY_DATABASE_URL`` instead.
+    external server that requires passwords, set `READONLY_DATABASE_URL` instead.
     """
 
     primary: PostgresDatabase

@@ -2,7 +2,7 @@
 
 Every outside system sits behind a resource with a local and an AWS-capable implementation; which one
 is used is decided here, from environment variables, and nowhere else. The README lists every variable.
-Values that carry credentials (database URLs) are handed to Dagster as ``dg.EnvVar`` so the UI shows the
+Values that carry credentials (database URLs) are handed to Dagster as `dg.EnvVar` so the UI shows the
 variable's name, never its value.
 """
 
@@ -17,6 +17,14 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_INSTANCE_COUNT = 100  # a bound on SAGEMAKER_*_INSTANCE_COUNT; the account's service quotas may be lower
+
+
+# When the schedules fire (in SCHEDULE_TIMEZONE): daily scoring at 06:00, retraining on Sundays (off by default)
+CRON_DEFAULTS = {
+    "CREDIT_SCORING_CRON": "0 6 * * *",
+    "CREDIT_RETRAINING_CRON": "0 2 * * 0",
+    "RECSYS_RETRAINING_CRON": "0 3 * * 0",
+}
 
 
 class ConfigurationError(ValueError):
@@ -70,6 +78,11 @@ class PlatformSettings:
     sagemaker_transform_instance_count: int = 1
     dagster_home: Path | None = None
     dagster_pg_url: str | None = None
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+    schedule_timezone: str = "UTC"
+    credit_scoring_cron: str = "0 6 * * *"
+    credit_retraining_cron: str = "0 2 * * 0"
+    recsys_retraining_cron: str = "0 3 * * 0"
     # True when read from this process's environment: credentials are then passed as dg.EnvVar, so the
     # Dagster UI shows the variable's name instead of its value.
     from_process_env: bool = False
@@ -150,6 +163,17 @@ class PlatformSettings:
         if not max_event_bytes.isdigit() or not 1024 <= int(max_event_bytes) <= 10 * 1024 * 1024:
             raise ConfigurationError("MAX_EVENT_BYTES must be a whole number of bytes from 1024 to 10485760 (10 MiB, "
                                      f"Kinesis' largest record), not {max_event_bytes!r}")
+        ui_url = (get("DAGSTER_UI_URL") or "http://127.0.0.1:3000").rstrip("/")
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", ui_url):
+            raise ConfigurationError("DAGSTER_UI_URL must be the Dagster UI's address as the people alerted open it, "
+                                     f"e.g. https://dagster.example.com (not {ui_url!r})")
+        schedule_timezone = get("SCHEDULE_TIMEZONE") or "UTC"
+        _check_timezone("SCHEDULE_TIMEZONE", schedule_timezone)
+        crons = dict(CRON_DEFAULTS)
+        for name in CRON_DEFAULTS:
+            if (value := get(name)) is not None:
+                _check_cron(name, value)
+                crons[name] = value
         return cls(
             data_dir=data_dir,
             datasets_dir=datasets_dir,
@@ -186,6 +210,11 @@ class PlatformSettings:
             sagemaker_transform_instance_count=instance_counts["SAGEMAKER_TRANSFORM_INSTANCE_COUNT"],
             dagster_home=Path(get("DAGSTER_HOME")).expanduser() if get("DAGSTER_HOME") else None,
             dagster_pg_url=get("DAGSTER_PG_URL"),
+            dagster_ui_url=ui_url,
+            schedule_timezone=schedule_timezone,
+            credit_scoring_cron=crons["CREDIT_SCORING_CRON"],
+            credit_retraining_cron=crons["CREDIT_RETRAINING_CRON"],
+            recsys_retraining_cron=crons["RECSYS_RETRAINING_CRON"],
             from_process_env=from_process_env,
         )
 
@@ -204,6 +233,24 @@ class PlatformSettings:
     @property
     def embedded_postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+
+def _check_timezone(name: str, value: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(f"{name} must be an IANA time zone such as UTC or Europe/Berlin, not {value!r}") from None
+
+
+def _check_cron(name: str, value: str) -> None:
+    """Five fields, each a value, range, list or step Dagster's scheduler accepts."""
+    from dagster._utils.schedules import is_valid_cron_string  # imported here: the Lambda reads settings too
+
+    if not is_valid_cron_string(value):
+        raise ConfigurationError(f"{name} must be a cron expression of five fields (minute hour day-of-month month "
+                                 f"day-of-week), e.g. '0 6 * * *' for 06:00 every day, not {value!r}")
 
 
 def _check_connection_strings(get) -> None:
@@ -341,7 +388,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 @contextmanager
 def open_resources(settings: PlatformSettings | None = None) -> Iterator[object]:
     """The resources initialised for use outside a Dagster run (CLI, notebooks): credentials resolved, nested
-    resources wired. Attributes are the resource keys: ``with open_resources() as r: r.readonly_db.query(...)``.
+    resources wired. Attributes are the resource keys: `with open_resources() as r: r.readonly_db.query(...)`.
     """
     import dagster as dg
 

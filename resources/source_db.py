@@ -1,12 +1,12 @@
 """The recommender's source database: MySQL `classicmodels` (or any SQLAlchemy URL), or a local stand-in.
 
-``SOURCE_DATABASE_URL`` names the database, e.g. ``mysql+pymysql://user:pw@host:3306/classicmodels`` (the
-lab's Aurora MySQL) or ``postgresql+psycopg://...``. Unset, `EmbeddedClassicModels` serves demo data with
-the same tables and column names, generated once into a ``classicmodels`` database of the embedded
+`SOURCE_DATABASE_URL` names the database, e.g. `mysql+pymysql://user:pw@host:3306/classicmodels` (the
+lab's Aurora MySQL) or `postgresql+psycopg://...`. Unset, `EmbeddedClassicModels` serves demo data with
+the same tables and column names, generated once into a `classicmodels` database of the embedded
 PostgreSQL server.
 
-Large results are read with a server-side cursor (``stream_results``): PyMySQL's unbuffered SSCursor, a
-named cursor on PostgreSQL. ``pandas.read_sql(chunksize=...)`` alone would still buffer the whole result.
+Large results are read with a server-side cursor (`stream_results`): PyMySQL's unbuffered SSCursor, a
+named cursor on PostgreSQL. `pandas.read_sql(chunksize=...)` alone would still buffer the whole result.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
         """The statement's rows in DataFrames of at most `chunk_rows`, through a server-side cursor.
 
         PyMySQL and psycopg cursors are used directly (SQLAlchemy's row objects would double the cost of
-        reading); other drivers go through SQLAlchemy's ``stream_results``.
+        reading); other drivers go through SQLAlchemy's `stream_results`.
         """
         engine = self.engine()
         try:
@@ -116,7 +116,7 @@ class SourceDatabase(dg.ConfigurableResource, ABC):
 
 
 class SqlSourceDatabase(SourceDatabase):
-    """A source given by ``SOURCE_DATABASE_URL`` (MySQL/MariaDB with PyMySQL, or PostgreSQL)."""
+    """A source given by `SOURCE_DATABASE_URL` (MySQL/MariaDB with PyMySQL, or PostgreSQL)."""
 
     source_url: str
 
@@ -139,7 +139,7 @@ class SqlSourceDatabase(SourceDatabase):
 
 
 class EmbeddedClassicModels(SourceDatabase):
-    """Demo `classicmodels` tables in the embedded PostgreSQL (database ``classicmodels``), generated on
+    """Demo `classicmodels` tables in the embedded PostgreSQL (database `classicmodels`), generated on
     first use with a fixed seed, so every machine gets the same demo data."""
 
     primary: EmbeddedPostgresDatabase

@@ -5,14 +5,14 @@ checkpoint, which maps each shard to the position after the last record read. Re
 (the archive sensor keeps it in its cursor) and hand it back on the next read, so nothing is read twice or
 skipped.
 
-- `KinesisEventStream`: boto3 against a Kinesis stream (``AWS_ENDPOINT_URL`` honoured), every shard read with
-  shard iterators from its last sequence number (``AFTER_SEQUENCE_NUMBER``) or from ``TRIM_HORIZON``.
+- `KinesisEventStream`: boto3 against a Kinesis stream (`AWS_ENDPOINT_URL` honoured), every shard read with
+  shard iterators from its last sequence number (`AFTER_SEQUENCE_NUMBER`) or from `TRIM_HORIZON`.
 - `LocalEventStream` (default): an append-only stream of JSON-lines segment files under
-  ``DATA_DIR/stream/<name>/``, one shard, checkpoints as byte offsets ``<segment>:<offset>``. Writers append
+  `DATA_DIR/stream/<name>/`, one shard, checkpoints as byte offsets `<segment>:<offset>`. Writers append
   whole lines under an exclusive file lock and roll to a new segment past a size; readers take complete
   lines only, so a concurrent writer is never read half-way.
 
-An event larger than ``max_record_bytes`` (``MAX_EVENT_BYTES``, 1 MiB by default) is read as a record that
+An event larger than `max_record_bytes` (`MAX_EVENT_BYTES`, 1 MiB by default) is read as a record that
 keeps only the payload's first `PREVIEW_BYTES` and its size, so it can be dead-lettered with its reason, and
 reading goes on past it. A line of the local stream that is not one of its own records is read the same
 way (its raw bytes as the payload), never blocking the lines after it.
@@ -249,7 +249,7 @@ def _oversize_line(head: bytes, segment: int, offset: int, length: int) -> Strea
 
 
 class KinesisEventStream(EventStream):
-    """A Kinesis data stream (``KINESIS_STREAM_NAME``), read shard by shard with shard iterators."""
+    """A Kinesis data stream (`KINESIS_STREAM_NAME`), read shard by shard with shard iterators."""
 
     stream_name: str
     region_name: str = "us-east-1"

@@ -27,7 +27,7 @@ REGISTRY = "embedding_versions"
 
 
 class VectorExtensionUnavailableError(RuntimeError):
-    """The ``vector`` extension is not installed (or cannot be created) in the database."""
+    """The `vector` extension is not installed (or cannot be created) in the database."""
 
 
 class UnknownItemError(KeyError):
@@ -104,7 +104,7 @@ class NearestItems(ABC):
         """The installed pgvector version, once per set of connections (a loader creates the extension)."""
 
     def _ensure_registry(self, conn: psycopg.Connection) -> None:
-        """Create ``embedding_versions`` where the class may write (a read-only reader does not)."""
+        """Create `embedding_versions` where the class may write (a read-only reader does not)."""
 
     def _open(self) -> psycopg.Connection:
         """A connection with the vector type registered and the HNSW settings."""
@@ -198,7 +198,7 @@ class NearestItems(ABC):
             return conn.execute(statement, params).fetchall()
 
     def _run(self, statement: sql.Composable, params: dict, batch_key: str, table: str) -> list[tuple]:
-        """Run a batched kNN query (its queries numbered by ``ord``), split across the query connections so
+        """Run a batched kNN query (its queries numbered by `ord`), split across the query connections so
         the server works on them with all its cores; rows come back as if from one query."""
         items = params[batch_key]
         parts = max(1, min(self.query_connections, len(items) // 64))  # small batches are not worth splitting

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
-    """Stop a server started with ``start_new_session=True`` as Ctrl-C would (its children too), or kill it.
+    """Stop a server started with `start_new_session=True` as Ctrl-C would (its children too), or kill it.
     (`dagster dev` waits 60 s for a child that does not stop before killing it; a test need not wait that.)"""
     os.killpg(process.pid, signal.SIGINT)
     try:

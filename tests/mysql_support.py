@@ -26,7 +26,7 @@ def load_dump(conn, dump: Path, database: str) -> None:
 
 
 def create_ratings_table(conn, ratings_csv: Path) -> int:
-    """``ratings (customerNumber, productCode, productRating)`` rebuilt from the lab's training CSV."""
+    """`ratings (customerNumber, productCode, productRating)` rebuilt from the lab's training CSV."""
     frame = pd.read_csv(ratings_csv, usecols=["customernumber", "productcode", "productrating"])
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS ratings")

@@ -1,6 +1,6 @@
 """A small trained two-tower model, published and loaded, for the streaming tests.
 
-Trained on the lab's real training data (``ratings_ml_training_dataset.csv``) when it is present, so the
+Trained on the lab's real training data (`ratings_ml_training_dataset.csv`) when it is present, so the
 real stream record's product codes exist; on generated demo data otherwise.
 """
 
@@ -34,7 +34,7 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
                      epochs: int = 60, seed: int = 7, numpy_export: bool = True) -> dict:
     """Train, publish the lab layout's model files under ml-artifacts/<version>/, load both tables.
     `numpy_export=False` publishes a version as earlier platform versions did, without
-    ``model/user_tower.json``."""
+    `model/user_tower.json`."""
     user_scaler = tt.fit_scaler(frame, tt.USER_CATEGORICAL, tt.USER_NUMERIC)
     item_scaler = tt.fit_scaler(frame, tt.ITEM_CATEGORICAL, tt.ITEM_NUMERIC)
     validation = np.random.default_rng(seed).random(len(frame)) < 0.2

@@ -1,6 +1,6 @@
 """Tiny script-mode entry points that exercise the SageMaker contract in tests (both backends).
 
-The training script packs its inference script into ``code/`` of the model, as the platform's own training
+The training script packs its inference script into `code/` of the model, as the platform's own training
 scripts do, so the model archive it produces can be served.
 """
 

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -88,6 +89,54 @@ def notifications(env) -> list[str]:
     return (Path(env["DATA_DIR"]) / "notifications.jsonl").read_text().splitlines()
 
 
+def ctrl_c(process: subprocess.Popen) -> int | None:
+    """Ctrl-C in the terminal: SIGINT to the foreground process group. The exit code, or None (then killed)."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        return process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        stop_process_group(process)
+        return None
+
+
+def serving(port: int) -> list[str]:
+    """The command lines of processes still started for this port (dagster dev, its webserver)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(port).encode() in args:
+            found.append(b" ".join(args).decode(errors="replace"))
+    return found
+
+
+def assert_stopped_cleanly(code: int | None, log: Path, port: int) -> None:
+    output = log.read_text()
+    assert code == 0, output[-4000:]
+    assert "Traceback" not in output and "Error" not in output.split("stopping Dagster")[-1], output[-4000:]
+    deadline = time.monotonic() + 30  # dagster dev's children exit on their own heartbeat
+    while serving(port) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not serving(port)
+
+
+def test_ctrl_c_while_mldp_dev_starts_stops_it_without_a_traceback(env, tmp_path):
+    """Ctrl-C while the code location is still loading (Dagster's children used to print a traceback each)."""
+    port = free_port()
+    log_path = tmp_path / "mldp-dev.log"
+    with open(log_path, "w") as log:
+        dev = subprocess.Popen([str(Path(sys.executable).with_name("mldp")), "dev", "-h", "127.0.0.1", "-p", str(port)],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "Launching Dagster services" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        code = ctrl_c(dev)
+    assert "Launching Dagster services" in log_path.read_text()
+    assert_stopped_cleanly(code, log_path, port)
+
+
 def the_ui_carries_on_from_the_demo(env, tmp_path):
     """`mldp dev` after the demo: the demo's runs are on their jobs in the UI, and the daemon's first tick of
     every sensor finds nothing new: no notification sent again, no run started again, no event archived
@@ -118,9 +167,10 @@ def the_ui_carries_on_from_the_demo(env, tmp_path):
                     first_ticks.setdefault(sensor, done[-1])
             time.sleep(2)
     finally:
-        stop_process_group(dev)
+        code = ctrl_c(dev)
         log.close()
     assert set(first_ticks) == set(SENSORS), (tmp_path / "mldp-dev.log").read_text()[-4000:]
+    assert_stopped_cleanly(code, tmp_path / "mldp-dev.log", port)
     for sensor, tick in first_ticks.items():
         assert (tick["status"], tick["runIds"]) == ("SKIPPED", []), (sensor, tick)
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -1,7 +1,6 @@
 """The credit pipeline end to end on the embedded PostgreSQL: training, scoring, decisions, write-back,
 idempotency, checks, and what users see on bad input (nothing half-written)."""
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +21,7 @@ from resources.postgres import DatabaseUnavailableError
 from resources.readonly import ProvisionedReadOnlyDatabase, ReadOnlyUrlDatabase
 from resources.sagemaker import LocalSageMakerJobs
 
-ALL = [credit.customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
+ALL = [credit.bank_customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
        credit.credit_scores, credit.limit_decisions, credit.customer_updates, credit.decisions_follow_policy,
        credit.each_eligible_customer_decided_once, credit.counts_reconcile]
 SCORING = dg.AssetSelection.assets(credit.eligible_customers, credit.credit_scores, credit.limit_decisions,
@@ -102,6 +101,17 @@ def metadata(result, asset):
     return {k: getattr(v, "value", v) for k, v in events[-1].metadata.items()}
 
 
+def skipped_rows(result, asset) -> dict[str, int]:
+    """The skipped rows by reason, read back from the table the UI shows (and checked against the total)."""
+    meta = metadata(result, asset)
+    table = meta["skipped_reasons" if asset == "eligible_customers" else "skipped_unseen_values"]
+    counts = {} if table == "none" else {
+        cells[0]: int(cells[1]) for line in table.splitlines()[2:]
+        if (cells := [c.strip() for c in line.strip("|").split("|")]) and len(cells) == 2}
+    assert meta["skipped"] == sum(counts.values())
+    return counts
+
+
 def customers_table(app_db) -> pd.DataFrame:
     with app_db.connect() as conn:
         cur = conn.execute("SELECT * FROM customers ORDER BY customer_id")
@@ -178,6 +188,11 @@ def test_batch_scores_decides_writes_back_and_is_idempotent(trained, resources, 
     evaluations = artifacts.read_json(f"{batch_prefix(batch)}/evaluations.json")
     assert evaluations["approved"] + evaluations["declined"] == len(expected)
     assert evaluations["approved"] == int((audit.decision == "APPROVED").sum())
+    # the write-back's page shows the decisions in numbers and links the reference's files
+    assert (updates["approved"], updates["declined"]) == (evaluations["approved"], evaluations["declined"])
+    assert updates["evaluations"] == str(artifacts.local_path(f"{batch_prefix(batch)}/evaluations.json"))
+    assert updates["results"] == str(artifacts.local_path(f"{batch_prefix(batch)}/results.json"))
+    assert all(isinstance(v, (int, str)) or v == round(v, 4) for v in updates.values() if not isinstance(v, bool))
 
     # re-running the write-back of the same batch changes nothing and adds no audit rows
     rerun = run_scoring(resources, selection=dg.AssetSelection.assets(credit.customer_updates))
@@ -215,8 +230,8 @@ def test_null_negative_limits_and_unknown_categories_are_skipped_and_counted(tra
     frame.loc[4, "loan_payment_frequency"] = None  # missing is a value the model knows
     seed(app_db, frame)
     result = run_scoring(resources)
-    assert metadata(result, "eligible_customers")["skipped"] == {"current_limit is NULL": 1, "current_limit is negative": 1}
-    assert metadata(result, "credit_scores")["skipped"] == {"unknown Residential_Status value": 1,
+    assert skipped_rows(result, "eligible_customers") == {"current_limit is NULL": 1, "current_limit is negative": 1}
+    assert skipped_rows(result, "credit_scores") == {"unknown Residential_Status value": 1,
                                                             "unknown Cheque_Card_Flag value": 1}
     assert metadata(result, "customer_updates")["updated"] == 396
     table = customers_table(app_db).set_index("customer_id")
@@ -375,7 +390,8 @@ def test_counts_reconcile_detects_a_mismatch(trained, resources, run_scoring, ap
     result = run_scoring(resources, selection=dg.AssetSelection.checks(credit.counts_reconcile))
     [check] = result.get_asset_check_evaluations()
     assert not check.passed
-    assert json.loads(json.dumps(check.metadata["broken"].value))["eligible = scored + skipped at scoring"]
+    assert "eligible = scored + skipped at scoring" in check.metadata["broken"].value
+    assert check.metadata["eligible"].value == check.metadata["scored"].value + 1  # numbers the UI plots
 
 
 def test_a_batch_is_not_written_back_again_with_other_decisions(trained, resources, run_scoring, app_db):
@@ -548,7 +564,7 @@ def test_hostile_customer_rows_are_skipped_with_their_reasons(trained, resources
         conn.execute("UPDATE customers SET loan_to_income = -9999997 WHERE customer_id = %s", (first + 9,))
         conn.commit()
     result = run_scoring(resources)
-    assert metadata(result, "eligible_customers")["skipped"] == {
+    assert skipped_rows(result, "eligible_customers") == {
         "application_score is missing": 1,
         "loan_to_income is missing": 1,
         "loan_to_income is infinite": 2,
@@ -571,7 +587,7 @@ def test_hostile_customer_rows_are_skipped_with_their_reasons(trained, resources
     seed(app_db, frame.assign(gross_annual_income=150_000_000))
     wider = dg.RunConfig({"eligible_customers": credit.assets.EligibilityConfig(
         plausible_ranges={"gross_annual_income": [0, 200_000_000]})})
-    assert metadata(run_scoring(resources, run_config=wider), "eligible_customers")["skipped"] == {}
+    assert skipped_rows(run_scoring(resources, run_config=wider), "eligible_customers") == {}
     bad = dg.RunConfig({"eligible_customers": credit.assets.EligibilityConfig(plausible_ranges={"income": [0, 1]})})
     failed = run_scoring(resources, run_config=bad, raise_on_error=False)
     assert "plausible_ranges: unknown column 'income'" in failure_message(failed)

@@ -4,8 +4,8 @@ import dagster as dg
 
 EXPECTED_EDGES = {
     "credit_model": {"credit_training_data"},
-    "eligible_customers": {"customers"},
-    "credit_scores": {"eligible_customers", "credit_model"},
+    "eligible_customers": {"bank_customers"},
+    "credit_scores": {"eligible_customers", "credit_model", "model_registry"},
     "limit_decisions": {"credit_scores"},
     "customer_updates": {"limit_decisions"},
 }
@@ -13,8 +13,8 @@ RECSYS_EDGES = {
     "ratings_training_data": {"classicmodels/ratings", "classicmodels/customers", "classicmodels/products"},
     "recsys_catalog": {"classicmodels/customers", "classicmodels/products"},
     "recsys_model": {"ratings_training_data", "recsys_catalog"},
-    "item_embeddings": {"recsys_model"},
-    "user_embeddings": {"recsys_model"},
+    "item_embeddings": {"recsys_model", "model_registry"},
+    "user_embeddings": {"recsys_model", "model_registry"},
 }
 
 
@@ -40,7 +40,7 @@ def test_credit_lineage():
     for asset, parents in EXPECTED_EDGES.items():
         node = graph.get(dg.AssetKey(asset))
         assert {p.to_user_string() for p in node.parent_keys} == parents, asset
-    customers = graph.get(dg.AssetKey("customers"))
+    customers = graph.get(dg.AssetKey("bank_customers"))
     assert not customers.is_materializable  # the bank's table is an external source
     for asset in EXPECTED_EDGES:
         assert graph.get(dg.AssetKey(asset)).group_name == "credit"
@@ -89,6 +89,9 @@ def test_mlops_assets_jobs_and_sensors():
     graph = defs.resolve_asset_graph()
     registry = graph.get(dg.AssetKey("model_registry"))
     assert not registry.is_materializable and registry.group_name == "mlops"
+    # the registry sits between the models and what uses them
+    assert {p.to_user_string() for p in registry.parent_keys} == {"credit_model", "recsys_model"}
+    assert {c.to_user_string() for c in registry.child_keys} == {"credit_scores", "item_embeddings", "user_embeddings"}
     assert graph.get(dg.AssetKey("training_runs")).group_name == "mlops"
     assert selected(defs, "training_runs_job") == {"training_runs"}
     approvals = defs.resolve_sensor_def("model_registry_sensor")
@@ -98,3 +101,33 @@ def test_mlops_assets_jobs_and_sensors():
     assert tracking.job_name == "training_runs_job"
     for job in ("model_approval_job", "credit_sagemaker_pipeline_job"):
         assert defs.resolve_job_def(job) is not None
+
+
+def test_every_job_sensor_and_schedule_says_what_it_does():
+    repository = load_defs().get_repository_def()
+    for definition in [*repository.get_all_jobs(), *repository.sensor_defs, *repository.schedule_defs]:
+        if definition.name.startswith("__"):  # Dagster's own implicit asset job
+            continue
+        assert definition.description and len(definition.description) > 30, definition.name
+
+
+def test_schedules_follow_the_settings(monkeypatch):
+    import importlib
+
+    import credit_assets.schedules
+    import recsys_assets.jobs
+
+    monkeypatch.setenv("CREDIT_SCORING_CRON", "30 5 * * 1-5")
+    monkeypatch.setenv("RECSYS_RETRAINING_CRON", "0 1 1 * *")
+    monkeypatch.setenv("SCHEDULE_TIMEZONE", "Europe/Berlin")
+    try:
+        scoring = importlib.reload(credit_assets.schedules).credit_scoring_schedule
+        retraining = importlib.reload(recsys_assets.jobs).recsys_retraining_schedule
+        assert (scoring.cron_schedule, scoring.execution_timezone) == ("30 5 * * 1-5", "Europe/Berlin")
+        assert scoring.default_status == dg.DefaultScheduleStatus.RUNNING
+        assert (retraining.cron_schedule, retraining.execution_timezone) == ("0 1 1 * *", "Europe/Berlin")
+        assert retraining.default_status == dg.DefaultScheduleStatus.STOPPED  # retraining is off until started
+    finally:
+        monkeypatch.undo()
+        importlib.reload(credit_assets.schedules)
+        importlib.reload(recsys_assets.jobs)

@@ -1,4 +1,4 @@
-"""The deploy path (``deploy/``): the template lints clean and deploys to moto's server through `mldp deploy
+"""The deploy path (`deploy/`): the template lints clean and deploys to moto's server through `mldp deploy
 up`, the platform's AWS backends work against the stack's resources, `mldp deploy exports` refuses a stack
 that is not complete, and the Dockerfile and the production Dagster instance pass their own checks.
 
@@ -380,7 +380,9 @@ def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datase
             result = run("recommendations_job", partition_key=hour.partition_key, tags=hour.tags)
             meta = materialized(result, "recommendations")
             enriched, dead = enriched + meta["enriched"], dead + meta["dead_lettered"]
-            assert meta["model_version"] == version and str(meta["output"]).startswith("s3://")
+            # on S3 the output is a link to the object in the S3 console
+            assert meta["model_version"] == version and str(meta["output"]).startswith(
+                f"https://s3.console.aws.amazon.com/s3/object/{resources.artifacts.bucket}?prefix=")
         assert enriched + dead == len(payloads) and enriched >= 30 and dead >= 1
 
     # the Firehose form: the Lambda handler with the stack's settings (the read-only user of its secret)

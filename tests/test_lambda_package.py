@@ -1,4 +1,4 @@
-"""The Firehose transformation Lambda as it is deployed: its package built by ``deploy/lambda/build.py`` from
+"""The Firehose transformation Lambda as it is deployed: its package built by `deploy/lambda/build.py` from
 the pinned requirements, under Lambda's 250 MB, and its handler run from that folder alone in a fresh
 interpreter (no site-packages, no project on the path), on the lab's real stream record, with the model
 files on moto's S3 and the read-only database user's credentials in moto's Secrets Manager.

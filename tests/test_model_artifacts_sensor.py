@@ -112,7 +112,12 @@ def test_with_the_approved_policy_new_versions_are_registered_and_wait(local_art
     strict = LocalModelRegistry(db=registry.db, env=registry.env, version_policy="approved")
     publish(local_artifacts, "v-approve-me")
     result, cursor = tick(local_artifacts, strict)
-    assert not result.run_requests and "load once approved" in result.skip_reason.skip_message
-    assert strict.find("recsys", "v-approve-me").status == PENDING
+    package = strict.find("recsys", "v-approve-me")
+    assert package.status == PENDING
+    # the tick says what it did: which version it registered, where, and what happens next
+    message = result.skip_reason.skip_message
+    assert not result.run_requests
+    assert f"registered v-approve-me (new): {package.group} version {package.version}, PendingManualApproval" in message
+    assert "Approve a version to load its embeddings" in message
     result, _ = tick(local_artifacts, strict, cursor)
-    assert not result.run_requests and "no new complete model version" in result.skip_reason.skip_message
+    assert not result.run_requests and "nothing new under" in result.skip_reason.skip_message

@@ -63,9 +63,15 @@ def test_registered_then_approved_each_notified_once_and_put_to_work(registry, n
     assert (approval["ModelApprovalStatus"], approval["ApprovalDescription"]) == (APPROVED, "Gini 0.82, reviewed")
     [request] = result.run_requests
     assert request.job_name == "credit_scoring_job" and request.tags["model_version"] == "c-1"
+    # the change is recorded in the lineage: on model_registry, and on credit_model (its current approval status)
+    observed = {e.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in e.metadata.items()}
+                for e in result.asset_events}
+    assert {k: observed["model_registry"][k] for k in ("group", "version", "status", "reason", "model_version")} == {
+        "group": package.group, "version": 1, "status": APPROVED, "reason": "Gini 0.82, reviewed", "model_version": "c-1"}
+    assert (observed["credit_model"]["model_version"], observed["credit_model"]["approval_status"]) == ("c-1", APPROVED)
 
     restarted, _ = tick(registry, notifier, json.loads(json.dumps(cursor)))  # a restart replays nothing
-    assert not restarted.run_requests and len(notifier.sent()) == 2
+    assert not restarted.run_requests and len(notifier.sent()) == 2 and not restarted.asset_events
 
 
 def test_an_approved_recommender_reloads_its_embeddings_and_rejections_are_silent(registry, notifier):

@@ -94,7 +94,7 @@ def test_training_without_model_output_is_an_error(sagemaker, code_dir):
 
 class ObservedSageMaker(AwsSageMakerJobs):
     """The aws backend, looking at the model while its transform job runs, as SageMaker would run it; when
-    `writes_output` it also writes the ``.out`` files the job would write."""
+    `writes_output` it also writes the `.out` files the job would write."""
 
     def _wait(self, kind, describe):
         description = super()._wait(kind, describe)

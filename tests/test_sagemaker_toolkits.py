@@ -1,14 +1,14 @@
 """Contract tests: the AWS toolkits that run inside SageMaker's PyTorch containers, installed from PyPI, run the
 platform's own artifacts, and agree with the local backend.
 
-- Serving: ``sagemaker-pytorch-inference`` 2.0 (with the ``sagemaker_inference`` it carries) and TorchServe's
-  request context load a ``model.tar.gz`` the local backend trained and answer requests exactly as the
+- Serving: `sagemaker-pytorch-inference` 2.0 (with the `sagemaker_inference` it carries) and TorchServe's
+  request context load a `model.tar.gz` the local backend trained and answer requests exactly as the
   container's model server would hand them over; the answers must equal the local Batch Transform's.
-- Training: ``sagemaker-training`` 5.1 with the PyTorch container's framework module
-  (``sagemaker-pytorch-training`` 3.0) reads the config files, downloads the uploaded ``sourcedir.tar.gz``
+- Training: `sagemaker-training` 5.1 with the PyTorch container's framework module
+  (`sagemaker-pytorch-training` 3.0) reads the config files, downloads the uploaded `sourcedir.tar.gz`
   from S3 (moto's server) and runs the entry point; it must see what the local backend gives it.
 
-Each toolkit runs in its own interpreter (they read ``SAGEMAKER_BASE_DIR`` at import), as in the container.
+Each toolkit runs in its own interpreter (they read `SAGEMAKER_BASE_DIR` at import), as in the container.
 """
 
 import json

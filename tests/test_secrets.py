@@ -123,9 +123,9 @@ value = {value!r}
 artifacts = LocalArtifactStore(root={str(tmp_path / "artifacts")!r})
 with dg.DagsterInstance.get() as instance:
     for assets, resources in (
-        ([credit.customers, credit.eligible_customers],
+        ([credit.bank_customers, credit.eligible_customers],
          {{"readonly_db": ReadOnlyUrlDatabase(url=value), "artifacts": artifacts}}),
-        ([credit.customers, credit.eligible_customers],
+        ([credit.bank_customers, credit.eligible_customers],
          {{"readonly_db": ReadOnlyUrlDatabase(url="postgresql://ro:{PASSWORD}@127.0.0.1:{free_port()}/b"),
            "artifacts": artifacts}}),
         ([recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data],

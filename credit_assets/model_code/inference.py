@@ -1,10 +1,10 @@
 """SageMaker inference handlers of the credit scorecard (PyTorch serving container, Batch Transform).
 
-Packed into the model's ``model.tar.gz`` under ``code/`` with ``scorecard.py`` and ``requirements.txt``
-(see ``train.py``), where the container's inference toolkit imports it (``SAGEMAKER_PROGRAM=inference.py``).
+Packed into the model's `model.tar.gz` under `code/` with `scorecard.py` and `requirements.txt`
+(see `train.py`), where the container's inference toolkit imports it (`SAGEMAKER_PROGRAM=inference.py`).
 
-Request body (``text/csv``): lines without header, ``customer_id`` followed by the model features in
-``scorecard.FEATURES`` order. Response (``text/csv``): lines ``customer_id,probability,score`` in the same
+Request body (`text/csv`): lines without header, `customer_id` followed by the model features in
+`scorecard.FEATURES` order. Response (`text/csv`): lines `customer_id,probability,score` in the same
 order, so the batch output joins back to customers without relying on line positions.
 """
 

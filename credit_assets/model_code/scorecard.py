@@ -1,12 +1,12 @@
 """The credit scorecard model: feature preprocessing, a torch logistic regression, score scaling, metrics.
 
-This folder is the SageMaker script-mode source directory of the credit model (``train.py`` and
-``inference.py`` import this module as a sibling), so it depends only on numpy, pandas and torch, which the
-SageMaker PyTorch containers provide. The Dagster side imports it as ``credit_assets.model_code.scorecard``.
+This folder is the SageMaker script-mode source directory of the credit model (`train.py` and
+`inference.py` import this module as a sibling), so it depends only on numpy, pandas and torch, which the
+SageMaker PyTorch containers provide. The Dagster side imports it as `credit_assets.model_code.scorecard`.
 
-Scorecard scaling follows the reference batch-scoring workflow: ``factor = PDO / ln 2``,
-``offset = target_score - factor * ln(target_odds)``, ``score = offset - factor * log_odds`` where
-``log_odds`` is the model's log-odds of Decline (PDO 20, score 600 at good:bad odds of 30).
+Scorecard scaling follows the reference batch-scoring workflow: `factor = PDO / ln 2`,
+`offset = target_score - factor * ln(target_odds)`, `score = offset - factor * log_odds` where
+`log_odds` is the model's log-odds of Decline (PDO 20, score 600 at good:bad odds of 30).
 
 Preprocessing is plain JSON (never pickle): per numeric feature the clipping bounds, median, mean and
 standard deviation fitted on the Development split; per categorical feature its vocabulary.
@@ -202,7 +202,7 @@ def scaling(pdo: float = DEFAULT_PDO, target_score: float = DEFAULT_TARGET_SCORE
 
 
 def scores_from_log_odds(values: np.ndarray, scale: dict[str, float]) -> np.ndarray:
-    """Integer scorecard points: ``round(offset - factor * log_odds)``."""
+    """Integer scorecard points: `round(offset - factor * log_odds)`."""
     return np.rint(scale["offset"] - scale["factor"] * values).astype("int64")
 
 
@@ -249,7 +249,7 @@ def save_bundle(directory: Path, model: LogisticScorecard, preprocessing: dict, 
 
 
 def pack_serving_code(model_dir: Path) -> None:
-    """``code/`` next to the weights, laid out as the SageMaker SDK's repack lays it out: the PyTorch serving
+    """`code/` next to the weights, laid out as the SageMaker SDK's repack lays it out: the PyTorch serving
     container imports the handlers only from there."""
     source, target = Path(__file__).resolve().parent, Path(model_dir) / "code"
     target.mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def pack_serving_code(model_dir: Path) -> None:
 
 
 class ScorecardBundle:
-    """A loaded model: preprocessing, weights (``weights_only=True``) and scaling."""
+    """A loaded model: preprocessing, weights (`weights_only=True`) and scaling."""
 
     def __init__(self, directory: Path) -> None:
         directory = Path(directory)

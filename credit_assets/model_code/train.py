@@ -1,10 +1,10 @@
 """SageMaker script-mode training entry point for the credit scorecard.
 
-Reads every CSV in the ``train`` channel (``SM_CHANNEL_TRAIN``), fits preprocessing and a logistic
+Reads every CSV in the `train` channel (`SM_CHANNEL_TRAIN`), fits preprocessing and a logistic
 regression on the Development split, evaluates on Validation, and writes the model bundle to
-``SM_MODEL_DIR`` (weights as a state_dict, preprocessing and scaling as JSON). Metrics are printed as
-``metric <name>=<value>`` lines, which the job's metric definitions scrape. On bad input it writes the
-reason to ``<SM_OUTPUT_DIR>/failure`` and exits non-zero, as SageMaker expects.
+`SM_MODEL_DIR` (weights as a state_dict, preprocessing and scaling as JSON). Metrics are printed as
+`metric <name>=<value>` lines, which the job's metric definitions scrape. On bad input it writes the
+reason to `<SM_OUTPUT_DIR>/failure` and exits non-zero, as SageMaker expects.
 """
 
 from __future__ import annotations

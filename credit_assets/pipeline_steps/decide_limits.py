@@ -1,8 +1,8 @@
 """SageMaker Processing entry point of the exported credit pipeline's DecideLimits step.
 
-Inputs (processing channels): ``scores`` (Batch Transform output: ``customer_id,probability,score`` lines)
-and ``limits`` (CSV with header ``customer_id,current_score,current_limit``). Output: ``decisions.csv`` with
-the reference's rule applied by the same code the Dagster asset uses (``policy.py`` is shipped beside this
+Inputs (processing channels): `scores` (Batch Transform output: `customer_id,probability,score` lines)
+and `limits` (CSV with header `customer_id,current_score,current_limit`). Output: `decisions.csv` with
+the reference's rule applied by the same code the Dagster asset uses (`policy.py` is shipped beside this
 script). Thresholds come from the environment (POLICY_APPROVE_MIN_SCORE, ...), set by the pipeline step.
 """
 

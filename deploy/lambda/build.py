@@ -3,19 +3,19 @@
 
     python deploy/lambda/build.py [--out build/lambda] [--arch x86_64|arm64] [--python-version 3.12]
 
-1. The pinned requirements (``deploy/lambda/requirements.txt``: numpy, psycopg, pgvector, boto3 and what they
+1. The pinned requirements (`deploy/lambda/requirements.txt`: numpy, psycopg, pgvector, boto3 and what they
    need, every version fixed) are installed from PyPI as manylinux wheels for the Lambda runtime's Python and
-   architecture into ``<out>/package``, without dependency resolution: the file is the whole closure. Only
+   architecture into `<out>/package`, without dependency resolution: the file is the whole closure. Only
    wheels the runtime's Amazon Linux 2023 can load are taken (glibc 2.34: manylinux_2_34 and older).
 2. The platform's modules the handler imports are copied next to them (`PROJECT_MODULES`): the enrichment,
    the numpy user tower, the vector queries, settings and credentials; none of them imports Dagster, pandas
    or torch.
 3. The unzipped size is checked against Lambda's limit (250 MB, layers included); a package over it is not
    zipped and the build fails, listing the largest parts.
-4. ``<out>/enrichment-lambda.zip`` is written with sorted entries and fixed timestamps (the same inputs give
+4. `<out>/enrichment-lambda.zip` is written with sorted entries and fixed timestamps (the same inputs give
    the same bytes), and one JSON line reports the sizes.
 
-Handler: ``recsys_assets.lambda_handler.lambda_handler``. Standard library only.
+Handler: `recsys_assets.lambda_handler.lambda_handler`. Standard library only.
 """
 
 from __future__ import annotations

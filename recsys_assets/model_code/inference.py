@@ -1,15 +1,15 @@
 """SageMaker inference handlers of the two-tower recommender's user tower (PyTorch serving container).
 
-Packed into the model's ``model.tar.gz`` under ``code/`` with ``two_tower.py`` and ``requirements.txt`` (see
-``train.py``), where the container's inference toolkit imports it (``SAGEMAKER_PROGRAM=inference.py``). It
+Packed into the model's `model.tar.gz` under `code/` with `two_tower.py` and `requirements.txt` (see
+`train.py`), where the container's inference toolkit imports it (`SAGEMAKER_PROGRAM=inference.py`). It
 is the lab's "user embeddings" inference: customer features in, unit-length embeddings out, comparable by
 cosine distance with the item embeddings of the same model version.
 
-Requests: ``application/json`` with one object, a list of objects or ``{"instances": [...]}``; or
-``application/jsonlines`` (Batch Transform with ``SplitType=Line``), one object per line. Each object has
-``city``, ``country`` and ``creditlimit`` (an unseen city or country is fine), and may carry
-``customernumber``, which is echoed. Responses: ``application/json`` ``{"embeddings": [[...], ...],
-"dimension": 32}``, or ``application/jsonlines`` with ``{"customernumber": ..., "embedding": [...]}`` per line.
+Requests: `application/json` with one object, a list of objects or `{"instances": [...]}`; or
+`application/jsonlines` (Batch Transform with `SplitType=Line`), one object per line. Each object has
+`city`, `country` and `creditlimit` (an unseen city or country is fine), and may carry
+`customernumber`, which is echoed. Responses: `application/json` `{"embeddings": [[...], ...],
+"dimension": 32}`, or `application/jsonlines` with `{"customernumber": ..., "embedding": [...]}` per line.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """The two-tower model's user tower in numpy alone: the exported weights file and its forward pass.
 
 Where torch cannot go (the Firehose transformation Lambda, whose package must stay under Lambda's 250 MB),
-customers are embedded from ``model/user_tower.json``, which training writes next to the torch weights:
+customers are embedded from `model/user_tower.json`, which training writes next to the torch weights:
 plain JSON (no pickle), the two linear layers of the tower with their float32 values, and what the forward
 pass does (ReLU between them, L2 normalisation after). `NumpyUserTower` gives the same embeddings as
-``two_tower.UserTower`` (tested to float32 rounding), and its features are built from the same JSON scaler
+`two_tower.UserTower` (tested to float32 rounding), and its features are built from the same JSON scaler
 by the same rules: one-hot city and country (an unseen value encodes as zeros), the credit limit
 standardised (missing -> the training mean).
 
-Imports only the standard library and numpy: it is part of the model's source folder (``two_tower.py``
+Imports only the standard library and numpy: it is part of the model's source folder (`two_tower.py`
 imports it to write the export) and of the Lambda package.
 """
 
@@ -37,8 +37,8 @@ class TowerExportError(ValueError):
 
 
 def export_user_tower(layers: Sequence[tuple[np.ndarray, np.ndarray]], *, dim: int, hidden: int) -> dict[str, Any]:
-    """The JSON document of ``model/user_tower.json`` from the tower's (weight, bias) pairs, in torch's
-    ``nn.Linear`` layout (weight: out x in). Values are written as the float32 numbers they are."""
+    """The JSON document of `model/user_tower.json` from the tower's (weight, bias) pairs, in torch's
+    `nn.Linear` layout (weight: out x in). Values are written as the float32 numbers they are."""
     return {
         "format": EXPORT_FORMAT,
         "model": "two-tower user tower",
@@ -152,7 +152,7 @@ class NumpyUserTower:
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], source: str = USER_TOWER_FILE) -> NumpyUserTower:
-        """From the published files' contents: ``model/user_tower.json`` and ``scalers/user_features.json``."""
+        """From the published files' contents: `model/user_tower.json` and `scalers/user_features.json`."""
         export = parse_file(files[USER_TOWER_FILE], source)
         scaler = parse_file(files[USER_SCALER_FILE], source.replace(USER_TOWER_FILE, USER_SCALER_FILE))
         return cls(export, scaler, source)

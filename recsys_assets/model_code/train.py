@@ -1,9 +1,9 @@
 """SageMaker script-mode training entry point for the two-tower recommender.
 
-Channels: ``train`` (the ratings training data, Parquet hive-partitioned by customernumber) and ``catalog``
-(optional: ``products.parquet`` and ``customers.parquet``, so every product and customer gets an
-embedding, not only those with ratings). Writes the lab's layout into ``SM_MODEL_DIR``: ``model/``,
-``scalers/`` (JSON), ``embeddings/`` (CSV ``id,embedding`` in pgvector text form) and ``metrics.json``.
+Channels: `train` (the ratings training data, Parquet hive-partitioned by customernumber) and `catalog`
+(optional: `products.parquet` and `customers.parquet`, so every product and customer gets an
+embedding, not only those with ratings). Writes the lab's layout into `SM_MODEL_DIR`: `model/`,
+`scalers/` (JSON), `embeddings/` (CSV `id,embedding` in pgvector text form) and `metrics.json`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_ratings(channel: str) -> pd.DataFrame:
-    """The training data: the files its ``_manifest.json`` lists (all Parquet files when it has none)."""
+    """The training data: the files its `_manifest.json` lists (all Parquet files when it has none)."""
     partitioning = ds.partitioning(pa.schema([(tt.USER_ID, pa.int64())]), flavor="hive")
     manifest = Path(channel) / "_manifest.json"
     if manifest.exists():

@@ -7,8 +7,8 @@ quantity in stock, buy price and MSRP standardised. Because the rating is a mono
 cosine similarity, nearest neighbours by cosine distance in pgvector are the best-rated items.
 
 This folder is the SageMaker script-mode source directory of the model (numpy, pandas, torch only); the
-Dagster side and the stream enrichment import it as ``recsys_assets.model_code.two_tower``. Feature scalers
-are JSON, weights a state_dict loaded with ``weights_only=True``.
+Dagster side and the stream enrichment import it as `recsys_assets.model_code.two_tower`. Feature scalers
+are JSON, weights a state_dict loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def train(user_x: np.ndarray, item_x: np.ndarray, ratings: np.ndarray, val: np.n
 
 
 def export_user_tower(model: TwoTower) -> dict[str, Any]:
-    """``model/user_tower.json``: the user tower's weights for `numpy_tower.NumpyUserTower`."""
+    """`model/user_tower.json`: the user tower's weights for `numpy_tower.NumpyUserTower`."""
     net = model.user_tower.net
     layers = [(net[i].weight.detach().numpy(), net[i].bias.detach().numpy()) for i in (0, 2)]
     return numpy_tower.export_user_tower(layers, dim=net[2].out_features, hidden=net[0].out_features)
@@ -176,7 +176,7 @@ def mean_ndcg(frame: pd.DataFrame, score_column: str, k: int = 5) -> float:
 
 
 def format_vector(vector: np.ndarray) -> str:
-    """pgvector's text form: ``[x1,x2,...]``."""
+    """pgvector's text form: `[x1,x2,...]`."""
     return "[" + ",".join(f"{v:.7g}" for v in vector) + "]"
 
 
@@ -187,7 +187,7 @@ def embeddings_csv(ids: list, vectors: np.ndarray) -> str:
 
 
 def pack_serving_code(model_dir: Path) -> None:
-    """``code/`` next to the weights, laid out as the SageMaker SDK's repack lays it out: the PyTorch serving
+    """`code/` next to the weights, laid out as the SageMaker SDK's repack lays it out: the PyTorch serving
     container imports the handlers only from there (each model's code folder is self-contained)."""
     source, target = Path(__file__).resolve().parent, Path(model_dir) / "code"
     target.mkdir(parents=True, exist_ok=True)
@@ -210,7 +210,7 @@ class UserTower:
         self.dim = config["dim"]
 
     def to_numpy(self) -> numpy_tower.NumpyUserTower:
-        """The same tower for numpy (for model versions published without ``model/user_tower.json``)."""
+        """The same tower for numpy (for model versions published without `model/user_tower.json`)."""
         return numpy_tower.NumpyUserTower(export_user_tower(self.model), self.scaler)
 
     @classmethod
@@ -221,8 +221,8 @@ class UserTower:
 
     @classmethod
     def from_bytes(cls, files: dict[str, bytes]) -> UserTower:
-        """From the published files' contents (``model/model_config.json``, ``scalers/user_features.json``,
-        ``model/best_model.pth``); the weights are read with ``weights_only=True``."""
+        """From the published files' contents (`model/model_config.json`, `scalers/user_features.json`,
+        `model/best_model.pth`); the weights are read with `weights_only=True`."""
         import io
 
         config = json.loads(files[CONFIG_FILE])

@@ -1,9 +1,9 @@
 """The aws SageMaker backend: real SageMaker training and Batch Transform jobs, created with boto3.
 
-The source folder is uploaded as ``sourcedir.tar.gz`` and named by the ``sagemaker_program`` /
-``sagemaker_submit_directory`` hyperparameters (JSON-encoded, as the SDK sends them); transform jobs use a
-model whose ``model.tar.gz`` carries ``code/inference.py``, named by ``SAGEMAKER_PROGRAM`` with
-``SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code`` (`containers.inference_environment`). The archive is
+The source folder is uploaded as `sourcedir.tar.gz` and named by the `sagemaker_program` /
+`sagemaker_submit_directory` hyperparameters (JSON-encoded, as the SDK sends them); transform jobs use a
+model whose `model.tar.gz` carries `code/inference.py`, named by `SAGEMAKER_PROGRAM` with
+`SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code` (`containers.inference_environment`). The archive is
 checked before anything is created, so a model the container could not serve fails here, not after the
 instances started. Failed and Stopped jobs become errors carrying SageMaker's failure reason.
 """
@@ -39,7 +39,7 @@ def _unquote(value: str) -> str:
 
 
 class AwsSageMakerJobs(SageMakerJobs):
-    """SageMaker jobs in the AWS account (``SAGEMAKER_BACKEND=aws``); needs ``SAGEMAKER_ROLE_ARN``."""
+    """SageMaker jobs in the AWS account (`SAGEMAKER_BACKEND=aws`); needs `SAGEMAKER_ROLE_ARN`."""
 
     backend: ClassVar[str] = "aws"
     max_wait_seconds: int = 3600

@@ -1,20 +1,20 @@
 """What the SageMaker framework containers expect, in one place: both backends and the pipeline export use it.
 
-Followed from the AWS toolkits that run inside the PyTorch containers (``sagemaker-training`` 5.1 for
-training, ``sagemaker-pytorch-inference`` 2.0 with its ``sagemaker_inference`` for serving); the contract
+Followed from the AWS toolkits that run inside the PyTorch containers (`sagemaker-training` 5.1 for
+training, `sagemaker-pytorch-inference` 2.0 with its `sagemaker_inference` for serving); the contract
 tests run the toolkits themselves against this module's output.
 
 Training (script mode): the SDK sends every hyperparameter JSON-encoded; the toolkit decodes them, writes
-nothing but reads ``<base>/input/config/{hyperparameters,inputdataconfig,resourceconfig}.json``, unpacks the
-``sagemaker_submit_directory`` into ``<base>/code``, and runs ``python <entry point> --name value ...``
-(names sorted) with the ``SM_*`` environment of `training_environment`. ``<base>/model`` becomes
-``model.tar.gz``.
+nothing but reads `<base>/input/config/{hyperparameters,inputdataconfig,resourceconfig}.json`, unpacks the
+`sagemaker_submit_directory` into `<base>/code`, and runs `python <entry point> --name value ...`
+(names sorted) with the `SM_*` environment of `training_environment`. `<base>/model` becomes
+`model.tar.gz`.
 
-Serving: the container unpacks ``model.tar.gz`` into ``/opt/ml/model`` and imports the module named by
-``SAGEMAKER_PROGRAM`` from ``/opt/ml/model/code`` only. Without it the toolkit silently uses its defaults,
-whose ``model_fn`` is ``torch.jit.load("model.pt")``: a state_dict fails there. So every model archive the
-platform serves carries ``code/<entry point>`` (and ``code/requirements.txt``, which the container
-``pip install``\\ s at start-up).
+Serving: the container unpacks `model.tar.gz` into `/opt/ml/model` and imports the module named by
+`SAGEMAKER_PROGRAM` from `/opt/ml/model/code` only. Without it the toolkit silently uses its defaults,
+whose `model_fn` is `torch.jit.load("model.pt")`: a state_dict fails there. So every model archive the
+platform serves carries `code/<entry point>` (and `code/requirements.txt`, which the container
+`pip install`\\ s at start-up).
 
 Standard library only: the local backend's runtime (`resources.sagemaker.runtime`) imports it by path.
 """
@@ -55,7 +55,7 @@ class TransformSettingsError(ValueError):
 
 
 def encode_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, str]:
-    """As the SageMaker SDK sends them: every value JSON-encoded (``0.5`` -> ``"0.5"``, ``"a"`` -> ``'"a"'``)."""
+    """As the SageMaker SDK sends them: every value JSON-encoded (`0.5` -> `"0.5"`, `"a"` -> `'"a"'`)."""
     return {str(name): json.dumps(value) for name, value in hyperparameters.items()}
 
 
@@ -71,7 +71,7 @@ def decode_hyperparameters(encoded: Mapping[str, str]) -> dict[str, Any]:
 
 
 def framework_hyperparameters(entry_point: str, submit_directory: str, region: str) -> dict[str, str]:
-    """The ``sagemaker_*`` hyperparameters that tell the framework container what to run (JSON-encoded)."""
+    """The `sagemaker_*` hyperparameters that tell the framework container what to run (JSON-encoded)."""
     return {
         "sagemaker_program": json.dumps(entry_point),
         "sagemaker_submit_directory": json.dumps(submit_directory),
@@ -90,7 +90,7 @@ def _text(value: Any) -> str:
 
 
 def command_arguments(hyperparameters: Mapping[str, Any]) -> list[str]:
-    """``--name value`` pairs sorted by name, rendered as the toolkit does (``True`` stays ``True``)."""
+    """`--name value` pairs sorted by name, rendered as the toolkit does (`True` stays `True`)."""
     arguments = []
     for name in sorted(hyperparameters):
         value = hyperparameters[name]
@@ -121,7 +121,7 @@ def input_data_config(channels: Iterable[str]) -> dict[str, dict[str, str]]:
 
 def write_training_config(base_dir: Path, *, encoded_hyperparameters: Mapping[str, str], channels: Iterable[str],
                           instance_type: str) -> Path:
-    """The three files SageMaker mounts under ``<base>/input/config``; returns that folder."""
+    """The three files SageMaker mounts under `<base>/input/config`; returns that folder."""
     config_dir = Path(base_dir) / "input" / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "hyperparameters.json").write_text(json.dumps(dict(encoded_hyperparameters), indent=2))
@@ -131,9 +131,9 @@ def write_training_config(base_dir: Path, *, encoded_hyperparameters: Mapping[st
 
 
 def training_environment(base_dir: Path, *, job_name: str, num_cpus: int | None = None) -> dict[str, str]:
-    """The ``SM_*`` variables the training toolkit gives the entry point, from the files under `base_dir`.
+    """The `SM_*` variables the training toolkit gives the entry point, from the files under `base_dir`.
 
-    Mirrors ``sagemaker_training.environment.Environment.to_env_vars()`` for one CPU instance with the
+    Mirrors `sagemaker_training.environment.Environment.to_env_vars()` for one CPU instance with the
     PyTorch container's framework module; the contract test compares the two key by key.
     """
     base = Path(base_dir)
@@ -245,7 +245,7 @@ def inference_environment(entry_point: str = DEFAULT_INFERENCE_ENTRY_POINT, regi
 
 def check_model_archive(archive: Path, entry_point: str = DEFAULT_INFERENCE_ENTRY_POINT, name: str | None = None) -> list[str]:
     """The archive's member names, after checking the serving container can use it: a readable tar.gz with
-    ``code/<entry point>`` and no member that escapes the model folder."""
+    `code/<entry point>` and no member that escapes the model folder."""
     shown = name or str(archive)
     try:
         with tarfile.open(archive, "r:gz") as tar:

@@ -1,8 +1,8 @@
 """The SageMaker jobs interface: script-mode training and Batch Transform, and what both backends share.
 
-A training job takes a script-mode source folder (uploaded as ``sourcedir.tar.gz``, as the SDK does) and
-leaves ``model.tar.gz`` at ``<output prefix>/<job>/output/``; a transform job takes a ``model.tar.gz`` that
-carries its own ``code/inference.py`` (`containers.check_model_archive`) and writes ``<file>.out`` for every
+A training job takes a script-mode source folder (uploaded as `sourcedir.tar.gz`, as the SDK does) and
+leaves `model.tar.gz` at `<output prefix>/<job>/output/`; a transform job takes a `model.tar.gz` that
+carries its own `code/inference.py` (`containers.check_model_archive`) and writes `<file>.out` for every
 input file. Every training job leaves a record (`TrainingJob`) that `list_training_jobs` returns.
 """
 
@@ -139,7 +139,7 @@ def unpack_archive(archive: Path, directory: Path) -> Path:
 
 
 def shown_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, str]:
-    """Hyperparameters as a job record shows them: text as is, other values as JSON (``3``, ``0.5``, ``true``)."""
+    """Hyperparameters as a job record shows them: text as is, other values as JSON (`3`, `0.5`, `true`)."""
     return {name: value if isinstance(value, str) else json.dumps(value) for name, value in hyperparameters.items()}
 
 
@@ -159,7 +159,7 @@ def scrape_metrics(lines: Sequence[str], definitions: Sequence[MetricDefinition]
 
 
 class SageMakerJobs(dg.ConfigurableResource, ABC):
-    """Script-mode training and Batch Transform (``SAGEMAKER_BACKEND``: `LocalSageMakerJobs` runs them on this
+    """Script-mode training and Batch Transform (`SAGEMAKER_BACKEND`: `LocalSageMakerJobs` runs them on this
     machine under the containers' contract, `AwsSageMakerJobs` as SageMaker jobs)."""
 
     artifacts: ArtifactStore
@@ -196,8 +196,8 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
         """Run a training job; `channels` map channel names to artifact-store prefixes; hyperparameters are
         JSON values, sent JSON-encoded as the SDK sends them.
 
-        The model lands at ``<output_prefix>/<job_name>/output/model.tar.gz`` (SageMaker's layout) and is also
-        extracted locally (``TrainingJob.model_dir``) for the caller to publish.
+        The model lands at `<output_prefix>/<job_name>/output/model.tar.gz` (SageMaker's layout) and is also
+        extracted locally (`TrainingJob.model_dir`) for the caller to publish.
         """
         validate_job_name(job_name)
         if not (Path(source_dir) / entry_point).is_file():
@@ -231,8 +231,8 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
         log: Callable[[str], None] | None = None,
     ) -> TransformJob:
         """Batch Transform over every file under `input_prefix` with the model archive at `model_data_key`
-        (which must carry ``code/<entry_point>``); outputs are ``<file>.out`` under `output_prefix`. With
-        ``transform_instance_count`` > 1 the instances share the input files."""
+        (which must carry `code/<entry_point>`); outputs are `<file>.out` under `output_prefix`. With
+        `transform_instance_count` > 1 the instances share the input files."""
         validate_job_name(job_name)
         containers.check_transform_settings(split_type=split_type, batch_strategy=batch_strategy,
                                             max_payload_mb=max_payload_mb)
@@ -301,7 +301,7 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
             version=self.framework_version if scope == "training" else self.inference_framework_version)
 
     def upload_source(self, key: str, source_dir: Path) -> str:
-        """Pack a script-mode source folder as ``sourcedir.tar.gz`` at `key` in the artifact store; its URI."""
+        """Pack a script-mode source folder as `sourcedir.tar.gz` at `key` in the artifact store; its URI."""
         staging = scratch_dir("sourcedir")
         try:
             archive = pack_directory(source_dir, staging / "sourcedir.tar.gz")

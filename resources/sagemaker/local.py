@@ -1,11 +1,11 @@
 """The local SageMaker backend: the jobs run on this machine, under the contracts of the SageMaker containers.
 
-SageMaker local mode without Docker. Training: the source folder is uploaded as ``sourcedir.tar.gz`` and
-unpacked into ``<job>/code`` as the training toolkit does, the channels are copied to
-``<job>/input/data/<channel>``, ``<job>/input/config/*.json`` are written as SageMaker writes them, and the
-entry point runs with the toolkit's ``SM_*`` environment and arguments (`containers.training_environment`);
-``<job>/model`` is packed to ``model.tar.gz`` where SageMaker puts it. Batch Transform: the model archive is
-checked and unpacked, and its own ``code/inference.py`` serves the requests (`resources.sagemaker.runtime`),
+SageMaker local mode without Docker. Training: the source folder is uploaded as `sourcedir.tar.gz` and
+unpacked into `<job>/code` as the training toolkit does, the channels are copied to
+`<job>/input/data/<channel>`, `<job>/input/config/*.json` are written as SageMaker writes them, and the
+entry point runs with the toolkit's `SM_*` environment and arguments (`containers.training_environment`);
+`<job>/model` is packed to `model.tar.gz` where SageMaker puts it. Batch Transform: the model archive is
+checked and unpacked, and its own `code/inference.py` serves the requests (`resources.sagemaker.runtime`),
 one process per configured instance, each with its share of the input files.
 
 Differences from the containers, on purpose: requirements.txt is not installed (the platform's environment
@@ -79,7 +79,7 @@ def run_logged(command: list[str], *, env: dict[str, str], cwd: Path, log_path: 
 
 
 class LocalSageMakerJobs(SageMakerJobs):
-    """SageMaker jobs run on this machine (``SAGEMAKER_BACKEND=local``, the default)."""
+    """SageMaker jobs run on this machine (`SAGEMAKER_BACKEND=local`, the default)."""
 
     backend: ClassVar[str] = "local"
 

@@ -1,15 +1,15 @@
 """What runs inside the "container" of the local SageMaker backend; a subprocess per job (or per instance).
 
-``train``: runs the script-mode entry point as the training toolkit does (``python <entry point> --name
-value ...`` from the unpacked source folder, with the ``SM_*`` environment the backend prepared).
+`train`: runs the script-mode entry point as the training toolkit does (`python <entry point> --name
+value ...` from the unpacked source folder, with the `SM_*` environment the backend prepared).
 
-``transform``: serves the model as the PyTorch inference toolkit does for Batch Transform: the model folder
-is the unpacked ``model.tar.gz``, the handler module is ``code/<SAGEMAKER_PROGRAM>`` inside it and nothing
-else, ``model_fn(model_dir)`` runs once, then per request ``input_fn(body, content_type)`` ->
-``predict_fn(data, model)`` -> ``output_fn(prediction, accept)`` (or ``transform_fn``), with JSON and CSV
+`transform`: serves the model as the PyTorch inference toolkit does for Batch Transform: the model folder
+is the unpacked `model.tar.gz`, the handler module is `code/<SAGEMAKER_PROGRAM>` inside it and nothing
+else, `model_fn(model_dir)` runs once, then per request `input_fn(body, content_type)` ->
+`predict_fn(data, model)` -> `output_fn(prediction, accept)` (or `transform_fn`), with JSON and CSV
 bodies handed over as text and others as bytes. Requests are built from each input file as Batch Transform
-builds them (``SplitType``, ``BatchStrategy``, ``MaxPayloadInMB``) and the answers are assembled by line
-into ``<file>.out``.
+builds them (`SplitType`, `BatchStrategy`, `MaxPayloadInMB`) and the answers are assembled by line
+into `<file>.out`.
 
 In both, the platform's own packages cannot be imported: in SageMaker they do not exist, so code that
 needs them must fail here too. Standard library only, run by path with the platform's Python.
@@ -90,7 +90,7 @@ class HandlerError(Exception):
 
 
 def load_handlers(model_dir: Path, entry_point: str) -> dict:
-    """The handler functions of ``code/<entry_point>``, checked as the inference toolkit checks them."""
+    """The handler functions of `code/<entry_point>`, checked as the inference toolkit checks them."""
     code_dir = model_dir / containers.CODE_DIR
     if not (code_dir / entry_point).is_file():
         raise SystemExit(f"model.tar.gz has no {containers.CODE_DIR}/{entry_point}")

@@ -1,0 +1,176 @@
+"""Alerts for failed runs and failed checks: one message per run, with what a person needs (job, partition,
+error, failed checks, the run's link), none twice, none lost when the notifier fails, no credential in them;
+through the local notifier and through SNS on moto's server."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from mlops_assets.alerts import check_failure_alert_sensor, run_failure_alert_sensor
+from resources.notifier import LocalNotifier, SnsNotifier
+
+SECRET = "s3cr3t-Pa55word"
+DAILY = dg.DailyPartitionsDefinition(start_date="2026-11-01")
+
+
+@dg.asset(partitions_def=DAILY)
+def nightly_scores(context: dg.AssetExecutionContext) -> None:
+    if context.run.tags.get("fail") == "step":
+        raise RuntimeError(f"could not connect to postgresql://scorer:{SECRET}@db.internal:5432/bank")
+
+
+@dg.asset
+def batch() -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"rows": 10})
+
+
+@dg.asset_check(asset=batch)
+def batch_drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    drifted = context.run.tags.get("drift") == "yes"
+    return dg.AssetCheckResult(passed=not drifted, description="PSI of the score 0.31 (error above 0.25)" if drifted
+                               else None, metadata={"score_psi": 0.31 if drifted else 0.02})
+
+
+@dg.asset_check(asset=batch, blocking=True)
+def batch_not_empty(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=context.run.tags.get("empty") != "yes", description="no rows")
+
+
+@dg.asset(deps=[batch])
+def downstream() -> None:
+    pass
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def notifier(tmp_path):
+    return LocalNotifier(path=str(tmp_path / "alerts.jsonl"), backoff_seconds=0.01)
+
+
+@pytest.fixture(autouse=True)
+def settings(monkeypatch):
+    monkeypatch.setenv("DAGSTER_UI_URL", "https://dagster.example.com/")
+    monkeypatch.setenv("MLDP_ENV", "prod")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://scorer:{SECRET}@db.internal:5432/bank")
+
+
+class Alerts:
+    """Both alert sensors ticked as the daemon would, with their cursors kept."""
+
+    def __init__(self, instance, notifier):
+        self.instance, self.notifier, self.cursors = instance, notifier, {}
+
+    def tick(self, notifier=None) -> list[str]:
+        reasons = []
+        for sensor in (run_failure_alert_sensor, check_failure_alert_sensor):
+            with dg.build_sensor_context(instance=self.instance, cursor=self.cursors.get(sensor.name),
+                                         resources={"notifier": notifier or self.notifier}) as context:
+                result = sensor(context)
+            self.cursors[sensor.name] = result.cursor
+            reasons.append(result.skip_reason.skip_message if result.skip_reason else "")
+        return reasons
+
+
+def run(instance, assets, selection=None, tags=None, partition_key=None):
+    return dg.materialize(assets, selection=selection, instance=instance, tags=tags or {},
+                          partition_key=partition_key, raise_on_error=False)
+
+
+def test_a_failed_run_is_told_once_with_what_a_person_needs(instance, notifier):
+    alerts = Alerts(instance, notifier)
+    run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-20")  # before the sensors
+    alerts.tick()  # first tick: from here on (history is not news)
+    assert notifier.sent() == []
+
+    failed = run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-25")
+    assert not failed.success
+    alerts.tick()
+    [alert] = notifier.sent()
+    assert alert["subject"] == "[mldp prod] Run failed: __ephemeral_asset_job__ [2026-11-25]"
+    message = alert["message"]
+    assert f"Run: {failed.run_id} (FAILURE)" in message
+    assert "Partition: 2026-11-25" in message and "Assets: nightly_scores" in message
+    assert f"Open in Dagster: https://dagster.example.com/runs/{failed.run_id}" in message
+    assert "Step nightly_scores failed:" in message and "could not connect to postgresql://" in message
+    assert SECRET not in json.dumps(alert)  # the password of DATABASE_URL is masked
+
+    # a good run, and ticks after: nothing more
+    assert run(instance, [nightly_scores], partition_key="2026-11-24").success
+    alerts.tick()
+    alerts.tick()
+    assert len(notifier.sent()) == 1
+
+
+def test_failed_checks_are_told_once_per_run(instance, notifier):
+    alerts = Alerts(instance, notifier)
+    alerts.tick()
+    # a non-blocking check fails in a run that succeeds: one alert, from the check sensor
+    drifted = run(instance, [batch, batch_drift, batch_not_empty, downstream], tags={"drift": "yes"})
+    assert drifted.success
+    alerts.tick()
+    [alert] = notifier.sent()
+    assert alert["subject"] == "[mldp prod] 1 check(s) failed: __ephemeral_asset_job__"
+    assert f"Run: {drifted.run_id} (SUCCESS, with failed checks)" in alert["message"]
+    assert "Check batch_drift on batch did not pass (severity ERROR): PSI of the score 0.31" in alert["message"]
+    assert "score_psi: 0.31" in alert["message"]
+    assert "https://dagster.example.com/assets/batch?view=checks" in alert["message"]
+
+    # a blocking check fails: the run fails too, and the one alert (the failure's) carries both
+    blocked = run(instance, [batch, batch_drift, batch_not_empty, downstream], tags={"drift": "yes", "empty": "yes"})
+    assert not blocked.success
+    alerts.tick()
+    alerts.tick()
+    sent = notifier.sent()
+    assert len(sent) == 2
+    assert sent[1]["subject"] == "[mldp prod] Run failed: __ephemeral_asset_job__"
+    assert "Check batch_not_empty on batch did not pass" in sent[1]["message"]
+    assert "Check batch_drift on batch did not pass" in sent[1]["message"]
+
+    # a clean run: nothing
+    assert run(instance, [batch, batch_drift, batch_not_empty, downstream]).success
+    alerts.tick()
+    assert len(notifier.sent()) == 2
+
+
+def test_an_alert_the_notifier_could_not_send_is_sent_on_a_later_tick(instance, notifier, tmp_path):
+    alerts = Alerts(instance, notifier)
+    alerts.tick()
+    failed = run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-25")
+    broken = LocalNotifier(path=str(tmp_path / "alerts.jsonl"), webhook_url="http://127.0.0.1:9/hook",
+                           backoff_seconds=0.01)
+    reasons = alerts.tick(notifier=broken)
+    assert "alert not sent, retried on the next tick" in reasons[0] and "webhook is unreachable" in reasons[0]
+    assert notifier.sent() == []
+    alerts.tick()
+    [alert] = notifier.sent()
+    assert failed.run_id in alert["message"]
+    alerts.tick()
+    assert len(notifier.sent()) == 1
+
+
+def test_alerts_reach_sns_subscribers(instance, moto, boto_client):
+    sns, sqs = boto_client("sns"), boto_client("sqs")
+    topic = sns.create_topic(Name="mldp-prod-alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts-subscriber")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    alerts = Alerts(instance, SnsNotifier(topic_arn=topic, region_name="us-east-1", endpoint_url=moto))
+    alerts.tick()
+    failed = run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-25")
+    alerts.tick()
+    alerts.tick()
+    received = []
+    while batch_ := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
+        received += [json.loads(m["Body"]) for m in batch_]
+        sqs.delete_message_batch(QueueUrl=queue, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch_)])
+    [message] = received
+    assert message["Subject"] == "[mldp prod] Run failed: __ephemeral_asset_job__ [2026-11-25]"
+    assert f"https://dagster.example.com/runs/{failed.run_id}" in message["Message"]
+    assert SECRET not in message["Message"]
