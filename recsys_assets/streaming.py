@@ -28,8 +28,12 @@ from resources.metadata import artifact_link, count_table, tidy
 from resources.pgvector import PgVectorStore
 from resources.stream import EventStream, StreamRecord
 
-# end_offset=1: the hour in progress is a partition too, so its events are enriched while it lasts
-HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", timezone="UTC", end_offset=1)
+# One partition per hour that events arrived in (UTC, "2026-11-26-14:00"), added by session_events_sensor when it
+# archives the hour's first events: the catalogue lists the hours that have data, from wherever the stream
+# starts, with no empty hours before it or between bursts. The hour in progress is a partition as soon as it has
+# events, so they are enriched while it lasts.
+SESSION_HOURS = dg.DynamicPartitionsDefinition(name="session_hours")
+HOUR_FORMAT = "%Y-%m-%d-%H:%M"
 RAW_PREFIX = "raw_events"
 OUTPUT_PREFIX = "recommendations"
 DEAD_LETTER_PREFIX = "dead_letter"
@@ -45,6 +49,17 @@ def hour_partition(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d-%H:00")
 
 
+def partition_hour(partition: str) -> datetime:
+    """The hour a partition key names; a clear error for a key that is not one (added by hand, say)."""
+    try:
+        hour = datetime.strptime(partition, HOUR_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        hour = None
+    if hour is None or hour.minute != 0:
+        raise ValueError(f"partition {partition!r} of {SESSION_HOURS.name} is not an hour such as 2026-11-26-14:00 (UTC)")
+    return hour
+
+
 def _safe(sequence: str) -> str:
     return sequence.replace(":", "_")
 
@@ -58,14 +73,14 @@ def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str |
 
     A batch is named by shard and sequence range; an earlier batch of the same hour and shard starting at
     the same sequence (a tick that crashed before its cursor was kept, then read again) is replaced. Records
-    whose arrival is in no hourly partition (before the first one, or in the future) are dead-lettered under
+    whose arrival is in a future hour (a clock that runs ahead) are dead-lettered under
     `dead_letter/outside_partitions/` instead, with the reason, and counted under the key `None`.
     """
     groups: dict[tuple[str, str], list[StreamRecord]] = defaultdict(list)
     outside: list[StreamRecord] = []
     latest = datetime.now(timezone.utc)
     for record in records:
-        if HOURLY.start <= record.arrival and record.arrival.replace(minute=0, second=0, microsecond=0) <= latest:
+        if record.arrival.replace(minute=0, second=0, microsecond=0) <= latest:
             groups[(hour_partition(record.arrival), record.shard)].append(record)
         else:
             outside.append(record)
@@ -80,8 +95,8 @@ def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str |
         artifacts.delete(superseded)
         written[partition].append(key)
     if outside:
-        reason = (f"arrival outside the hourly partitions (from {HOURLY.start:%Y-%m-%d %H:00} to the current hour, UTC): "
-                  "no hour can hold it")
+        reason = (f"arrival in a future hour (after {latest:%Y-%m-%d %H:%M} UTC, when it was archived): no hour "
+                  "can hold it yet")
         key = join_key(DEAD_LETTER_PREFIX, "outside_partitions",
                        f"{outside[0].shard}-{_safe(outside[0].sequence)}-{_safe(outside[-1].sequence)}.jsonl")
         artifacts.write_text(key, "".join(json.dumps(dead_letter_line(r, reason)) + "\n" for r in outside))
@@ -159,7 +174,7 @@ class RecommendationsConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    partitions_def=HOURLY,
+    partitions_def=SESSION_HOURS,
     deps=["item_embeddings", "user_embeddings"],
     kinds={"pgvector", "json"},
     pool="recsys_recommendations",
@@ -170,7 +185,7 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
                     pgvector: PgVectorStore) -> dg.MaterializeResult:
     """One hour of session events enriched with recommended and similar items, in Firehose's layout:
     `recommendations/YYYY/MM/DD/HH/` (and `dead_letter/YYYY/MM/DD/HH/` with reasons)."""
-    hour = context.partition_time_window.start
+    hour = partition_hour(context.partition_key)
     records, duplicates = archived_records(artifacts, hour)
     version, outcome, latencies = enrich_with_live_model([(r, r.data) for r in records if not r.oversize_bytes],
                                                          artifacts, pgvector, config.k, config.batch_size)
@@ -233,6 +248,8 @@ def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStre
         context.log.warning(f"events arrived outside the hourly partitions: dead-lettered in {', '.join(outside)}")
     context.log.info(f"archived {len(records)} events for {len(written)} hour(s)")
     return dg.SensorResult(
+        # the hours become partitions (an hour that is one already is left as it is) before their runs start
+        dynamic_partitions_requests=[SESSION_HOURS.build_add_request(sorted(written))] if written else [],
         run_requests=[
             dg.RunRequest(partition_key=partition, run_key=f"{partition}|{'|'.join(keys)}",
                           tags={"events": str(sum(1 for r in records if hour_partition(r.arrival) == partition))})

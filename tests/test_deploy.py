@@ -375,6 +375,8 @@ def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datase
         with dg.build_sensor_context(instance=instance, resources={"events": resources.events,
                                                                    "artifacts": resources.artifacts}) as context:
             archived = session_events_sensor(context)
+        for request in archived.dynamic_partitions_requests:  # as the sensor daemon applies them
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         enriched = dead = 0
         for hour in archived.run_requests:
             result = run("recommendations_job", partition_key=hour.partition_key, tags=hour.tags)

@@ -40,11 +40,18 @@ def tick(stream, artifacts, cursor=None):
     return result, result.cursor
 
 
+def hour_instance(partition: str) -> dg.DagsterInstance:
+    """An instance where `partition` is an hour of `session_hours`, as the sensor's tick leaves it."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(streaming.SESSION_HOURS.name, [partition])
+    return instance
+
+
 def materialize_hour(world, partition, config=None):
     return dg.materialize([recsys.embeddings_tables, recsys.recommendations],
                           selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
                           resources={"artifacts": world["artifacts"], "pgvector": world["store"], "registry": None},
-                          run_config=config)
+                          run_config=config, instance=hour_instance(partition))
 
 
 def read_lines(artifacts, key):
@@ -156,7 +163,8 @@ def test_after_a_model_change_an_hour_is_recomputed_with_the_new_version(world, 
         publish_and_load(world["frame"], artifacts, store, "stream-v2", epochs=20, seed=11)
         outcome = dg.materialize([recsys.embeddings_tables, recsys.recommendations],
                                  selection=dg.AssetSelection.assets(recsys.recommendations), partition_key=partition,
-                                 resources={"artifacts": artifacts, "pgvector": store, "registry": None})
+                                 resources={"artifacts": artifacts, "pgvector": store, "registry": None},
+                                 instance=hour_instance(partition))
         assert outcome.asset_materializations_for_node("recommendations")[0].metadata["model_version"].value == "stream-v2"
         records = read_lines(artifacts, hour_files(partition)[0])
         assert {r["enrichment"]["model_version"] for r in records} == {"stream-v2"}
@@ -228,10 +236,10 @@ def _is_good(payload: bytes) -> bool:
     return True
 
 
-def test_events_outside_the_hourly_partitions_are_dead_lettered_by_the_sensor(world, tmp_path):
-    """An event from before the first partition (an old segment, a long-retention Kinesis stream) or from
-    the future (a writer's clock) has no hour to go to: the sensor dead-letters it and goes on, instead of
-    failing every tick on a partition that does not exist."""
+def test_old_hours_become_partitions_and_future_ones_are_dead_lettered_by_the_sensor(world, tmp_path):
+    """An event from long ago (an old segment, a long-retention Kinesis stream) gets its hour as a partition;
+    one from the future (a writer's clock) has no hour to go to yet: the sensor dead-letters it and goes on,
+    instead of failing every tick on a partition that cannot exist."""
     stream = LocalEventStream(root=str(tmp_path / "stream"))
     artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
     produce(stream, world, 5, seed=14)
@@ -242,10 +250,15 @@ def test_events_outside_the_hourly_partitions_are_dead_lettered_by_the_sensor(wo
     produce(stream, world, 5, seed=15)
     result, cursor = tick(stream, artifacts)
     archived = sum(len(artifacts.read_text(i.key).splitlines()) for i in artifacts.list("raw_events/"))
-    assert archived == 10 and result.run_requests
+    assert archived == 11 and result.run_requests
+    assert "2025-06-01-10:00" in {r.partition_key for r in result.run_requests}
+    # every requested hour is added as a partition by the same tick, the old one included
+    [added] = result.dynamic_partitions_requests
+    assert added.partitions_def_name == "session_hours"
+    assert set(added.partition_keys) == {r.partition_key for r in result.run_requests}
     [outside] = artifacts.list("dead_letter/outside_partitions/")
     letters = read_lines(artifacts, outside.key)
-    assert [letter["arrival"][:4] for letter in letters] == ["2025", "2999"]
-    assert all(letter["reason"].startswith("arrival outside the hourly partitions") for letter in letters)
+    assert [letter["arrival"][:4] for letter in letters] == ["2999"]
+    assert letters[0]["reason"].startswith("arrival in a future hour")
     again, _ = tick(stream, artifacts, cursor)
     assert not again.run_requests
