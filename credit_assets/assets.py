@@ -20,7 +20,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from credit_assets import customer_store, scoring, training_data
+from credit_assets import customer_store, drift, scoring, training_data
 from credit_assets.batches import (
     DECISIONS_FILE,
     ELIGIBLE_FILE,
@@ -36,6 +36,7 @@ from credit_assets.batches import (
 from credit_assets.model_code import scorecard
 from credit_assets.policy import APPROVED, LimitPolicy, decide_limits
 from resources.artifacts import ArtifactStore, join_key
+from resources import freshness
 from resources.datasets import ReferenceDatasets
 from resources.metadata import artifact_link, count_table, markdown_mapping, markdown_table, metrics_table, tidy
 from resources.model_registry import ModelRegistry
@@ -129,7 +130,8 @@ TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.
 }
 
 
-@dg.asset(group_name=GROUP, deps=[credit_training_data], kinds={"torch", "sagemaker"})
+@dg.asset(group_name=GROUP, deps=[credit_training_data], kinds={"torch", "sagemaker"},
+          freshness_policy=freshness.training_cadence())
 def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, sagemaker: SageMakerJobs,
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The credit scorecard: a torch logistic regression on the application features, scaled to points.
@@ -265,7 +267,12 @@ class CreditScoresConfig(dg.Config):
 
 # the model files come from credit_model, the choice of version from the registry
 @dg.asset(group_name=GROUP, deps=[eligible_customers, credit_model, "model_registry"], kinds={"torch", "sagemaker"},
-          pool=SCORING_POOL)
+          pool=SCORING_POOL, check_specs=[dg.AssetCheckSpec(
+              "score_drift", asset="credit_scores",
+              description="Population stability index of each feature and of the score, between the model's training "
+                          "data (the applications it scores at the batch's minimum current score or above) and the "
+                          "customers this batch scored: WARN from DRIFT_PSI_WARN (0.1), ERROR from DRIFT_PSI_ERROR "
+                          "(0.25). The indices are also plotted on this asset's metadata.")])
 def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig, sagemaker: SageMakerJobs,
                   artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """New scorecard points and decline probability for each eligible customer of the run's batch, from the
@@ -277,7 +284,7 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
     Customers with a category value the model never saw are skipped and counted per column.
     """
     upstream = batch_step(context, "eligible_customers")
-    eligible, _meta = read_step_file(artifacts, upstream, ELIGIBLE_FILE)
+    eligible, eligible_meta = read_step_file(artifacts, upstream, ELIGIBLE_FILE)
     batch_id, run_id = upstream.batch_id, context.run.run_id
     package = registry.resolve("credit", config.model_version)
     manifest = read_manifest(artifacts, MODEL_PREFIX, package.model_version if package else config.model_version)
@@ -304,9 +311,13 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
         scored = scoring.read_transform_output(
             [(artifacts.uri(k), artifacts.read_bytes(k)) for k in job.output_keys if k.endswith(".out")])
     scores = scoring.attach_scores(scorable, scored)
+    psi, drift_check, validation_counts = drift.score_drift(
+        artifacts, MODEL_PREFIX, version, drift.selection(eligible_meta.get("filter")),
+        eligible[eligible["customer_id"].isin(scores["customer_id"])], scores["new_score"])
     uri = write_batch_file(artifacts, batch_id, SCORES_FILE, scores, run_id=run_id, model_version=version,
                            skipped=json.dumps(skipped_counts), transform_job=job_name or "",
-                           eligible_run_id=upstream.run_id)
+                           eligible_run_id=upstream.run_id,
+                           validation_score_counts=json.dumps(validation_counts) if validation_counts else "")
     distribution = scorecard.score_distribution(scores["new_score"].to_numpy()) if len(scores) else {}
     return dg.MaterializeResult(
         metadata=tidy({
@@ -319,8 +330,10 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
             "transform_job": job_name or "(nothing to score)",
             "score_distribution": dg.MetadataValue.md(markdown_mapping(distribution, "statistic", "score")),
             "mean_decline_probability": float(scores["probability"].mean()) if len(scores) else 0.0,
+            **psi,
             "uri": artifact_link(uri),
-        })
+        }),
+        check_results=[drift_check],
     )
 
 
@@ -352,7 +365,11 @@ class LimitPolicyConfig(dg.Config):
     max_limit: int = 20_000
 
 
-@dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"}, pool=SCORING_POOL)
+@dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"}, pool=SCORING_POOL, check_specs=[dg.AssetCheckSpec(
+    "approval_rate_drift", asset="limit_decisions",
+    description="The batch's approval rate against the share of the model's Validation applications (those it "
+                "scores at the batch's minimum current score or above) at the policy's approval score or above: WARN "
+                "from a difference of DRIFT_APPROVAL_RATE_WARN (0.10), ERROR from DRIFT_APPROVAL_RATE_ERROR (0.20).")])
 def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig,
                     artifacts: ArtifactStore) -> dg.MaterializeResult:
     """APPROVED / DECLINED with the new limit and the reason, per scored customer of the run's batch (the
@@ -365,6 +382,9 @@ def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig
     uri = write_batch_file(artifacts, batch_id, DECISIONS_FILE, decisions, run_id=context.run.run_id,
                            model_version=version, policy=json.dumps(policy.as_dict()), scores_run_id=upstream.run_id)
     summary = evaluation_summary(decisions, batch_id, version, policy.as_dict())
+    counts = json.loads(meta["validation_score_counts"]) if meta.get("validation_score_counts") else None
+    rates, drift_check = drift.approval_rate_drift(counts, decisions, policy.approve_min_score,
+                                                   decisions["decision"] == APPROVED)
     return dg.MaterializeResult(
         metadata=tidy({
             "batch_id": batch_id,
@@ -372,12 +392,14 @@ def limit_decisions(context: dg.AssetExecutionContext, config: LimitPolicyConfig
             "approved": summary["approved"],
             "declined": summary["declined"],
             "approval_rate": summary["approval_rate"],
+            **rates,
             "total_limit_increase": summary["total_limit_increase"],
             "policy": dg.MetadataValue.md(markdown_mapping(policy.as_dict(), "setting", "value")),
             "preview": dg.MetadataValue.md(markdown_table(
                 decisions[["customer_id", "new_score", "current_limit", "new_limit", "decision", "reason"]])),
             "uri": artifact_link(uri),
-        })
+        }),
+        check_results=[drift_check],
     )
 
 

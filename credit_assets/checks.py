@@ -1,4 +1,5 @@
-"""Asset checks of the credit scoring batch: policy, exactly-once decisions, reconciled counts.
+"""Asset checks of the credit scoring batch: policy, exactly-once decisions, reconciled counts (the drift
+checks are computed by their assets: `credit_assets.drift`).
 
 Each check looks at the batch its own run worked on (`credit_assets.batches.batch_step`): the files that
 run's steps wrote, and the audit rows written under that run's id, so a run that wrote back another

@@ -9,6 +9,7 @@ import dagster as dg
 
 from credit_assets.jobs import credit_scoring_job, credit_scoring_run_config, credit_training_job
 from resources.model_registry import ModelRegistry, RegistryError
+from resources.schedules import retraining_schedule
 from resources.settings import PlatformSettings
 
 _settings = PlatformSettings.from_env()
@@ -36,15 +37,7 @@ def credit_scoring_schedule(context: dg.ScheduleEvaluationContext, registry: Mod
     )
 
 
-credit_retraining_schedule = dg.ScheduleDefinition(
-    name="credit_retraining_schedule",
-    cron_schedule=_settings.credit_retraining_cron,
-    execution_timezone=_settings.schedule_timezone,
-    job=credit_training_job,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description=(
-        f"Retrain the scorecard on the current training data (`CREDIT_RETRAINING_CRON`, now "
-        f"`{_settings.credit_retraining_cron}` in {_settings.schedule_timezone}). Off until started: each new "
-        "version waits for a person's approval before it scores."
-    ),
-)
+credit_retraining_schedule = retraining_schedule(
+    "credit_retraining_schedule", credit_training_job, "CREDIT_RETRAINING_CRON",
+    "Retrain the scorecard on the current training data; each new version waits for a person's approval before "
+    "it scores")

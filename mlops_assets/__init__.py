@@ -3,7 +3,7 @@ pipeline exported to SageMaker Pipelines."""
 
 import dagster as dg
 
-from mlops_assets.alerts import check_failure_alert_sensor, run_failure_alert_sensor
+from mlops_assets.alerts import check_failure_alert_sensor, freshness_alert_sensor, run_failure_alert_sensor
 from mlops_assets.approval import model_approval_job
 from mlops_assets.notifications import model_registry_sensor
 from mlops_assets.sagemaker_pipeline import credit_sagemaker_pipeline_job
@@ -21,5 +21,6 @@ model_registry = dg.AssetSpec(
 defs = dg.Definitions(
     assets=[model_registry, training_runs],
     jobs=[model_approval_job, training_runs_job, credit_sagemaker_pipeline_job],
-    sensors=[model_registry_sensor, training_jobs_sensor, run_failure_alert_sensor, check_failure_alert_sensor],
+    sensors=[model_registry_sensor, training_jobs_sensor, run_failure_alert_sensor, check_failure_alert_sensor,
+             freshness_alert_sensor],
 )

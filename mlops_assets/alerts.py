@@ -1,5 +1,6 @@
-"""Alerts to people when something needs them: a run that failed, and a run that finished with a failed asset
-check, each told once, through the same notifier as the model approvals (SNS, or the local log/webhook).
+"""Alerts to people when something needs them: a run that failed, a run that finished with a failed asset
+check, each told once, and an asset that went stale, through the same notifier as the model approvals (SNS,
+or the local log/webhook).
 
 Both sensors read Dagster's run status changes (`DagsterInstance.fetch_run_status_changes`) after their
 cursor, one kind each: `run_failure_alert_sensor` the failures, `check_failure_alert_sensor` the successes
@@ -12,12 +13,17 @@ failed check's description and numbers) and the run's link in the UI (`DAGSTER_U
 a run only once its message is sent: a notifier that fails (after its retries) is reported on the tick and the
 same run is tried again on the next one. The first tick of a new deployment starts after the latest change, so
 history is not told again. Credentials of the settings are masked in every message.
+
+`freshness_alert_sensor` reads the freshness state Dagster's freshness daemon keeps for each asset with a
+freshness policy (`resources.freshness`) and tells each change to WARN or FAIL, and the return to PASS after
+one, once.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import dagster as dg
@@ -182,3 +188,76 @@ check_failure_alert_sensor = run_alert_sensor(
     "(drift, reconciliation): each check's description and numbers and the links in the UI. A failed run's "
     "checks are in its failure alert instead.",
 )
+
+
+# What to do when an asset is stale, by asset (the default: look at what should have materialised it).
+STALE_HINTS = {
+    "recommendations": "Are events arriving (session_events_sensor's ticks) and is recommendations_automation_sensor "
+                       "running? A quiet stream makes this stale too: widen FRESHNESS_RECOMMENDATIONS_HOURS if so.",
+    "item_embeddings": "No model version was loaded lately: train one (recsys_training_job, or start "
+                       "recsys_retraining_schedule) and approve it; the approval loads the embeddings.",
+    "user_embeddings": "No model version was loaded lately: train one and approve it.",
+    "credit_model": "The scorecard was not retrained lately: run credit_training_job or start "
+                    "credit_retraining_schedule.",
+    "recsys_model": "The recommender was not retrained lately: run recsys_training_job or start "
+                    "recsys_retraining_schedule.",
+    "training_runs": "No training job was synced lately: is training_jobs_sensor running, and did any training "
+                     "job complete?",
+}
+TOLD_STATES = ("WARN", "FAIL")
+
+
+def freshness_message(key: str, state: str, previous: str | None, since: datetime, policy, ui_url: str,
+                      environment: str) -> tuple[str, str]:
+    """(subject, message) for an asset whose freshness state changed to `state`."""
+    asset_url = f"{ui_url}/assets/{quote(key)}"
+    if state == "PASS":
+        return (f"[mldp {environment}] Fresh again: {key}"[:100],
+                f"{key} is fresh again (it was {previous}) since {since:%Y-%m-%d %H:%M} UTC.\n{asset_url}\n")
+    window = policy.fail_window.to_timedelta() if policy is not None else None
+    subject = f"[mldp {environment}] {'Stale' if state == 'FAIL' else 'Getting stale'}: {key}"
+    lines = [
+        f"{key} is {state} since {since:%Y-%m-%d %H:%M} UTC"
+        + (f": not materialised within {window} (its freshness policy)" if window and state == "FAIL" else "")
+        + (f": close to its window of {window}" if window and state == "WARN" else "") + ".",
+        STALE_HINTS.get(key, "Check the schedule, sensor or person that materialises it."),
+        f"Open in Dagster: {asset_url}",
+    ]
+    return subject[:100], "\n".join(lines) + "\n"
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Tells people when an asset with a freshness policy turns WARN or FAIL (Dagster's freshness "
+                       "daemon evaluates the policies), and when it is fresh again, once per change, through SNS or "
+                       "the local notifier.")
+def freshness_alert_sensor(context: dg.SensorEvaluationContext, notifier: Notifier) -> dg.SensorResult:
+    settings = PlatformSettings.from_env()
+    graph = context.repository_def.asset_graph
+    policies = {node.key: node.freshness_policy for node in graph.asset_nodes if node.freshness_policy}
+    told: dict[str, str] = json.loads(context.cursor)["told"] if context.cursor else {}
+    records = context.instance.get_freshness_state_records(list(policies))
+    sent, failure = [], None
+    for key in sorted(policies, key=lambda k: k.to_user_string()):
+        record = records.get(key)
+        if record is None:
+            continue
+        name, state = key.to_user_string(), record.freshness_state.value
+        previous = told.get(name, "PASS")
+        worth_telling = (state in TOLD_STATES and state != previous) or (state == "PASS" and previous in TOLD_STATES)
+        if worth_telling:
+            since = record.updated_at if record.updated_at.tzinfo else record.updated_at.replace(tzinfo=timezone.utc)
+            subject, body = freshness_message(name, state, previous, since, policies[key], settings.dagster_ui_url,
+                                              settings.environment)
+            try:
+                notifier.publish(subject, body)
+            except NotificationError as exc:
+                failure = f"{name} ({state}): {exc}"
+                context.log.error(f"freshness alert not sent, it will be retried on the next tick: {failure}")
+                continue  # told stays as it was: tried again next tick
+            sent.append(f"{name} {state}")
+        if state in ("PASS", *TOLD_STATES):
+            told[name] = state
+    cursor = json.dumps({"told": told}, sort_keys=True)
+    reason = (f"told: {', '.join(sent)}" if sent else "no freshness change to tell") + (
+        f"; not sent, retried next tick: {failure}" if failure else "")
+    return dg.SensorResult(skip_reason=reason, cursor=cursor)

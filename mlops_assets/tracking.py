@@ -15,6 +15,7 @@ import time
 import dagster as dg
 import pandas as pd
 
+from resources import freshness
 from resources.metadata import markdown_table, tidy_number
 from resources.sagemaker import SageMakerJobs, TrainingJob
 from resources.tracking import InputDataset, TrackedRun, TrackingStore
@@ -69,7 +70,7 @@ class TrainingRunsConfig(dg.Config):
     job_names: list[str] = []  # the jobs to look at (the sensor names the new ones); empty: every completed job
 
 
-@dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"})
+@dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"}, freshness_policy=freshness.training_cadence())
 def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig, sagemaker: SageMakerJobs,
                   tracking: TrackingStore) -> dg.MaterializeResult:
     """Completed training jobs that opted in (tag `MODEL_DB_SYNC`), recorded once each in the tracking

@@ -2,7 +2,7 @@
 
 credit:  train -> registered (notification) -> approved (notification) -> scoring batch requested and run
 recsys:  train -> registered (notification) -> approved (notification) -> embeddings reload requested and run
-         -> session events produced -> archived by the sensor -> an hour of recommendations
+         -> session events produced -> archived by the sensor -> an hour of recommendations (automation)
 mlops:   completed training jobs synced into the tracking tables
 
 Jobs are launched from the code location that `mldp dev` loads (workspace.yaml) into the instance in
@@ -163,7 +163,8 @@ class DemoFlow:
         payloads = make_events(products["productcode"].tolist(), customers, events, broken_fraction=0.05)
         self.resources.events.put(payloads)
         print(f"\nstreaming: produced {len(payloads)} session events into {self.resources.events.describe()}")
-        for run_id in self.runner.tick("session_events_sensor"):  # one run per hour the events fell in
+        self.runner.tick("session_events_sensor")  # archives the events, by hour
+        for run_id in self.runner.tick("recommendations_automation_sensor"):  # one run per hour the events fell in
             if not self.finish(run_id):
                 continue
             hour = self.runner.instance.get_run_by_id(run_id).tags.get("dagster/partition")

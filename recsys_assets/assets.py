@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from recsys_assets import embeddings, ratings_etl
+from resources import freshness
 from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import artifact_link, markdown_mapping, metrics_table, tidy
 from resources.model_registry import ModelRegistry
@@ -127,7 +128,8 @@ class RecsysModelConfig(dg.Config):
     seed: int = 7
 
 
-@dg.asset(group_name=GROUP, deps=[ratings_training_data, recsys_catalog], kinds={"torch", "sagemaker"})
+@dg.asset(group_name=GROUP, deps=[ratings_training_data, recsys_catalog], kinds={"torch", "sagemaker"},
+          freshness_policy=freshness.training_cadence())
 def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, sagemaker: SageMakerJobs,
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
     """The two-tower recommender, trained as a SageMaker script-mode job (`recsys_assets/model_code`) and
@@ -199,11 +201,11 @@ TABLE_FILES = {"item_embeddings": embeddings.ITEM_FILE, "user_embeddings": embed
 @dg.multi_asset(
     specs=[
         dg.AssetSpec("item_embeddings", group_name=GROUP, deps=[recsys_model, "model_registry"],
-                     kinds={"postgres", "pgvector"},
+                     kinds={"postgres", "pgvector"}, freshness_policy=freshness.training_cadence(),
                      description="`item_emb (id varchar primary key, embedding vector(32))` with an HNSW cosine "
                                  "index, from a model version's `embeddings/item_embeddings.csv`."),
         dg.AssetSpec("user_embeddings", group_name=GROUP, deps=[recsys_model, "model_registry"],
-                     kinds={"postgres", "pgvector"},
+                     kinds={"postgres", "pgvector"}, freshness_policy=freshness.training_cadence(),
                      description="`user_emb (id int primary key, embedding vector(32))` with an HNSW cosine "
                                  "index, from a model version's `embeddings/user_embeddings.csv`."),
     ],

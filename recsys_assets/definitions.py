@@ -14,13 +14,19 @@ from recsys_assets.assets import (
 )
 from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_retraining_schedule, recsys_training_job
 from recsys_assets.sensors import model_artifacts_sensor
-from recsys_assets.streaming import recommendations, recommendations_job, session_events_sensor
+from recsys_assets.streaming import (
+    recommendations,
+    recommendations_automation_sensor,
+    recommendations_job,
+    session_events,
+    session_events_sensor,
+)
 
 defs = dg.Definitions(
     assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,
-            embeddings_tables, recommendations],
+            embeddings_tables, session_events, recommendations],
     asset_checks=[ratings_training_data_not_empty],
     jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
-    sensors=[model_artifacts_sensor, session_events_sensor],
+    sensors=[model_artifacts_sensor, session_events_sensor, recommendations_automation_sensor],
     schedules=[recsys_retraining_schedule],
 )

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from recsys_assets.assets import embeddings_tables, ratings_training_data, recsys_catalog, recsys_model
-from resources.settings import PlatformSettings
+from resources.schedules import retraining_schedule
 
 recsys_training_job = dg.define_asset_job(
     "recsys_training_job",
@@ -29,16 +29,7 @@ def embeddings_run_config(version: str) -> dg.RunConfig:
     return dg.RunConfig({"embeddings_tables": EmbeddingsVersionConfig(version=version)})
 
 
-_settings = PlatformSettings.from_env()
-recsys_retraining_schedule = dg.ScheduleDefinition(
-    name="recsys_retraining_schedule",
-    cron_schedule=_settings.recsys_retraining_cron,
-    execution_timezone=_settings.schedule_timezone,
-    job=recsys_training_job,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description=(
-        f"Re-extract the ratings and retrain the two-tower model (`RECSYS_RETRAINING_CRON`, now "
-        f"`{_settings.recsys_retraining_cron}` in {_settings.schedule_timezone}). Off until started: each new "
-        "version loads into the embeddings tables once a person approves it."
-    ),
-)
+recsys_retraining_schedule = retraining_schedule(
+    "recsys_retraining_schedule", recsys_training_job, "RECSYS_RETRAINING_CRON",
+    "Re-extract the ratings and retrain the two-tower model; each new version loads into the embeddings tables "
+    "once a person approves it")

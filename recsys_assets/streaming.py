@@ -5,9 +5,12 @@ Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
 
 1. `session_events_sensor` reads new events since its cursor (the stream checkpoint), archives them as raw
    batches under `raw_events/YYYY/MM/DD/HH/<shard>-<first>-<last>.jsonl` (a replay from the same
-   checkpoint rewrites the same batch), and only then returns its new cursor, with a run request for each
-   hour the batch touched.
-2. `recommendations` (hourly partitions) recomputes one hour from that hour's archived events and the live
+   checkpoint rewrites the same batch), and only then returns its new cursor, adding each hour the batch
+   touched as a partition of `session_events` and recording it as materialised.
+2. `recommendations` follows `session_events`: its automation condition (`FOLLOWS_ARCHIVED_EVENTS`, evaluated
+   by `recommendations_automation_sensor`) requests an hour whose archived events changed since that hour was
+   last requested, once the embeddings tables are live and nothing it reads is being written. The hour is
+   recomputed from that hour's archived events and the live
    embeddings, in micro-batches, and replaces `recommendations/YYYY/MM/DD/HH/recommendations-<hour>.jsonl`
    and `dead_letter/YYYY/MM/DD/HH/dead-letter-<hour>.jsonl` in one write each. Events are deduplicated by
    (shard, sequence), so a crash anywhere loses nothing and duplicates nothing, and re-materialising an hour
@@ -15,6 +18,7 @@ Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
 """
 
 import json
+import warnings
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -23,9 +27,11 @@ import numpy as np
 
 from recsys_assets import embeddings, enrichment
 from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, load_user_tower
+from resources import drift, freshness
 from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import artifact_link, count_table, tidy
 from resources.pgvector import PgVectorStore
+from resources.settings import PlatformSettings
 from resources.stream import EventStream, StreamRecord
 
 # One partition per hour that events arrived in (UTC, "2026-11-26-14:00"), added by session_events_sensor when it
@@ -167,6 +173,30 @@ def count_lines(artifacts: ArtifactStore, key: str) -> int:
     return len(artifacts.read_text(key).splitlines()) if artifacts.exists(key) else 0
 
 
+session_events = dg.AssetSpec(
+    "session_events",
+    group_name=GROUP,
+    partitions_def=SESSION_HOURS,
+    kinds={"json"},
+    description="Session events as they arrived on the stream (Kinesis, or the local stream), archived by "
+                "`session_events_sensor` under `raw_events/YYYY/MM/DD/HH/` in batches named by shard and sequence "
+                "range: one partition per hour that has events, materialised each time new events of the hour are "
+                "archived.",
+)
+
+# An hour is enriched again when new events of it were archived (not when the embeddings change: a new model
+# applies to the hours that come, and an old hour is re-enriched by materialising it by hand), once the
+# embeddings tables exist and while neither the hour nor what it reads is being written.
+FOLLOWS_ARCHIVED_EVENTS = (
+    (dg.AutomationCondition.newly_missing()
+     | dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(session_events.key))
+     ).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("new events of the hour archived")
+
+
 class RecommendationsConfig(dg.Config):
     k: int = DEFAULT_K
     batch_size: int = 500
@@ -175,11 +205,19 @@ class RecommendationsConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     partitions_def=SESSION_HOURS,
-    deps=["item_embeddings", "user_embeddings"],
+    deps=[session_events, "item_embeddings", "user_embeddings"],
     kinds={"pgvector", "json"},
+    automation_condition=FOLLOWS_ARCHIVED_EVENTS,
+    freshness_policy=freshness.hourly_recommendations(),
     pool="recsys_recommendations",
-    check_specs=[dg.AssetCheckSpec("events_reconcile", asset="recommendations",
-                                   description="events in = enriched + dead-lettered, counted in the written files")],
+    check_specs=[
+        dg.AssetCheckSpec("events_reconcile", asset="recommendations",
+                          description="events in = enriched + dead-lettered, counted in the written files"),
+        dg.AssetCheckSpec("recommendations_drift", asset="recommendations",
+                          description="Catalogue coverage and score distribution of the hour's recommendations, and "
+                                      "the share of events from cities and countries the model never saw "
+                                      "(DRIFT_COVERAGE_*, DRIFT_UNSEEN_*)."),
+    ],
 )
 def recommendations(context: dg.AssetExecutionContext, config: RecommendationsConfig, artifacts: ArtifactStore,
                     pgvector: PgVectorStore) -> dg.MaterializeResult:
@@ -203,6 +241,8 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
             artifacts.delete([key])
     written, dead_written = count_lines(artifacts, output_key), count_lines(artifacts, dead_key)
     reconciled = len(records) == written + dead_written
+    catalogue = pgvector.row_count(pgvector.item_table) if outcome.records else 0
+    drift_numbers, drift_check = recommendations_drift([record for _r, record in outcome.records], catalogue, config.k)
     return dg.MaterializeResult(
         metadata=tidy({
             "hour": stamp,
@@ -216,28 +256,100 @@ def recommendations(context: dg.AssetExecutionContext, config: RecommendationsCo
             "batch_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else 0.0,
             "batch_p99_ms": round(float(np.percentile(latencies, 99)), 2) if latencies else 0.0,
             "dead_letter_reasons": count_table(dict(reasons), "reason", "events"),
+            **{name: value for name, value in drift_numbers.items() if name != "events_enriched"},
             "output": artifact_link(artifacts.uri(output_key)),
         }),
-        check_results=[dg.AssetCheckResult(
-            check_name="events_reconcile", passed=reconciled,
-            metadata={"events_in": len(records), "enriched_in_file": written, "dead_lettered_in_file": dead_written},
-        )],
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="events_reconcile", passed=reconciled,
+                metadata={"events_in": len(records), "enriched_in_file": written, "dead_lettered_in_file": dead_written},
+            ),
+            drift_check,
+        ],
+    )
+
+
+def recommendations_drift(records: list[dict], catalogue: int, k: int) -> tuple[dict, dg.AssetCheckResult]:
+    """How the hour's recommendations look next to the catalogue and the training data: (the numbers, also
+    the asset's metadata so the UI plots them hour after hour; the `recommendations_drift` check's result).
+
+    - `catalogue_coverage`: distinct items recommended / items in the live catalogue; judged as
+      `coverage_of_possible`, distinct items / the most the hour could show (min(catalogue, events x k)), so a
+      quiet hour is not a low one. A model that recommends the same few items to everyone drives it down.
+    - `score_*`: the cosine similarity of the recommended items (mean, 10th, 50th, 90th percentile).
+    - `unseen_city_share`, `unseen_country_share`: events whose city or country the model never saw (their
+      features are ignored, so they get the recommendations of an average customer).
+    """
+    settings = PlatformSettings.from_env()
+    events = len(records)
+    items = {item["id"] for record in records for item in record["recommended_items"]}
+    scores = np.array([item["score"] for record in records for item in record["recommended_items"]], dtype=float)
+    notes = [" ".join(record["enrichment"]["notes"]) for record in records]
+    unseen = {name: sum(f"{name} " in n and "not seen in training" in n for n in notes) / events if events else 0.0
+              for name in ("city", "country")}
+    possible = min(catalogue, events * k)
+    metadata = tidy({
+        "events_enriched": events,
+        "distinct_items_recommended": len(items),
+        "catalogue_items": catalogue,
+        "catalogue_coverage": len(items) / catalogue if catalogue else 0.0,
+        "coverage_of_possible": len(items) / possible if possible else 0.0,
+        **({f"score_{name}": float(value) for name, value in (
+            ("mean", scores.mean()), ("p10", np.percentile(scores, 10)), ("p50", np.percentile(scores, 50)),
+            ("p90", np.percentile(scores, 90)))} if len(scores) else {}),
+        "unseen_city_share": unseen["city"],
+        "unseen_country_share": unseen["country"],
+    })
+    if events < settings.drift_min_sample:
+        return metadata, dg.AssetCheckResult(
+            check_name="recommendations_drift", passed=True, metadata=metadata,
+            description=f"not judged: {events} events enriched, fewer than DRIFT_MIN_SAMPLE ({settings.drift_min_sample})")
+    coverage = drift.Thresholds(*settings.drift_coverage, higher_is_worse=False)
+    shares = drift.Thresholds(*settings.drift_unseen)
+    findings = {
+        f"coverage of the possible {metadata['coverage_of_possible']} (warn at {coverage.warn}, error at "
+        f"{coverage.error})": coverage.level(metadata["coverage_of_possible"]),
+        **{f"unseen {name} share {metadata[f'unseen_{name}_share']} (warn from {shares.warn}, error from "
+           f"{shares.error})": shares.level(metadata[f"unseen_{name}_share"]) for name in ("city", "country")},
+    }
+    level = drift.worst(list(findings.values()))
+    flagged = [text for text, found in findings.items() if found]
+    return metadata, dg.AssetCheckResult(
+        check_name="recommendations_drift", passed=level is None, metadata=metadata,
+        severity=dg.AssetCheckSeverity.ERROR if level == "ERROR" else dg.AssetCheckSeverity.WARN,
+        description="; ".join(flagged) if flagged else "; ".join(findings),
     )
 
 
 recommendations_job = dg.define_asset_job(
     "recommendations_job", selection=[recommendations],
-    description="Enrich one hour of archived session events (requested by session_events_sensor).",
+    description="Enrich hours of archived session events again (a backfill, or an old hour after a model change); "
+                "new events are enriched by recommendations_automation_sensor.",
 )
 
+with warnings.catch_warnings():  # use_user_code_server is marked beta; its behaviour is pinned with dagster itself
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    recommendations_automation_sensor = dg.AutomationConditionSensorDefinition(
+        "recommendations_automation_sensor",
+        target=dg.AssetSelection.assets(recommendations),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        use_user_code_server=True,  # evaluated with the project's code, by the sensor daemon like the other sensors
+        emit_backfills=False,  # one run per hour, as the pool and the checks expect
+        description="Requests the `recommendations` partition of each hour whose archived events changed since it was "
+                    "last requested (the asset's automation condition), once the embeddings tables are live.",
+    )
 
-@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Reads new session events from the stream (local files or Kinesis) after its checkpoint, "
-                       "archives them by hour and requests the `recommendations` partition of each hour they touched.")
+                       "archives them by hour, adds each hour as a partition and records it as a materialisation "
+                       "of `session_events`.")
 def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStream,
                           artifacts: ArtifactStore) -> dg.SensorResult:
-    """Archives new session events and requests the hours they belong to. The cursor is the stream
-    checkpoint; Dagster keeps it only after this function returns, that is after the archive is written."""
+    """Archives new session events and records the hours they belong to. The cursor is the stream checkpoint;
+    Dagster keeps it, and the hours' materialisations, only after this function returns, that is after the
+    archive is written."""
     checkpoint = json.loads(context.cursor)["checkpoint"] if context.cursor else {}
     records, after = events.read(checkpoint, max_records=MAX_EVENTS_PER_TICK)
     if not records:
@@ -246,13 +358,18 @@ def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStre
     outside = written.pop(None, [])
     if outside:
         context.log.warning(f"events arrived outside the hourly partitions: dead-lettered in {', '.join(outside)}")
-    context.log.info(f"archived {len(records)} events for {len(written)} hour(s)")
+    counts = Counter(hour_partition(r.arrival) for r in records)
+    summary = ", ".join(f"{counts[partition]} in {partition}" for partition in sorted(written))
     return dg.SensorResult(
-        # the hours become partitions (an hour that is one already is left as it is) before their runs start
+        skip_reason=f"archived {len(records)} events from {events.describe()}: {summary}"
+                    + (f"; {len(records) - sum(counts[p] for p in written)} in a future hour dead-lettered" if outside
+                       else ""),
+        # the hours become partitions (an hour that is one already is left as it is), then materialised
         dynamic_partitions_requests=[SESSION_HOURS.build_add_request(sorted(written))] if written else [],
-        run_requests=[
-            dg.RunRequest(partition_key=partition, run_key=f"{partition}|{'|'.join(keys)}",
-                          tags={"events": str(sum(1 for r in records if hour_partition(r.arrival) == partition))})
+        asset_events=[
+            dg.AssetMaterialization(asset_key=session_events.key, partition=partition, metadata={
+                "events_archived": counts[partition], "batches": len(keys),
+                "batch": artifact_link(artifacts.uri(keys[-1])), "stream": events.describe()})
             for partition, keys in sorted(written.items())
         ],
         cursor=json.dumps({"checkpoint": after}),

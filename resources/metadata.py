@@ -37,6 +37,7 @@ def markdown_mapping(mapping: Mapping[str, object], key: str = "name", value: st
 
 def tidy_number(value: float) -> float:
     """A float as people read it: 4 significant digits below 1 (0.8491, 0.0003142), 2 decimals above."""
+    value = float(value)  # numpy's floats too: Dagster stores plain ones
     if not math.isfinite(value) or value == 0:
         return value
     if abs(value) >= 1:

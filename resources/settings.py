@@ -8,6 +8,7 @@ variable's name, never its value.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,14 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_INSTANCE_COUNT = 100  # a bound on SAGEMAKER_*_INSTANCE_COUNT; the account's service quotas may be lower
 
+
+# Drift thresholds (warn, error): (name, default warn, default error, what the number is, higher is worse)
+DRIFT_THRESHOLDS = {
+    "psi": ("DRIFT_PSI", 0.1, 0.25, "a population stability index", True),
+    "approval_rate": ("DRIFT_APPROVAL_RATE", 0.10, 0.20, "a difference of approval rates (0-1)", True),
+    "coverage": ("DRIFT_COVERAGE", 0.10, 0.02, "a share of the catalogue (0-1)", False),
+    "unseen": ("DRIFT_UNSEEN", 0.20, 0.50, "a share of events (0-1)", True),
+}
 
 # When the schedules fire (in SCHEDULE_TIMEZONE): daily scoring at 06:00, retraining on Sundays (off by default)
 CRON_DEFAULTS = {
@@ -83,6 +92,13 @@ class PlatformSettings:
     credit_scoring_cron: str = "0 6 * * *"
     credit_retraining_cron: str = "0 2 * * 0"
     recsys_retraining_cron: str = "0 3 * * 0"
+    freshness_training_days: int = 8
+    freshness_recommendations_hours: int = 2
+    drift_psi: tuple[float, float] = (0.1, 0.25)
+    drift_approval_rate: tuple[float, float] = (0.10, 0.20)
+    drift_coverage: tuple[float, float] = (0.10, 0.02)
+    drift_unseen: tuple[float, float] = (0.20, 0.50)
+    drift_min_sample: int = 50
     # True when read from this process's environment: credentials are then passed as dg.EnvVar, so the
     # Dagster UI shows the variable's name instead of its value.
     from_process_env: bool = False
@@ -174,6 +190,18 @@ class PlatformSettings:
             if (value := get(name)) is not None:
                 _check_cron(name, value)
                 crons[name] = value
+        freshness = {}
+        for name, default, low, high, unit in (("FRESHNESS_TRAINING_DAYS", 8, 1, 365, "days"),
+                                               ("FRESHNESS_RECOMMENDATIONS_HOURS", 2, 1, 720, "hours")):
+            value = get(name) or str(default)
+            if not value.isdigit() or not low <= int(value) <= high:
+                raise ConfigurationError(f"{name} must be a whole number of {unit} from {low} to {high}, not {value!r}")
+            freshness[name] = int(value)
+        drift = {key: _drift_thresholds(get, *spec) for key, spec in DRIFT_THRESHOLDS.items()}
+        min_sample = get("DRIFT_MIN_SAMPLE") or "50"
+        if not min_sample.isdigit() or not 1 <= int(min_sample) <= 1_000_000:
+            raise ConfigurationError(f"DRIFT_MIN_SAMPLE must be a whole number (of customers or events) from 1 to "
+                                     f"1000000, not {min_sample!r}")
         return cls(
             data_dir=data_dir,
             datasets_dir=datasets_dir,
@@ -215,6 +243,13 @@ class PlatformSettings:
             credit_scoring_cron=crons["CREDIT_SCORING_CRON"],
             credit_retraining_cron=crons["CREDIT_RETRAINING_CRON"],
             recsys_retraining_cron=crons["RECSYS_RETRAINING_CRON"],
+            freshness_training_days=freshness["FRESHNESS_TRAINING_DAYS"],
+            freshness_recommendations_hours=freshness["FRESHNESS_RECOMMENDATIONS_HOURS"],
+            drift_psi=drift["psi"],
+            drift_approval_rate=drift["approval_rate"],
+            drift_coverage=drift["coverage"],
+            drift_unseen=drift["unseen"],
+            drift_min_sample=int(min_sample),
             from_process_env=from_process_env,
         )
 
@@ -233,6 +268,26 @@ class PlatformSettings:
     @property
     def embedded_postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
+
+
+def _drift_thresholds(get, prefix: str, warn: float, error: float, what: str,
+                      higher_is_worse: bool) -> tuple[float, float]:
+    """`<prefix>_WARN` and `<prefix>_ERROR`: numbers, an error beyond its warning."""
+    values = {}
+    for level, default in (("WARN", warn), ("ERROR", error)):
+        name, raw = f"{prefix}_{level}", get(f"{prefix}_{level}")
+        try:
+            value = float(raw) if raw is not None else default
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value > 1 and prefix != "DRIFT_PSI") or value > 100:
+            raise ConfigurationError(f"{name} must be {what}, not {raw!r}")
+        values[level] = value
+    beyond = values["ERROR"] > values["WARN"] if higher_is_worse else values["ERROR"] < values["WARN"]
+    if not beyond:
+        raise ConfigurationError(f"{prefix}_ERROR ({values['ERROR']}) must be {'above' if higher_is_worse else 'below'} "
+                                 f"{prefix}_WARN ({values['WARN']}): an error is worse than a warning")
+    return values["WARN"], values["ERROR"]
 
 
 def _check_timezone(name: str, value: str) -> None:

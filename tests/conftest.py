@@ -127,6 +127,27 @@ def boto_client(moto):
 
 
 @pytest.fixture
+def sns_subscriber(moto, boto_client):
+    """An SNS topic on moto with an SQS queue subscribed: (topic ARN, a function returning every message the
+    subscriber has received so far, as SNS's JSON envelopes, each read once)."""
+    sns, sqs = boto_client("sns"), boto_client("sqs")
+    topic = sns.create_topic(Name="mldp-notifications")["TopicArn"]
+    queue = sqs.create_queue(QueueName="notifications-subscriber")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+
+    def received() -> list[dict]:
+        messages = []
+        while batch := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
+            messages += [json.loads(m["Body"]) for m in batch]
+            sqs.delete_message_batch(QueueUrl=queue, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+        return messages
+
+    return topic, received
+
+
+@pytest.fixture
 def code_dir(tmp_path) -> Path:
     """A script-mode source folder with train.py and inference.py (see tests/sagemaker_scripts.py)."""
     from tests.sagemaker_scripts import INFERENCE_SCRIPT, TRAIN_SCRIPT

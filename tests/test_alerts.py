@@ -154,23 +154,101 @@ def test_an_alert_the_notifier_could_not_send_is_sent_on_a_later_tick(instance, 
     assert len(notifier.sent()) == 1
 
 
-def test_alerts_reach_sns_subscribers(instance, moto, boto_client):
-    sns, sqs = boto_client("sns"), boto_client("sqs")
-    topic = sns.create_topic(Name="mldp-prod-alerts")["TopicArn"]
-    queue = sqs.create_queue(QueueName="alerts-subscriber")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+def test_alerts_reach_sns_subscribers(instance, moto, sns_subscriber):
+    topic, received = sns_subscriber
     alerts = Alerts(instance, SnsNotifier(topic_arn=topic, region_name="us-east-1", endpoint_url=moto))
     alerts.tick()
     failed = run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-25")
     alerts.tick()
     alerts.tick()
-    received = []
-    while batch_ := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages"):
-        received += [json.loads(m["Body"]) for m in batch_]
-        sqs.delete_message_batch(QueueUrl=queue, Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch_)])
-    [message] = received
+    [message] = received()
     assert message["Subject"] == "[mldp prod] Run failed: __ephemeral_asset_job__ [2026-11-25]"
     assert f"https://dagster.example.com/runs/{failed.run_id}" in message["Message"]
     assert SECRET not in message["Message"]
+
+
+FRESHNESS_DEFS = '''
+from datetime import timedelta
+import dagster as dg
+
+@dg.asset(freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=2),
+                                                          warn_window=timedelta(hours=1)))
+def hourly_scores():
+    pass
+
+@dg.asset
+def no_policy():
+    pass
+
+defs = dg.Definitions(assets=[hourly_scores, no_policy])
+'''
+
+
+def test_an_asset_turning_stale_is_told_once_per_change(tmp_path, instance, notifier):
+    """Dagster's freshness daemon evaluates the policy (here with the clock moved on); the sensor tells each
+    change to WARN and FAIL once, and the return to fresh, and a notifier that fails is retried."""
+    import importlib.util
+    from datetime import datetime, timedelta, timezone
+
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import InProcessTestWorkspaceLoadTarget, freeze_time
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._daemon.freshness import FreshnessDaemon
+
+    from mlops_assets.alerts import freshness_alert_sensor
+
+    (tmp_path / "fresh_defs.py").write_text(FRESHNESS_DEFS)
+    origin = LoadableTargetOrigin(python_file=str(tmp_path / "fresh_defs.py"), attribute="defs",
+                                  working_directory=str(tmp_path))
+    spec = importlib.util.spec_from_file_location("fresh_defs", tmp_path / "fresh_defs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    repository = module.defs.get_repository_def()
+    cursor = {"value": None}
+
+    def evaluate_at(moment: datetime) -> None:  # one iteration of the daemon, at `moment`
+        with freeze_time(moment), WorkspaceProcessContext(
+                instance, InProcessTestWorkspaceLoadTarget(InProcessCodeLocationOrigin(origin))) as workspace:
+            list(FreshnessDaemon().run_iteration(workspace))
+
+    def tick(with_notifier=None) -> str:
+        with dg.build_sensor_context(instance=instance, cursor=cursor["value"], repository_def=repository,
+                                     resources={"notifier": with_notifier or notifier}) as context:
+            result = freshness_alert_sensor(context)
+        cursor["value"] = result.cursor
+        return result.skip_reason.skip_message
+
+    now = datetime.now(timezone.utc)
+    instance.report_runless_asset_event(dg.AssetMaterialization("hourly_scores"))
+    instance.report_runless_asset_event(dg.AssetMaterialization("no_policy"))
+    evaluate_at(now)
+    assert tick() == "no freshness change to tell" and notifier.sent() == []
+
+    evaluate_at(now + timedelta(minutes=90))
+    tick()
+    [warned] = notifier.sent()
+    assert warned["subject"] == "[mldp prod] Getting stale: hourly_scores"
+    assert "https://dagster.example.com/assets/hourly_scores" in warned["message"]
+    tick()
+    assert len(notifier.sent()) == 1
+
+    evaluate_at(now + timedelta(hours=3))
+    broken = LocalNotifier(path=str(tmp_path / "alerts.jsonl"), webhook_url="http://127.0.0.1:9/hook",
+                           backoff_seconds=0.01)
+    assert "retried next tick" in tick(broken)
+    assert len(notifier.sent()) == 1
+    tick()
+    stale = notifier.sent()[-1]
+    assert stale["subject"] == "[mldp prod] Stale: hourly_scores"
+    assert "not materialised within 2:00:00" in stale["message"]
+    tick()
+    assert len(notifier.sent()) == 2
+
+    instance.report_runless_asset_event(dg.AssetMaterialization("hourly_scores"))  # materialised again
+    evaluate_at(datetime.now(timezone.utc))
+    tick()
+    assert notifier.sent()[-1]["subject"] == "[mldp prod] Fresh again: hourly_scores"
+    tick()
+    assert len(notifier.sent()) == 3
+    assert not any("no_policy" in m["subject"] for m in notifier.sent())

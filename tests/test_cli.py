@@ -73,7 +73,8 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     assert re.search(r"recsys-dev-models: 1 version\(s\)\n\s+1\s+Approved", registry.stdout)
 
 
-SENSORS = ("model_registry_sensor", "model_artifacts_sensor", "session_events_sensor", "training_jobs_sensor")
+SENSORS = ("model_registry_sensor", "model_artifacts_sensor", "session_events_sensor", "training_jobs_sensor",
+           "recommendations_automation_sensor", "run_failure_alert_sensor", "check_failure_alert_sensor")
 DEV_VIEW = """
 query View($sensor: String!, $job: String!) {
   sensorOrError(sensorSelector: {repositoryLocationName: "ml_data_platform", repositoryName: "__repository__",

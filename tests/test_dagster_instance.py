@@ -20,6 +20,16 @@ def test_default_instance_is_sqlite(tmp_path):
     assert home == tmp_path / "dagster_home"
     instance = dg.DagsterInstance.from_config(str(home))
     assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+    assert instance.get_settings("freshness") == {"enabled": True}  # the freshness daemon evaluates the policies
+
+
+def test_every_shipped_instance_enables_freshness():
+    import yaml
+
+    from resources.dagster_instance import TEMPLATES
+
+    for name in ("dagster.sqlite.yaml", "dagster.postgres.yaml", "dagster.ecs.yaml"):
+        assert yaml.safe_load((TEMPLATES / name).read_text())["freshness"] == {"enabled": True}, name
 
 
 def test_user_written_dagster_yaml_is_left_alone(tmp_path):

@@ -65,15 +65,18 @@ def test_streaming_asset_sensor_and_partitions():
     defs = load_defs()
     graph = defs.resolve_asset_graph()
     node = graph.get(dg.AssetKey("recommendations"))
-    assert {p.to_user_string() for p in node.parent_keys} == {"item_embeddings", "user_embeddings"}
+    assert {p.to_user_string() for p in node.parent_keys} == {"session_events", "item_embeddings", "user_embeddings"}
+    assert node.automation_condition is not None  # follows the archived events of its hour
     # an hour with events is a partition (the sensor adds it): no empty hours before the stream starts
     assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
     assert node.partitions_def.name == "session_hours"
     assert {key.name for key in graph.asset_check_keys if key.asset_key == dg.AssetKey("recommendations")} == {
-        "events_reconcile"}
+        "events_reconcile", "recommendations_drift"}
+    assert graph.get(dg.AssetKey("session_events")).partitions_def == node.partitions_def
     sensor = defs.resolve_sensor_def("session_events_sensor")
-    assert sensor.job_name == "recommendations_job"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    automation = defs.resolve_sensor_def("recommendations_automation_sensor")
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_jobs_and_checks():
@@ -133,3 +136,15 @@ def test_schedules_follow_the_settings(monkeypatch):
         monkeypatch.undo()
         importlib.reload(credit_assets.schedules)
         importlib.reload(recsys_assets.jobs)
+
+
+def test_what_people_rely_on_has_a_freshness_policy():
+    from datetime import timedelta
+
+    graph = load_defs().resolve_asset_graph()
+    policies = {node.key.to_user_string(): node.freshness_policy for node in graph.asset_nodes if node.freshness_policy}
+    assert set(policies) == {"recommendations", "item_embeddings", "user_embeddings", "credit_model", "recsys_model",
+                             "training_runs"}
+    assert policies["recommendations"].fail_window.to_timedelta() == timedelta(hours=2)
+    assert policies["item_embeddings"].fail_window.to_timedelta() == timedelta(days=8)
+    assert policies["item_embeddings"].warn_window.to_timedelta() == timedelta(days=7)

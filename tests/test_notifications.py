@@ -113,16 +113,11 @@ def test_malformed_events_and_unknown_statuses_are_reported_not_sent(registry, n
     assert change.status == "Deleting" and notification(change) is None
 
 
-def test_sns_delivers_to_subscribers(registry, moto, boto_client):
-    sns, sqs = boto_client("sns"), boto_client("sqs")
-    topic = sns.create_topic(Name="model-approvals")["TopicArn"]
-    queue = sqs.create_queue(QueueName="approvals")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+def test_sns_delivers_to_subscribers(registry, moto, sns_subscriber):
+    topic, received = sns_subscriber
     register(registry, "credit", "c-3")
     tick(registry, SnsNotifier(topic_arn=topic, region_name="us-east-1", endpoint_url=moto))
-    [message] = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
-    body = json.loads(message["Body"])
+    [body] = received()
     assert body["Subject"] == f"[SageMaker] New Model Registered in credit-{registry.env}-models"
     assert "c-3" in body["Message"]
 

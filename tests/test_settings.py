@@ -125,6 +125,22 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"SAGEMAKER_TRAINING_INSTANCE_COUNT": "two"}, "SAGEMAKER_TRAINING_INSTANCE_COUNT must be a whole number"),
         ({"SAGEMAKER_TRAINING_INSTANCE_COUNT": "2"}, "SAGEMAKER_TRAINING_INSTANCE_COUNT above 1 needs "
                                                      "SAGEMAKER_BACKEND=aws"),
+        ({"CREDIT_SCORING_CRON": "every morning"}, "CREDIT_SCORING_CRON must be a cron expression of five fields"),
+        ({"CREDIT_RETRAINING_CRON": "0 25 * * *"}, "CREDIT_RETRAINING_CRON must be a cron expression"),
+        ({"RECSYS_RETRAINING_CRON": "* * * *"}, "RECSYS_RETRAINING_CRON must be a cron expression"),
+        ({"SCHEDULE_TIMEZONE": "Mars/Olympus_Mons"}, "SCHEDULE_TIMEZONE must be an IANA time zone"),
+        ({"SCHEDULE_TIMEZONE": "../../etc/passwd"}, "SCHEDULE_TIMEZONE must be an IANA time zone"),
+        ({"DAGSTER_UI_URL": "javascript:alert(1)"}, "DAGSTER_UI_URL must be the Dagster UI's address"),
+        ({"DAGSTER_UI_URL": "https://dagster.example.com/?q=1"}, "DAGSTER_UI_URL must be the Dagster UI's address"),
+        ({"FRESHNESS_TRAINING_DAYS": "0"}, "FRESHNESS_TRAINING_DAYS must be a whole number of days from 1 to 365"),
+        ({"FRESHNESS_RECOMMENDATIONS_HOURS": "1.5"}, "FRESHNESS_RECOMMENDATIONS_HOURS must be a whole number of hours"),
+        ({"DRIFT_PSI_WARN": "high"}, "DRIFT_PSI_WARN must be a population stability index, not 'high'"),
+        ({"DRIFT_PSI_ERROR": "nan"}, "DRIFT_PSI_ERROR must be a population stability index"),
+        ({"DRIFT_PSI_WARN": "0.3"}, r"DRIFT_PSI_ERROR \(0.25\) must be above DRIFT_PSI_WARN \(0.3\)"),
+        ({"DRIFT_COVERAGE_ERROR": "0.5"}, r"DRIFT_COVERAGE_ERROR \(0.5\) must be below DRIFT_COVERAGE_WARN"),
+        ({"DRIFT_UNSEEN_WARN": "1.5"}, "DRIFT_UNSEEN_WARN must be a share of events"),
+        ({"DRIFT_APPROVAL_RATE_ERROR": "-0.1"}, "DRIFT_APPROVAL_RATE_ERROR must be a difference of approval rates"),
+        ({"DRIFT_MIN_SAMPLE": "0"}, "DRIFT_MIN_SAMPLE must be a whole number"),
     ],
 )
 def test_contradictory_settings_name_the_variable(env, message, tmp_path):

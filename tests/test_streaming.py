@@ -1,6 +1,7 @@
 """Session events -> archive sensor -> hourly recommendations: no loss, no replay, reproducible hours."""
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -40,6 +41,37 @@ def tick(stream, artifacts, cursor=None):
     return result, result.cursor
 
 
+def clear_of_the_hour_turn(margin_seconds: int = 120) -> None:
+    """Wait out the end of the hour when less than `margin_seconds` remain: a test that puts events on the stream
+    at two moments and expects them in one hour must not straddle the turn (the stream stamps arrival itself)."""
+    now = datetime.now(timezone.utc)
+    left = 3600 - (now.minute * 60 + now.second)
+    if left < margin_seconds:
+        time.sleep(left + 1)
+
+
+def hours(result) -> list[str]:
+    """The hours a tick archived events of (its materialisations of `session_events`), each checked to be
+    added as a partition by the same tick."""
+    archived = [e.partition for e in result.asset_events if e.asset_key == streaming.session_events.key]
+    added = {key for request in result.dynamic_partitions_requests for key in request.partition_keys}
+    assert set(archived) <= added
+    return sorted(archived)
+
+
+def archived_count(result, partition: str) -> int:
+    [event] = [e for e in result.asset_events if e.partition == partition]
+    return event.metadata["events_archived"].value
+
+
+def apply(instance, result) -> None:
+    """What the sensor daemon does with a tick's result: add its partitions, record its materialisations."""
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+
+
 def hour_instance(partition: str) -> dg.DagsterInstance:
     """An instance where `partition` is an hour of `session_hours`, as the sensor's tick leaves it."""
     instance = dg.DagsterInstance.ephemeral()
@@ -67,31 +99,41 @@ def hour_files(partition):
 def test_events_flow_into_hourly_recommendations_exactly_once(world, tmp_path):
     stream = LocalEventStream(root=str(tmp_path / "stream"))
     artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    clear_of_the_hour_turn()
     produce(stream, world, 120, seed=1, broken=0.1)
     result, cursor = tick(stream, artifacts)
-    [request] = result.run_requests
-    partition = request.partition_key
+    [partition] = hours(result)
+    assert archived_count(result, partition) == 120 and "archived 120 events" in result.skip_reason.skip_message
     raw = artifacts.list("raw_events/")
     assert len(raw) == 1 and raw[0].key.startswith(f"raw_events/{streaming.hour_folder(datetime.now(timezone.utc))}")
 
     result, cursor = tick(stream, artifacts, cursor)
-    assert not result.run_requests and result.skip_reason  # nothing new: nothing requested
+    assert hours(result) == [] and "no new events" in result.skip_reason.skip_message  # nothing new: nothing recorded
 
     produce(stream, world, 80, seed=2)
     result, cursor = tick(stream, artifacts, cursor)
-    assert [r.partition_key for r in result.run_requests] == [partition]
-    assert result.run_requests[0].run_key != request.run_key
+    assert hours(result) == [partition] and archived_count(result, partition) == 80
 
     # a restart: a fresh evaluation with the kept cursor replays nothing
     result, _ = tick(stream, artifacts, json.loads(json.dumps(cursor)))
-    assert not result.run_requests
+    assert hours(result) == []
 
     outcome = materialize_hour({**world, "artifacts": artifacts}, partition)
     meta = outcome.asset_materializations_for_node("recommendations")[0].metadata
     assert meta["events_in"].value == 200
     assert meta["enriched"].value + meta["dead_lettered"].value == 200 and meta["dead_lettered"].value > 0
-    [check] = outcome.get_asset_check_evaluations()
-    assert check.passed and check.check_name == "events_reconcile"
+    checks = {check.check_name: check for check in outcome.get_asset_check_evaluations()}
+    assert set(checks) == {"events_reconcile", "recommendations_drift"}
+    check = checks["events_reconcile"]
+    assert check.passed
+    # the hour's drift numbers, each a number the UI plots; customers of the training data: nothing to flag
+    drift = {k: v.value for k, v in checks["recommendations_drift"].metadata.items()}
+    assert checks["recommendations_drift"].passed, checks["recommendations_drift"].description
+    assert drift["events_enriched"] == meta["enriched"].value and drift["catalogue_items"] == len(world["products"])
+    assert 0 < drift["catalogue_coverage"] <= 1 and drift["distinct_items_recommended"] >= 5
+    assert -1 <= drift["score_p10"] <= drift["score_p50"] <= drift["score_p90"] <= 1
+    assert drift["unseen_city_share"] < 0.2 and drift["unseen_country_share"] < 0.2
+    assert meta["catalogue_coverage"].value == drift["catalogue_coverage"]  # plotted hour after hour
     output, dead = hour_files(partition)
     records = read_lines(artifacts, output)
     assert len(records) == meta["enriched"].value
@@ -111,13 +153,14 @@ def _with_model(world, artifacts):
 def test_a_tick_that_crashed_before_its_cursor_was_kept_is_replayed_without_duplicates(world, tmp_path):
     stream = LocalEventStream(root=str(tmp_path / "stream"))
     artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    clear_of_the_hour_turn()
     produce(stream, world, 30, seed=3)
     result, cursor = tick(stream, artifacts)
     produce(stream, world, 20, seed=4)
     tick(stream, artifacts, cursor)  # archived, then "crashed": its cursor was never kept
     produce(stream, world, 10, seed=5)
     replay, cursor = tick(stream, artifacts, cursor)  # the same start, more events
-    partition = replay.run_requests[0].partition_key
+    [partition] = hours(replay)
     batches = artifacts.list("raw_events/")
     assert len(batches) == 2  # the crashed tick's batch was replaced by the replay's larger one
     outcome = materialize_hour({**world, "artifacts": artifacts}, partition)
@@ -176,9 +219,10 @@ def test_the_sensor_reads_a_kinesis_stream(world, moto, boto_client, tmp_path):
     boto_client("kinesis").create_stream(StreamName="sessions", ShardCount=2)
     stream = KinesisEventStream(stream_name="sessions", region_name="us-east-1", endpoint_url=moto)
     artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
+    clear_of_the_hour_turn()
     produce(stream, world, 40, seed=8)
     result, cursor = tick(stream, artifacts)
-    assert len(result.run_requests) == 1
+    assert len(hours(result)) == 1
     names = sorted(info.key.rsplit("/", 1)[-1] for info in artifacts.list("raw_events/"))
     assert [name.split("-")[0] + "-" + name.split("-")[1] for name in names] == sorted(stream.shards())  # one batch per shard
     assert set(json.loads(cursor)["checkpoint"]) == set(stream.shards())
@@ -200,13 +244,13 @@ def test_poison_and_oversize_events_are_dead_lettered_and_the_hour_is_enriched(w
     stream.put([huge])
     more = produce(stream, world, 30, seed=13)
     result, cursor = tick(stream, artifacts)
-    partitions = sorted(r.partition_key for r in result.run_requests)
+    partitions = hours(result)
     assert partitions, result.skip_reason
     enriched = dead = 0
     letters = []
     for partition in partitions:
         outcome = materialize_hour({**world, "artifacts": artifacts}, partition)
-        [check] = outcome.get_asset_check_evaluations()
+        [check] = [c for c in outcome.get_asset_check_evaluations() if c.check_name == "events_reconcile"]
         assert check.passed
         meta = outcome.asset_materializations_for_node("recommendations")[0].metadata
         enriched, dead = enriched + meta["enriched"].value, dead + meta["dead_lettered"].value
@@ -223,7 +267,7 @@ def test_poison_and_oversize_events_are_dead_lettered_and_the_hour_is_enriched(w
         if len(payload) <= 16_384:
             assert reason in reasons, name
     again, _ = tick(stream, artifacts, cursor)
-    assert not again.run_requests  # nothing left unread, nothing read twice
+    assert hours(again) == []  # nothing left unread, nothing read twice
 
 
 def _is_good(payload: bytes) -> bool:
@@ -250,15 +294,95 @@ def test_old_hours_become_partitions_and_future_ones_are_dead_lettered_by_the_se
     produce(stream, world, 5, seed=15)
     result, cursor = tick(stream, artifacts)
     archived = sum(len(artifacts.read_text(i.key).splitlines()) for i in artifacts.list("raw_events/"))
-    assert archived == 11 and result.run_requests
-    assert "2025-06-01-10:00" in {r.partition_key for r in result.run_requests}
-    # every requested hour is added as a partition by the same tick, the old one included
+    assert archived == 11 and "2025-06-01-10:00" in hours(result)
+    # every archived hour is added as a partition by the same tick, the old one included
     [added] = result.dynamic_partitions_requests
-    assert added.partitions_def_name == "session_hours"
-    assert set(added.partition_keys) == {r.partition_key for r in result.run_requests}
+    assert added.partitions_def_name == "session_hours" and set(added.partition_keys) == set(hours(result))
+    assert "1 in a future hour dead-lettered" in result.skip_reason.skip_message
     [outside] = artifacts.list("dead_letter/outside_partitions/")
     letters = read_lines(artifacts, outside.key)
     assert [letter["arrival"][:4] for letter in letters] == ["2999"]
     assert letters[0]["reason"].startswith("arrival in a future hour")
     again, _ = tick(stream, artifacts, cursor)
-    assert not again.run_requests
+    assert hours(again) == []
+
+
+def test_the_automation_enriches_each_hour_once_its_events_are_archived(world, tmp_path):
+    """`recommendations` follows `session_events`: an hour is requested when new events of it are archived,
+    once, not again until more arrive; not before the embeddings tables exist; not when a new model goes live."""
+    stream = LocalEventStream(root=str(tmp_path / "stream"))
+    artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
+    instance = dg.DagsterInstance.ephemeral()
+    state = {"cursor": None}
+
+    from definitions import defs  # the code location as the daemon loads it
+
+    def requested() -> list[str]:
+        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=state["cursor"])
+        state["cursor"] = evaluation.cursor
+        return sorted(evaluation.get_requested_partitions(recsys.recommendations.key))
+
+    def enriched(partition: str) -> None:  # what the requested run records
+        instance.report_runless_asset_event(dg.AssetMaterialization("recommendations", partition=partition))
+
+    def loaded() -> None:  # a model version going live
+        for table in ("item_embeddings", "user_embeddings"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(table))
+
+    assert requested() == []
+    clear_of_the_hour_turn()
+    produce(stream, world, 10, seed=21)
+    result, cursor = tick(stream, artifacts)
+    apply(instance, result)
+    [hour] = hours(result)
+    assert requested() == []  # no embeddings live yet: the hour waits
+    loaded()
+    assert requested() == [hour]
+    assert requested() == []  # requested once
+    enriched(hour)
+    assert requested() == []
+    produce(stream, world, 5, seed=22)  # more events of the same hour: the hour again
+    result, cursor = tick(stream, artifacts, cursor)
+    apply(instance, result)
+    assert requested() == [hour]
+    enriched(hour)
+    assert requested() == []
+    loaded()  # a new model version: the hours already enriched stay as they are
+    assert requested() == []
+    old = datetime(2026, 2, 1, 9, 30, tzinfo=timezone.utc)  # a late batch of an old hour
+    payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], 3, seed=23)
+    written = streaming.archive(artifacts, [StreamRecord("shard-z", str(i), p, old) for i, p in enumerate(payloads)])
+    assert list(written) == ["2026-02-01-09:00"]
+    instance.add_dynamic_partitions(streaming.SESSION_HOURS.name, list(written))
+    instance.report_runless_asset_event(dg.AssetMaterialization("session_events", partition="2026-02-01-09:00"))
+    assert requested() == ["2026-02-01-09:00"]
+
+
+def test_an_hour_of_customers_the_model_never_saw_fails_the_drift_check(world, tmp_path):
+    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
+    hour = datetime(2026, 3, 6, 7, 0, tzinfo=timezone.utc)
+    strangers = world["customers"].head(60).assign(city="Atlantis", country="Mu")
+    payloads = make_events(world["products"]["productcode"].tolist(), strangers, 60, seed=31)
+    streaming.archive(artifacts, [StreamRecord("shard-a", str(i), p, hour) for i, p in enumerate(payloads)])
+    outcome = materialize_hour({**world, "artifacts": artifacts}, "2026-03-06-07:00")
+    [check] = [c for c in outcome.get_asset_check_evaluations() if c.check_name == "recommendations_drift"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["unseen_city_share"].value > 0.95 and check.metadata["unseen_country_share"].value > 0.95
+    assert "unseen city share 0.9" in check.description
+
+
+def test_recommendations_that_collapse_onto_a_few_items_are_flagged(monkeypatch):
+    monkeypatch.delenv("DRIFT_COVERAGE_WARN", raising=False)
+    same = [{"recommended_items": [{"id": f"S{i}", "score": 0.5} for i in range(5)], "enrichment": {"notes": []}}] * 100
+    _, small = streaming.recommendations_drift(same, catalogue=109, k=5)  # 5 of the 109 the hour could have shown
+    assert not small.passed and small.severity == dg.AssetCheckSeverity.WARN
+    assert small.metadata["coverage_of_possible"].value == pytest.approx(5 / 109, rel=1e-3)
+    _, large = streaming.recommendations_drift(same, catalogue=100_000, k=5)  # 5 of the 500 it could have shown
+    assert not large.passed and large.severity == dg.AssetCheckSeverity.ERROR
+    assert large.metadata["catalogue_coverage"].value == 5e-05
+    varied = [{"recommended_items": [{"id": f"S{5 * n + i}", "score": 0.5} for i in range(5)],
+               "enrichment": {"notes": []}} for n in range(100)]
+    assert streaming.recommendations_drift(varied, catalogue=100_000, k=5)[1].passed
+    monkeypatch.setenv("DRIFT_MIN_SAMPLE", "500")  # fewer events than that: not judged
+    _, quiet = streaming.recommendations_drift(same, catalogue=100_000, k=5)
+    assert quiet.passed and quiet.description.startswith("not judged: 100 events")

@@ -73,6 +73,22 @@ def _categorical(values: pd.Series) -> pd.Series:
     return series.mask(series == "", MISSING)
 
 
+def feature_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The features as the model reads them (columns by data-set name): numbers, with the data set's negative
+    "missing" codes as missing, and category labels, with an empty value as `MISSING`."""
+    return pd.DataFrame({**{name: _numeric(frame[name]) for name in NUMERIC_FEATURES},
+                         **{name: _categorical(frame[name]) for name in CATEGORICAL_FEATURES}}, index=frame.index)
+
+
+def split_frame(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(development, validation): the data set's own split when it has one, else a seeded 80/20 split."""
+    if SPLIT in frame.columns and frame[SPLIT].isin(["Development", "Validation"]).any():
+        return frame[frame[SPLIT] == "Development"], frame[frame[SPLIT] == "Validation"]
+    rng = np.random.default_rng(seed)
+    validation = rng.random(len(frame)) < 0.2
+    return frame[~validation], frame[validation]
+
+
 def fit_preprocessing(frame: pd.DataFrame) -> dict[str, Any]:
     """Learn clipping, imputation, standardisation and vocabularies from a training frame."""
     numeric = {}

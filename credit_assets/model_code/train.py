@@ -58,19 +58,11 @@ def load_training_frame(channel: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def split_frame(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    if scorecard.SPLIT in frame.columns and frame[scorecard.SPLIT].isin(["Development", "Validation"]).any():
-        return frame[frame[scorecard.SPLIT] == "Development"], frame[frame[scorecard.SPLIT] == "Validation"]
-    rng = np.random.default_rng(seed)
-    validation = rng.random(len(frame)) < 0.2
-    return frame[~validation], frame[validation]
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         frame = load_training_frame(Path(args.train))
-        development, validation = split_frame(frame, args.seed)
+        development, validation = scorecard.split_frame(frame, args.seed)
         if development.empty or validation.empty:
             raise ValueError("training data needs both Development and Validation rows")
         y_dev = (development[scorecard.LABEL] == scorecard.POSITIVE_LABEL).to_numpy()
