@@ -86,7 +86,7 @@ def main() -> int:
             # the model just trained scores (it is registered; approval is not what is measured here)
             "registry": LocalModelRegistry(db=app_db, version_policy="newest"),
         }
-        assets = [credit.customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
+        assets = [credit.bank_customers, credit.credit_training_data, credit.credit_model, credit.eligible_customers,
                   credit.credit_scores, credit.limit_decisions, credit.customer_updates, credit.decisions_follow_policy,
                   credit.each_eligible_customer_decided_once, credit.counts_reconcile]
         started = time.perf_counter()

@@ -188,7 +188,8 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
         metadata=tidy({
             "model_version": version,
             "model_package": package.arn,
-            "approval_status": package.status,  # at registration; the registry's changes follow as observations
+            # the status it was registered with; each later change is an observation with its approval_status
+            "registered_as": package.status,
             "validation_auc": metrics["validation_auc"],
             "validation_gini": metrics["validation_gini"],
             "development_auc": metrics["development_auc"],
@@ -317,7 +318,7 @@ def credit_scores(context: dg.AssetExecutionContext, config: CreditScoresConfig,
     uri = write_batch_file(artifacts, batch_id, SCORES_FILE, scores, run_id=run_id, model_version=version,
                            skipped=json.dumps(skipped_counts), transform_job=job_name or "",
                            eligible_run_id=upstream.run_id,
-                           validation_score_counts=json.dumps(validation_counts) if validation_counts else "")
+                           validation_score_counts=json.dumps(validation_counts) if validation_counts is not None else "")
     distribution = scorecard.score_distribution(scores["new_score"].to_numpy()) if len(scores) else {}
     return dg.MaterializeResult(
         metadata=tidy({

@@ -127,6 +127,10 @@ def score_drift(artifacts: ArtifactStore, model_prefix: str, version: str, min_s
     except (ModelArtifactError, ArtifactNotFoundError, ValueError) as exc:
         return {}, _not_judged("score_drift", f"the model's training data cannot serve as reference: {exc}",
                                failed=True), None
+    counts = {str(k): int(v) for k, v in zip(*np.unique(ref.scores[ref.validation], return_counts=True))}
+    if ref.rows < settings.drift_min_sample:
+        return {}, _not_judged("score_drift", f"{ref.source}: fewer than DRIFT_MIN_SAMPLE "
+                                              f"({settings.drift_min_sample}) to compare with", failed=True), counts
     values = feature_psi(ref, scored, scores)
     features = {name: value for name, value in values.items() if name != SCORE}
     worst_feature = max(features, key=features.get)
@@ -141,7 +145,6 @@ def score_drift(artifacts: ArtifactStore, model_prefix: str, version: str, min_s
                 **{f"psi_{scorecard.column_for(name)}": value for name, value in sorted(features.items())}}
     result = _verdict("score_drift", level, description, {
         **metadata, "customers": len(scores), "most_shifted_feature": worst_feature, "reference": ref.source})
-    counts = {str(k): int(v) for k, v in zip(*np.unique(ref.scores[ref.validation], return_counts=True))}
     return metadata, result, counts
 
 
@@ -153,10 +156,14 @@ def approval_rate_drift(validation_score_counts: dict[str, int] | None, decision
     if len(decisions) < settings.drift_min_sample:
         return {}, _not_judged("approval_rate_drift", f"{len(decisions)} decisions, fewer than DRIFT_MIN_SAMPLE "
                                                       f"({settings.drift_min_sample})")
-    if not validation_score_counts:
-        return {}, _not_judged("approval_rate_drift", "the batch's scoring step found no reference (see its "
-                                                      "score_drift check)", failed=True)
+    if validation_score_counts is None:
+        return {}, _not_judged("approval_rate_drift", "the batch's scoring step could not read the model's training "
+                                                      "data (see its score_drift check)", failed=True)
     total = sum(validation_score_counts.values())
+    if total < settings.drift_min_sample:
+        return {}, _not_judged("approval_rate_drift", f"{total} of the model's Validation applications score at the "
+                                                      f"batch's minimum current score or above, fewer than "
+                                                      f"DRIFT_MIN_SAMPLE ({settings.drift_min_sample})", failed=True)
     expected = sum(c for s, c in validation_score_counts.items() if int(s) >= approve_min_score) / total
     actual = float(approved.mean())
     thresholds = drift.Thresholds(*settings.drift_approval_rate)

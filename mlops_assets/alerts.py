@@ -9,7 +9,9 @@ checks it evaluated (a blocking check that fails also fails its run); a successf
 second, and only when a check failed. So every run gives at most one message.
 
 A message names the job, the run, its partition and the assets, gives the error of each failed step (or each
-failed check's description and numbers) and the run's link in the UI (`DAGSTER_UI_URL`). The cursor moves past
+failed check's description and numbers) and the run's link in the UI (`DAGSTER_UI_URL`). The same trouble
+again, for the same job and partition, within `REPEAT_AFTER_SECONDS` (an hour's run retried every 30 s, a
+check that keeps failing) is held back and counted in the next message that does go out. The cursor moves past
 a run only once its message is sent: a notifier that fails (after its retries) is reported on the tick and the
 same run is tried again on the next one. The first tick of a new deployment starts after the latest change, so
 history is not told again. Credentials of the settings are masked in every message.
@@ -22,6 +24,8 @@ one, once.
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -34,8 +38,11 @@ from resources.notifier import NotificationError, Notifier
 from resources.settings import PlatformSettings
 
 MAX_RUNS_PER_TICK = 20
+REPEAT_AFTER_SECONDS = 3600  # the same trouble of the same job and partition is told at most once an hour
+MAX_REMEMBERED = 500  # (job, partition) pairs whose last alert is kept in the cursor
 MAX_ERROR_CHARS = 1500  # per step: enough for the cause, short enough for an e-mail or a chat message
 PARTITION_TAG = "dagster/partition"
+RUN_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # run and batch ids in errors
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,22 @@ def _short(value: object) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+@dataclass(frozen=True)
+class Alert:
+    subject: str
+    message: str
+    about: str  # the job and partition
+    signature: str  # what went wrong, without the run: the same trouble again has the same signature
+
+
 def compose(instance: DagsterInstance, run: dg.DagsterRun, failure_message: str | None, ui_url: str,
-            environment: str) -> tuple[str, str] | None:
-    """(subject, message) for a failed run, or for a finished one with failed checks; None when all is well."""
+            environment: str) -> Alert | None:
+    """The alert for a failed run, or for a finished one with failed checks; None when all is well."""
     checks = failed_checks(instance, run.run_id)
     failed = failure_message is not None
     if not failed and not checks:
         return None
+    errors = step_errors(instance, run.run_id) if failed else []
     partition = run.tags.get(PARTITION_TAG)
     assets = planned_assets(instance, run)
     what = f"{run.job_name}" + (f" [{partition}]" if partition else "")
@@ -110,14 +126,16 @@ def compose(instance: DagsterInstance, run: dg.DagsterRun, failure_message: str 
     ]
     if failed:
         lines += ["", f"Error: {failure_message or 'the run failed'}"]
-        for step, error in step_errors(instance, run.run_id):
+        for step, error in errors:
             lines += [f"Step {step} failed: {error}"]
     for check in checks:
         lines += ["", f"Check {check.check} on {check.asset} did not pass (severity {check.severity})"
                   + (f": {check.description}" if check.description else ""),
                   f"  {ui_url}/assets/{quote(check.asset)}?view=checks"]
         lines += [f"  {name}: {_short(value)}" for name, value in list(check.metadata.items())[:12]]
-    return subject[:100], "\n".join(lines) + "\n"
+    signature = json.dumps([[step, RUN_IDS.sub("<id>", error)] for step, error in errors]
+                           + [[c.asset, c.check, c.severity] for c in checks])
+    return Alert(subject[:100], "\n".join(lines) + "\n", f"{run.job_name}|{partition or ''}", signature)
 
 
 def _secrets(settings: PlatformSettings) -> tuple[list[str | None], tuple[str | None, ...]]:
@@ -140,11 +158,12 @@ def run_alert_sensor(name: str, event_type: DagsterEventType, description: str) 
             after = latest[0].storage_id if latest else 0
             return dg.SensorResult(skip_reason=f"watching {event_type.value} from here on",
                                    cursor=json.dumps({"after": after}))
-        after = json.loads(context.cursor)["after"]
+        state = json.loads(context.cursor)
+        after, told = state["after"], state.get("told", {})  # told: about -> [signature, sent at, held back]
         records = instance.fetch_run_status_changes(
             dg.RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after),
             limit=MAX_RUNS_PER_TICK, ascending=True).records
-        sent, quiet, failure = [], 0, None
+        sent, quiet, held, failure = [], 0, 0, None
         for record in records:
             run = instance.get_run_by_id(record.event_log_entry.run_id)
             message = None
@@ -153,24 +172,35 @@ def run_alert_sensor(name: str, event_type: DagsterEventType, description: str) 
                 if event_type == DagsterEventType.RUN_FAILURE:
                     failure_message = record.event_log_entry.dagster_event.message or "the run failed"
                 message = compose(instance, run, failure_message, settings.dagster_ui_url, settings.environment)
+            last = told.get(message.about) if message else None
+            now = time.time()
             if message is None:
                 quiet += 1
+            elif last and last[0] == message.signature and now - last[1] < REPEAT_AFTER_SECONDS:
+                last[2] += 1  # the same trouble again, told less than an hour ago
+                held += 1
             else:
-                subject, body = (scrub(part, *urls, passwords=passwords) for part in message)
+                body = message.message + (f"\n{last[2]} more run(s) of {message.about.replace('|', ' ')} with the "
+                                          "trouble of the previous alert were held back since it.\n"
+                                          if last and last[2] else "")
+                subject, body = (scrub(part, *urls, passwords=passwords) for part in (message.subject, body))
                 try:
                     notifier.publish(subject, body)
                 except NotificationError as exc:
                     failure = f"run {run.run_id}: {exc}"
                     context.log.error(f"alert not sent, it will be retried on the next tick: {failure}")
                     break  # the cursor stays before this run
+                told[message.about] = [message.signature, now, 0]
                 sent.append(run.run_id)
                 context.log.info(f"alert sent: {subject}")
             after = record.storage_id
-        cursor = json.dumps({"after": after})
+        kept = dict(sorted(told.items(), key=lambda item: item[1][1])[-MAX_REMEMBERED:])
+        cursor = json.dumps({"after": after, "told": kept})
         if failure:
             return dg.SensorResult(skip_reason=f"alert not sent, retried on the next tick: {failure}", cursor=cursor)
         return dg.SensorResult(
             skip_reason=(f"{len(sent)} alert(s) sent ({', '.join(sent)})" if sent else "nothing to tell")
+            + (f"; {held} held back (told within the hour)" if held else "")
             + (f"; {quiet} run(s) needed no alert" if quiet else ""),
             cursor=cursor)
 
@@ -192,8 +222,9 @@ check_failure_alert_sensor = run_alert_sensor(
 
 # What to do when an asset is stale, by asset (the default: look at what should have materialised it).
 STALE_HINTS = {
-    "recommendations": "Are events arriving (session_events_sensor's ticks) and is recommendations_automation_sensor "
-                       "running? A quiet stream makes this stale too: widen FRESHNESS_RECOMMENDATIONS_HOURS if so.",
+    "recommendations": "Are events arriving (session_events_sensor's ticks), and do the recommendations_job runs it "
+                       "requests succeed? A quiet stream makes this stale too: widen FRESHNESS_RECOMMENDATIONS_HOURS "
+                       "if so.",
     "item_embeddings": "No model version was loaded lately: train one (recsys_training_job, or start "
                        "recsys_retraining_schedule) and approve it; the approval loads the embeddings.",
     "user_embeddings": "No model version was loaded lately: train one and approve it.",

@@ -37,7 +37,10 @@ def decide_model_package(context: dg.OpExecutionContext, config: ApprovalConfig,
         raise RegistryError("config reason is empty: say why the version is approved or rejected (it is kept in the "
                             "registry and sent with the notification)")
     status = APPROVED if config.decision == "approve" else REJECTED
-    package = registry.set_status(config.group, config.version, status, config.reason)
+    try:
+        package = registry.set_status(config.group, config.version, status, config.reason)
+    except RegistryError as exc:
+        raise RegistryError(f"{exc} (waiting for a decision: {waiting_versions(registry)})") from None
     context.log.info(f"{package.arn} is now {package.status}: {config.reason}")
 
 

@@ -11,6 +11,7 @@ the reason; a job without the sync tag is ignored."""
 import hashlib
 import json
 import time
+import warnings
 
 import dagster as dg
 import pandas as pd
@@ -18,6 +19,7 @@ import pandas as pd
 from resources import freshness
 from resources.metadata import markdown_table, tidy_number
 from resources.sagemaker import SageMakerJobs, TrainingJob
+from resources.settings import PlatformSettings
 from resources.tracking import InputDataset, TrackedRun, TrackingStore
 
 GROUP = "mlops"
@@ -70,7 +72,14 @@ class TrainingRunsConfig(dg.Config):
     job_names: list[str] = []  # the jobs to look at (the sensor names the new ones); empty: every completed job
 
 
-@dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"}, freshness_policy=freshness.training_cadence())
+_settings = PlatformSettings.from_env()
+
+
+# The sensor syncs each job as it completes; every night the asset also follows the clock by itself, so a job
+# the sensor gave up on (or missed while it was stopped) is recorded by the next morning.
+@dg.asset(group_name=GROUP, kinds={"postgres", "sagemaker"}, freshness_policy=freshness.training_cadence(),
+          automation_condition=dg.AutomationCondition.on_cron(_settings.tracking_sweep_cron,
+                                                              _settings.schedule_timezone))
 def training_runs(context: dg.AssetExecutionContext, config: TrainingRunsConfig, sagemaker: SageMakerJobs,
                   tracking: TrackingStore) -> dg.MaterializeResult:
     """Completed training jobs that opted in (tag `MODEL_DB_SYNC`), recorded once each in the tracking
@@ -184,3 +193,18 @@ def _wants_sync(job: TrainingJob) -> bool:
         return tracked_run(job, TrackingTags()) is not None
     except NotTrackable:
         return False  # reported by the sync run; nothing to wait for
+
+
+with warnings.catch_warnings():  # use_user_code_server is marked beta; its behaviour is pinned with dagster itself
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    training_runs_automation_sensor = dg.AutomationConditionSensorDefinition(
+        "training_runs_automation_sensor",
+        target=dg.AssetSelection.assets(training_runs),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=60,
+        use_user_code_server=True,  # evaluated with the project's code by the sensor daemon, like the other sensors
+        emit_backfills=False,
+        description=f"Evaluates `training_runs`' automation condition: a full sync of every completed training job "
+                    f"each night (`TRACKING_SWEEP_CRON`, now `{_settings.tracking_sweep_cron}` in "
+                    f"{_settings.schedule_timezone}), behind training_jobs_sensor's sync of each job as it completes.",
+    )

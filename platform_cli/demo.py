@@ -2,7 +2,7 @@
 
 credit:  train -> registered (notification) -> approved (notification) -> scoring batch requested and run
 recsys:  train -> registered (notification) -> approved (notification) -> embeddings reload requested and run
-         -> session events produced -> archived by the sensor -> an hour of recommendations (automation)
+         -> session events produced -> archived by the sensor -> an hour of recommendations
 mlops:   completed training jobs synced into the tracking tables
 
 Jobs are launched from the code location that `mldp dev` loads (workspace.yaml) into the instance in
@@ -108,7 +108,7 @@ class DemoFlow:
             return
         model = self.metadata(trained, "credit_model")
         print(f"  model {model['model_version']}: validation AUC {model['validation_auc']:.3f}, "
-              f"Gini {model['validation_gini']:.3f}; registered as {model['model_package']} ({model['approval_status']})")
+              f"Gini {model['validation_gini']:.3f}; registered as {model['model_package']} ({model['registered_as']})")
         self.notify_tick()
         self.approve("credit", model["model_version"], f"validation Gini {model['validation_gini']:.3f} reviewed by the demo")
         for scored in self.put_to_work(self.notify_tick()):
@@ -139,7 +139,7 @@ class DemoFlow:
               f"{artifacts.uri('ratings_ml_training')}")
         print(f"  model {model['model_version']}: validation RMSE {model['validation_rmse']:.3f} "
               f"(item-mean baseline {model['item_mean_baseline_rmse']:.3f}), NDCG@5 {model['validation_ndcg_at_5']:.3f} "
-              f"(popularity {model['popularity_ndcg_at_5']:.3f}); registered ({model['approval_status']})")
+              f"(popularity {model['popularity_ndcg_at_5']:.3f}); registered ({model['registered_as']})")
         print(f"  model artifacts    {model.get('uri')}")
         for run_id in self.runner.tick("model_artifacts_sensor"):  # loads at once under MODEL_VERSION_POLICY=newest
             self.finish(run_id)
@@ -163,8 +163,7 @@ class DemoFlow:
         payloads = make_events(products["productcode"].tolist(), customers, events, broken_fraction=0.05)
         self.resources.events.put(payloads)
         print(f"\nstreaming: produced {len(payloads)} session events into {self.resources.events.describe()}")
-        self.runner.tick("session_events_sensor")  # archives the events, by hour
-        for run_id in self.runner.tick("recommendations_automation_sensor"):  # one run per hour the events fell in
+        for run_id in self.runner.tick("session_events_sensor"):  # one run per hour the events fell in
             if not self.finish(run_id):
                 continue
             hour = self.runner.instance.get_run_by_id(run_id).tags.get("dagster/partition")

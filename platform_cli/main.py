@@ -163,7 +163,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def _wait_stopping_on_ctrl_c(process: subprocess.Popen, grace_seconds: float = 30) -> int:
     """Wait for `process`; the first Ctrl-C asks it to stop (SIGINT), a second one or `grace_seconds` without
-    exiting ends its process group (SIGTERM, then SIGKILL). Returns its exit code, 0 after a Ctrl-C."""
+    exiting ends its process group (SIGTERM, then SIGKILL). Returns its exit code, 0 after a Ctrl-C.
+
+    SIGTERM (`kill`, a supervisor) and SIGHUP (the terminal closed) stop it the same way: in a session of its
+    own, `dagster dev` gets neither from the terminal."""
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         return process.wait()
     except KeyboardInterrupt:

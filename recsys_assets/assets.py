@@ -172,7 +172,8 @@ def recsys_model(context: dg.AssetExecutionContext, config: RecsysModelConfig, s
         metadata=tidy({
             "model_version": version,
             "model_package": package.arn,
-            "approval_status": package.status,  # at registration; the registry's changes follow as observations
+            # the status it was registered with; each later change is an observation with its approval_status
+            "registered_as": package.status,
             "validation_rmse": metrics["validation_rmse"],
             "item_mean_baseline_rmse": metrics["item_mean_baseline_rmse"],
             "validation_ndcg_at_5": metrics["validation_ndcg_at_5"],

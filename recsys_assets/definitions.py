@@ -16,7 +16,6 @@ from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_
 from recsys_assets.sensors import model_artifacts_sensor
 from recsys_assets.streaming import (
     recommendations,
-    recommendations_automation_sensor,
     recommendations_job,
     session_events,
     session_events_sensor,
@@ -27,6 +26,6 @@ defs = dg.Definitions(
             embeddings_tables, session_events, recommendations],
     asset_checks=[ratings_training_data_not_empty],
     jobs=[recsys_training_job, embeddings_load_job, recsys_pipeline_job, recommendations_job],
-    sensors=[model_artifacts_sensor, session_events_sensor, recommendations_automation_sensor],
+    sensors=[model_artifacts_sensor, session_events_sensor],
     schedules=[recsys_retraining_schedule],
 )

@@ -6,11 +6,12 @@ Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
 1. `session_events_sensor` reads new events since its cursor (the stream checkpoint), archives them as raw
    batches under `raw_events/YYYY/MM/DD/HH/<shard>-<first>-<last>.jsonl` (a replay from the same
    checkpoint rewrites the same batch), and only then returns its new cursor, adding each hour the batch
-   touched as a partition of `session_events` and recording it as materialised.
-2. `recommendations` follows `session_events`: its automation condition (`FOLLOWS_ARCHIVED_EVENTS`, evaluated
-   by `recommendations_automation_sensor`) requests an hour whose archived events changed since that hour was
-   last requested, once the embeddings tables are live and nothing it reads is being written. The hour is
-   recomputed from that hour's archived events and the live
+   touched as a partition of `session_events`, recording it as materialised, and requesting a run of its
+   `recommendations` partition: one run per archived batch (its run key names the batch), so events archived
+   while a run of their hour reads the archive get a run of their own, queued behind it (the pool runs one at
+   a time). Declarative automation was tried here and lost such events: a condition cannot tell a run that
+   read the archive before a batch landed from one that read it after.
+2. `recommendations` recomputes from that hour's archived events and the live
    embeddings, in micro-batches, and replaces `recommendations/YYYY/MM/DD/HH/recommendations-<hour>.jsonl`
    and `dead_letter/YYYY/MM/DD/HH/dead-letter-<hour>.jsonl` in one write each. Events are deduplicated by
    (shard, sequence), so a crash anywhere loses nothing and duplicates nothing, and re-materialising an hour
@@ -18,7 +19,6 @@ Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
 """
 
 import json
-import warnings
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
@@ -184,19 +184,6 @@ session_events = dg.AssetSpec(
                 "archived.",
 )
 
-# An hour is enriched again when new events of it were archived (not when the embeddings change: a new model
-# applies to the hours that come, and an old hour is re-enriched by materialising it by hand), once the
-# embeddings tables exist and while neither the hour nor what it reads is being written.
-FOLLOWS_ARCHIVED_EVENTS = (
-    (dg.AutomationCondition.newly_missing()
-     | dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(session_events.key))
-     ).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("new events of the hour archived")
-
-
 class RecommendationsConfig(dg.Config):
     k: int = DEFAULT_K
     batch_size: int = 500
@@ -207,7 +194,6 @@ class RecommendationsConfig(dg.Config):
     partitions_def=SESSION_HOURS,
     deps=[session_events, "item_embeddings", "user_embeddings"],
     kinds={"pgvector", "json"},
-    automation_condition=FOLLOWS_ARCHIVED_EVENTS,
     freshness_policy=freshness.hourly_recommendations(),
     pool="recsys_recommendations",
     check_specs=[
@@ -323,33 +309,20 @@ def recommendations_drift(records: list[dict], catalogue: int, k: int) -> tuple[
 
 recommendations_job = dg.define_asset_job(
     "recommendations_job", selection=[recommendations],
-    description="Enrich hours of archived session events again (a backfill, or an old hour after a model change); "
-                "new events are enriched by recommendations_automation_sensor.",
+    description="Enrich one hour of archived session events (requested by session_events_sensor for each batch it "
+                "archives; by hand for a backfill, or an old hour after a model change).",
 )
 
-with warnings.catch_warnings():  # use_user_code_server is marked beta; its behaviour is pinned with dagster itself
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    recommendations_automation_sensor = dg.AutomationConditionSensorDefinition(
-        "recommendations_automation_sensor",
-        target=dg.AssetSelection.assets(recommendations),
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
-        use_user_code_server=True,  # evaluated with the project's code, by the sensor daemon like the other sensors
-        emit_backfills=False,  # one run per hour, as the pool and the checks expect
-        description="Requests the `recommendations` partition of each hour whose archived events changed since it was "
-                    "last requested (the asset's automation condition), once the embeddings tables are live.",
-    )
 
-
-@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Reads new session events from the stream (local files or Kinesis) after its checkpoint, "
-                       "archives them by hour, adds each hour as a partition and records it as a materialisation "
-                       "of `session_events`.")
+                       "archives them by hour, adds each hour as a partition, records it as a materialisation of "
+                       "`session_events` and requests the hour's `recommendations` run.")
 def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStream,
                           artifacts: ArtifactStore) -> dg.SensorResult:
-    """Archives new session events and records the hours they belong to. The cursor is the stream checkpoint;
-    Dagster keeps it, and the hours' materialisations, only after this function returns, that is after the
-    archive is written."""
+    """Archives new session events and requests the hours they belong to. The cursor is the stream checkpoint;
+    Dagster keeps it, the hours' materialisations and the run requests only after this function returns, that
+    is after the archive is written."""
     checkpoint = json.loads(context.cursor)["checkpoint"] if context.cursor else {}
     records, after = events.read(checkpoint, max_records=MAX_EVENTS_PER_TICK)
     if not records:
@@ -357,15 +330,21 @@ def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStre
     written = archive(artifacts, records)
     outside = written.pop(None, [])
     if outside:
-        context.log.warning(f"events arrived outside the hourly partitions: dead-lettered in {', '.join(outside)}")
+        context.log.warning(f"events arrived in a future hour: dead-lettered in {', '.join(outside)}")
     counts = Counter(hour_partition(r.arrival) for r in records)
     summary = ", ".join(f"{counts[partition]} in {partition}" for partition in sorted(written))
+    context.log.info(f"archived {len(records)} events from {events.describe()}: {summary or 'none in an hour'}"
+                     + (f"; {len(records) - sum(counts[p] for p in written)} in a future hour dead-lettered"
+                        if outside else ""))
     return dg.SensorResult(
-        skip_reason=f"archived {len(records)} events from {events.describe()}: {summary}"
-                    + (f"; {len(records) - sum(counts[p] for p in written)} in a future hour dead-lettered" if outside
-                       else ""),
-        # the hours become partitions (an hour that is one already is left as it is), then materialised
+        # the hours become partitions (an hour that is one already is left as it is), then materialised, then run
         dynamic_partitions_requests=[SESSION_HOURS.build_add_request(sorted(written))] if written else [],
+        run_requests=[
+            dg.RunRequest(partition_key=partition, run_key=f"{partition}|{'|'.join(keys)}",
+                          tags={"events": str(counts[partition])})
+            for partition, keys in sorted(written.items())
+        ],
+        skip_reason=None if written else f"{len(records)} events read, all in a future hour: dead-lettered",
         asset_events=[
             dg.AssetMaterialization(asset_key=session_events.key, partition=partition, metadata={
                 "events_archived": counts[partition], "batches": len(keys),

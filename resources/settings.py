@@ -28,11 +28,13 @@ DRIFT_THRESHOLDS = {
     "unseen": ("DRIFT_UNSEEN", 0.20, 0.50, "a share of events (0-1)", True),
 }
 
-# When the schedules fire (in SCHEDULE_TIMEZONE): daily scoring at 06:00, retraining on Sundays (off by default)
+# When the schedules fire (in SCHEDULE_TIMEZONE): daily scoring at 06:00, retraining on Sundays (off by default),
+# the nightly sweep of the tracking sync at 01:00
 CRON_DEFAULTS = {
     "CREDIT_SCORING_CRON": "0 6 * * *",
     "CREDIT_RETRAINING_CRON": "0 2 * * 0",
     "RECSYS_RETRAINING_CRON": "0 3 * * 0",
+    "TRACKING_SWEEP_CRON": "0 1 * * *",
 }
 
 
@@ -92,6 +94,7 @@ class PlatformSettings:
     credit_scoring_cron: str = "0 6 * * *"
     credit_retraining_cron: str = "0 2 * * 0"
     recsys_retraining_cron: str = "0 3 * * 0"
+    tracking_sweep_cron: str = "0 1 * * *"
     freshness_training_days: int = 8
     freshness_recommendations_hours: int = 2
     drift_psi: tuple[float, float] = (0.1, 0.25)
@@ -184,7 +187,8 @@ class PlatformSettings:
             raise ConfigurationError("DAGSTER_UI_URL must be the Dagster UI's address as the people alerted open it, "
                                      f"e.g. https://dagster.example.com (not {ui_url!r})")
         schedule_timezone = get("SCHEDULE_TIMEZONE") or "UTC"
-        _check_timezone("SCHEDULE_TIMEZONE", schedule_timezone)
+        if get("SCHEDULE_TIMEZONE"):  # checked only when set: the Lambda's runtime may have no time-zone database
+            _check_timezone("SCHEDULE_TIMEZONE", schedule_timezone)
         crons = dict(CRON_DEFAULTS)
         for name in CRON_DEFAULTS:
             if (value := get(name)) is not None:
@@ -243,6 +247,7 @@ class PlatformSettings:
             credit_scoring_cron=crons["CREDIT_SCORING_CRON"],
             credit_retraining_cron=crons["CREDIT_RETRAINING_CRON"],
             recsys_retraining_cron=crons["RECSYS_RETRAINING_CRON"],
+            tracking_sweep_cron=crons["TRACKING_SWEEP_CRON"],
             freshness_training_days=freshness["FRESHNESS_TRAINING_DAYS"],
             freshness_recommendations_hours=freshness["FRESHNESS_RECOMMENDATIONS_HOURS"],
             drift_psi=drift["psi"],
@@ -295,7 +300,7 @@ def _check_timezone(name: str, value: str) -> None:
 
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of the database, "America"
         raise ConfigurationError(f"{name} must be an IANA time zone such as UTC or Europe/Berlin, not {value!r}") from None
 
 

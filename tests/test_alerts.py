@@ -252,3 +252,25 @@ def test_an_asset_turning_stale_is_told_once_per_change(tmp_path, instance, noti
     tick()
     assert len(notifier.sent()) == 3
     assert not any("no_policy" in m["subject"] for m in notifier.sent())
+
+
+def test_the_same_trouble_of_the_same_partition_is_told_once_an_hour(instance, notifier, monkeypatch):
+    """An hour's run retried every 30 s that keeps failing the same way is one alert, not 120; another
+    partition, another error, or the hour passing is told again, with the count of what was held back."""
+    import mlops_assets.alerts as alerts_module
+
+    alerts = Alerts(instance, notifier)
+    alerts.tick()
+    for _ in range(3):
+        run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-25")
+    reasons = alerts.tick()
+    assert len(notifier.sent()) == 1 and "2 held back" in reasons[0]
+    run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-23")  # another partition
+    alerts.tick()
+    assert [m["subject"].rsplit(" ", 1)[1] for m in notifier.sent()] == ["[2026-11-25]", "[2026-11-23]"]
+    monkeypatch.setattr(alerts_module, "REPEAT_AFTER_SECONDS", 0)  # an hour later
+    again = run(instance, [nightly_scores], tags={"fail": "step"}, partition_key="2026-11-25")
+    alerts.tick()
+    last = notifier.sent()[-1]
+    assert len(notifier.sent()) == 3 and again.run_id in last["message"]
+    assert "2 more run(s) of __ephemeral_asset_job__ 2026-11-25 with the trouble of the previous alert were held" in last["message"]

@@ -74,7 +74,7 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
 
 
 SENSORS = ("model_registry_sensor", "model_artifacts_sensor", "session_events_sensor", "training_jobs_sensor",
-           "recommendations_automation_sensor", "run_failure_alert_sensor", "check_failure_alert_sensor")
+           "run_failure_alert_sensor", "check_failure_alert_sensor", "freshness_alert_sensor")
 DEV_VIEW = """
 query View($sensor: String!, $job: String!) {
   sensorOrError(sensorSelector: {repositoryLocationName: "ml_data_platform", repositoryName: "__repository__",
@@ -123,8 +123,22 @@ def assert_stopped_cleanly(code: int | None, log: Path, port: int) -> None:
     assert not serving(port)
 
 
-def test_ctrl_c_while_mldp_dev_starts_stops_it_without_a_traceback(env, tmp_path):
-    """Ctrl-C while the code location is still loading (Dagster's children used to print a traceback each)."""
+def stop_by(process: subprocess.Popen, how: str) -> int | None:
+    """Stop `mldp dev` the way a person or a machine does: Ctrl-C in its terminal, `kill`, or the terminal closed."""
+    if how == "ctrl-c":
+        return ctrl_c(process)
+    process.send_signal(signal.SIGTERM if how == "kill" else signal.SIGHUP)  # to mldp alone, not its group
+    try:
+        return process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        stop_process_group(process)
+        return None
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill", "hangup"])
+def test_mldp_dev_stops_while_it_starts_without_a_traceback_or_a_leftover(env, tmp_path, how):
+    """Stopped while the code location is still loading (Dagster's children used to print a traceback each
+    on Ctrl-C; `kill` or a closed terminal used to leave Dagster running on its port)."""
     port = free_port()
     log_path = tmp_path / "mldp-dev.log"
     with open(log_path, "w") as log:
@@ -133,7 +147,7 @@ def test_ctrl_c_while_mldp_dev_starts_stops_it_without_a_traceback(env, tmp_path
         deadline = time.monotonic() + 120
         while "Launching Dagster services" not in log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
-        code = ctrl_c(dev)
+        code = stop_by(dev, how)
     assert "Launching Dagster services" in log_path.read_text()
     assert_stopped_cleanly(code, log_path, port)
 

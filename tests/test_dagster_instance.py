@@ -32,6 +32,25 @@ def test_every_shipped_instance_enables_freshness():
         assert yaml.safe_load((TEMPLATES / name).read_text())["freshness"] == {"enabled": True}, name
 
 
+def test_a_home_an_earlier_version_set_up_gets_the_current_template(tmp_path):
+    from resources.dagster_instance import TEMPLATES
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    current = (TEMPLATES / "dagster.sqlite.yaml").read_text()
+    freshness = current[current.index("# The freshness daemon"):current.index("enabled: true\n") + len("enabled: true\n")]
+    (home / "dagster.yaml").write_text(current.replace(freshness, ""))  # as the version before freshness wrote it
+    prepare_dagster_home(PlatformSettings.from_env({"DATA_DIR": str(tmp_path)}))
+    written = (home / "dagster.yaml").read_text()
+    assert written.startswith("# Written by mldp from deploy/dagster.sqlite.yaml") and written.endswith(current)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_settings("freshness") == {"enabled": True}
+    # a file the user took the marker line out of is theirs from then on
+    (home / "dagster.yaml").write_text(written.split("\n", 1)[1] + "# my own edit\n")
+    prepare_dagster_home(PlatformSettings.from_env({"DATA_DIR": str(tmp_path)}))
+    assert (home / "dagster.yaml").read_text().endswith("# my own edit\n")
+
+
 def test_user_written_dagster_yaml_is_left_alone(tmp_path):
     home = tmp_path / "home"
     home.mkdir()

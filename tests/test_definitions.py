@@ -66,7 +66,6 @@ def test_streaming_asset_sensor_and_partitions():
     graph = defs.resolve_asset_graph()
     node = graph.get(dg.AssetKey("recommendations"))
     assert {p.to_user_string() for p in node.parent_keys} == {"session_events", "item_embeddings", "user_embeddings"}
-    assert node.automation_condition is not None  # follows the archived events of its hour
     # an hour with events is a partition (the sensor adds it): no empty hours before the stream starts
     assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
     assert node.partitions_def.name == "session_hours"
@@ -74,9 +73,8 @@ def test_streaming_asset_sensor_and_partitions():
         "events_reconcile", "recommendations_drift"}
     assert graph.get(dg.AssetKey("session_events")).partitions_def == node.partitions_def
     sensor = defs.resolve_sensor_def("session_events_sensor")
+    assert sensor.job_name == "recommendations_job"
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    automation = defs.resolve_sensor_def("recommendations_automation_sensor")
-    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_jobs_and_checks():
@@ -148,3 +146,26 @@ def test_what_people_rely_on_has_a_freshness_policy():
     assert policies["recommendations"].fail_window.to_timedelta() == timedelta(hours=2)
     assert policies["item_embeddings"].fail_window.to_timedelta() == timedelta(days=8)
     assert policies["item_embeddings"].warn_window.to_timedelta() == timedelta(days=7)
+
+
+def test_the_tracking_sync_also_sweeps_every_night():
+    """training_runs follows the clock by declarative automation: one full sync a night, none in between."""
+    from datetime import datetime, timezone
+
+    from dagster._core.test_utils import freeze_time
+
+    defs = load_defs()
+    automation = defs.resolve_sensor_def("training_runs_automation_sensor")
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+    instance = dg.DagsterInstance.ephemeral()
+    cursor, requested = None, []
+    for moment in ("2026-11-26T00:30", "2026-11-26T01:00:30", "2026-11-26T01:05", "2026-11-26T13:00",
+                   "2026-11-27T01:00:30"):
+        with freeze_time(datetime.fromisoformat(moment).replace(tzinfo=timezone.utc)):
+            evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+            cursor = evaluation.cursor
+            if evaluation.get_num_requested(dg.AssetKey("training_runs")):
+                requested.append(moment)
+                instance.report_runless_asset_event(dg.AssetMaterialization("training_runs"))
+            assert evaluation.total_requested == evaluation.get_num_requested(dg.AssetKey("training_runs"))
+    assert requested == ["2026-11-26T01:00:30", "2026-11-27T01:00:30"]

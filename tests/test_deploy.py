@@ -378,8 +378,8 @@ def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datase
         for request in archived.dynamic_partitions_requests:  # as the sensor daemon applies them
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         enriched = dead = 0
-        for hour in archived.asset_events:  # the hours the automation sensor would request
-            result = run("recommendations_job", partition_key=hour.partition)
+        for hour in archived.run_requests:
+            result = run("recommendations_job", partition_key=hour.partition_key, tags=hour.tags)
             meta = materialized(result, "recommendations")
             enriched, dead = enriched + meta["enriched"], dead + meta["dead_lettered"]
             # on S3 the output is a link to the object in the S3 console

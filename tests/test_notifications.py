@@ -299,3 +299,33 @@ def test_registry_events_from_the_eventbridge_queue_are_told_as_received_and_onc
     assert notifier.sent()[-1]["subject"] == f"[SageMaker] New Model Registered in credit-{env}-models"
     assert json.loads(notifier.sent()[-1]["message"].split("Details:\n", 1)[1])["detail"]["ModelPackageArn"] == second.arn
     assert len(notifier.sent()) == 4
+
+
+def test_the_approval_jobs_scaffolded_config_launches_and_fails_saying_what_to_fill_in(registry):
+    """The Launchpad's "Scaffold missing config" gives group '', version 0, reason '': valid config (Launch is
+    not blocked), and the run says what is waiting for a decision."""
+    from dagster import DagsterInstance
+
+    from mlops_assets.approval import model_approval_job
+
+    package = register(registry, "credit", "c-9")
+
+    def launch(**config):
+        return model_approval_job.execute_in_process(
+            run_config={"ops": {"decide_model_package": {"config": config}}}, resources={"registry": registry},
+            instance=DagsterInstance.ephemeral(), raise_on_error=False)
+
+    def error(result) -> str:
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        return str(failure.step_failure_data.error.cause.message)
+
+    waiting = f"waiting for a decision: {package.group} version {package.version}"
+    scaffolded = launch(group="", version=0, reason="")
+    assert not scaffolded.success and "is not a model package group" in error(scaffolded) and waiting in error(scaffolded)
+    wrong_version = launch(group=package.group, version=0, reason="looks fine")
+    assert "has no version 0" in error(wrong_version) and waiting in error(wrong_version)
+    no_reason = launch(group=package.group, version=package.version, reason=" ")
+    assert "reason is empty" in error(no_reason)
+    assert registry.package(package.group, package.version).status == PENDING  # nothing decided by any of them
+    approved = launch(group=package.group, version=package.version, reason="Gini 0.84, reviewed")
+    assert approved.success and registry.package(package.group, package.version).status == APPROVED

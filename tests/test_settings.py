@@ -130,6 +130,7 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"RECSYS_RETRAINING_CRON": "* * * *"}, "RECSYS_RETRAINING_CRON must be a cron expression"),
         ({"SCHEDULE_TIMEZONE": "Mars/Olympus_Mons"}, "SCHEDULE_TIMEZONE must be an IANA time zone"),
         ({"SCHEDULE_TIMEZONE": "../../etc/passwd"}, "SCHEDULE_TIMEZONE must be an IANA time zone"),
+        ({"SCHEDULE_TIMEZONE": "America"}, "SCHEDULE_TIMEZONE must be an IANA time zone"),
         ({"DAGSTER_UI_URL": "javascript:alert(1)"}, "DAGSTER_UI_URL must be the Dagster UI's address"),
         ({"DAGSTER_UI_URL": "https://dagster.example.com/?q=1"}, "DAGSTER_UI_URL must be the Dagster UI's address"),
         ({"FRESHNESS_TRAINING_DAYS": "0"}, "FRESHNESS_TRAINING_DAYS must be a whole number of days from 1 to 365"),

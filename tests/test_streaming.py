@@ -52,24 +52,17 @@ def clear_of_the_hour_turn(margin_seconds: int = 120) -> None:
 
 def hours(result) -> list[str]:
     """The hours a tick archived events of (its materialisations of `session_events`), each checked to be
-    added as a partition by the same tick."""
+    added as a partition and to have its run requested by the same tick."""
     archived = [e.partition for e in result.asset_events if e.asset_key == streaming.session_events.key]
     added = {key for request in result.dynamic_partitions_requests for key in request.partition_keys}
     assert set(archived) <= added
+    assert sorted(r.partition_key for r in result.run_requests or []) == sorted(archived)
     return sorted(archived)
 
 
 def archived_count(result, partition: str) -> int:
     [event] = [e for e in result.asset_events if e.partition == partition]
     return event.metadata["events_archived"].value
-
-
-def apply(instance, result) -> None:
-    """What the sensor daemon does with a tick's result: add its partitions, record its materialisations."""
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    for event in result.asset_events:
-        instance.report_runless_asset_event(event)
 
 
 def hour_instance(partition: str) -> dg.DagsterInstance:
@@ -103,7 +96,8 @@ def test_events_flow_into_hourly_recommendations_exactly_once(world, tmp_path):
     produce(stream, world, 120, seed=1, broken=0.1)
     result, cursor = tick(stream, artifacts)
     [partition] = hours(result)
-    assert archived_count(result, partition) == 120 and "archived 120 events" in result.skip_reason.skip_message
+    assert archived_count(result, partition) == 120 and result.run_requests[0].tags["events"] == "120"
+    first_run_key = result.run_requests[0].run_key
     raw = artifacts.list("raw_events/")
     assert len(raw) == 1 and raw[0].key.startswith(f"raw_events/{streaming.hour_folder(datetime.now(timezone.utc))}")
 
@@ -113,6 +107,7 @@ def test_events_flow_into_hourly_recommendations_exactly_once(world, tmp_path):
     produce(stream, world, 80, seed=2)
     result, cursor = tick(stream, artifacts, cursor)
     assert hours(result) == [partition] and archived_count(result, partition) == 80
+    assert result.run_requests[0].run_key != first_run_key  # a batch of its own: a run of its own
 
     # a restart: a fresh evaluation with the kept cursor replays nothing
     result, _ = tick(stream, artifacts, json.loads(json.dumps(cursor)))
@@ -298,77 +293,13 @@ def test_old_hours_become_partitions_and_future_ones_are_dead_lettered_by_the_se
     # every archived hour is added as a partition by the same tick, the old one included
     [added] = result.dynamic_partitions_requests
     assert added.partitions_def_name == "session_hours" and set(added.partition_keys) == set(hours(result))
-    assert "1 in a future hour dead-lettered" in result.skip_reason.skip_message
+
     [outside] = artifacts.list("dead_letter/outside_partitions/")
     letters = read_lines(artifacts, outside.key)
     assert [letter["arrival"][:4] for letter in letters] == ["2999"]
     assert letters[0]["reason"].startswith("arrival in a future hour")
     again, _ = tick(stream, artifacts, cursor)
     assert hours(again) == []
-
-
-def test_the_automation_enriches_each_hour_once_its_events_are_archived(world, tmp_path):
-    """`recommendations` follows `session_events`: an hour is requested when new events of it are archived,
-    once, not again until more arrive; not before the embeddings tables exist; not when a new model goes live."""
-    stream = LocalEventStream(root=str(tmp_path / "stream"))
-    artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
-    instance = dg.DagsterInstance.ephemeral()
-    state = {"cursor": None}
-
-    from definitions import defs  # the code location as the daemon loads it
-
-    def requested() -> list[str]:
-        evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=state["cursor"])
-        state["cursor"] = evaluation.cursor
-        return sorted(evaluation.get_requested_partitions(recsys.recommendations.key))
-
-    def enriched(partition: str) -> None:  # what the requested run records
-        instance.report_runless_asset_event(dg.AssetMaterialization("recommendations", partition=partition))
-
-    def loaded() -> None:  # a model version going live
-        for table in ("item_embeddings", "user_embeddings"):
-            instance.report_runless_asset_event(dg.AssetMaterialization(table))
-
-    assert requested() == []
-    clear_of_the_hour_turn()
-    produce(stream, world, 10, seed=21)
-    result, cursor = tick(stream, artifacts)
-    apply(instance, result)
-    [hour] = hours(result)
-    assert requested() == []  # no embeddings live yet: the hour waits
-    loaded()
-    assert requested() == [hour]
-    assert requested() == []  # requested once
-    enriched(hour)
-    assert requested() == []
-    produce(stream, world, 5, seed=22)  # more events of the same hour: the hour again
-    result, cursor = tick(stream, artifacts, cursor)
-    apply(instance, result)
-    assert requested() == [hour]
-    enriched(hour)
-    assert requested() == []
-    loaded()  # a new model version: the hours already enriched stay as they are
-    assert requested() == []
-    old = datetime(2026, 2, 1, 9, 30, tzinfo=timezone.utc)  # a late batch of an old hour
-    payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], 3, seed=23)
-    written = streaming.archive(artifacts, [StreamRecord("shard-z", str(i), p, old) for i, p in enumerate(payloads)])
-    assert list(written) == ["2026-02-01-09:00"]
-    instance.add_dynamic_partitions(streaming.SESSION_HOURS.name, list(written))
-    instance.report_runless_asset_event(dg.AssetMaterialization("session_events", partition="2026-02-01-09:00"))
-    assert requested() == ["2026-02-01-09:00"]
-
-
-def test_an_hour_of_customers_the_model_never_saw_fails_the_drift_check(world, tmp_path):
-    artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
-    hour = datetime(2026, 3, 6, 7, 0, tzinfo=timezone.utc)
-    strangers = world["customers"].head(60).assign(city="Atlantis", country="Mu")
-    payloads = make_events(world["products"]["productcode"].tolist(), strangers, 60, seed=31)
-    streaming.archive(artifacts, [StreamRecord("shard-a", str(i), p, hour) for i, p in enumerate(payloads)])
-    outcome = materialize_hour({**world, "artifacts": artifacts}, "2026-03-06-07:00")
-    [check] = [c for c in outcome.get_asset_check_evaluations() if c.check_name == "recommendations_drift"]
-    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    assert check.metadata["unseen_city_share"].value > 0.95 and check.metadata["unseen_country_share"].value > 0.95
-    assert "unseen city share 0.9" in check.description
 
 
 def test_recommendations_that_collapse_onto_a_few_items_are_flagged(monkeypatch):

@@ -39,10 +39,6 @@ JOB_RUNS = """
 query JobRuns($job: String!) {
   runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { runId status tags { key value } } } }
 }"""
-TAGGED_RUNS = """
-query TaggedRuns($tags: [ExecutionTag!]) {
-  runsOrError(filter: {tags: $tags}) { ... on Runs { results { runId status jobName tags { key value } } } }
-}"""
 CHECKS = """
 query Checks($runId: ID!) {
   runOrError(runId: $runId) { ... on Run { assetCheckSelection { name } } }
@@ -171,8 +167,8 @@ def test_ui_trains_approves_and_the_sensors_put_models_to_work(dagster_dev, tmp_
                               "country": ["France", "USA"], "creditlimit": [21000.0, 71800.0]})
     stream.put(make_events(codes, customers, 40, seed=5))
     hours = sorted({hour_partition(record.arrival) for record in stream.read({}, max_records=1_000)[0]})
-    for hour in hours:  # the events' hour (or two, at an hour's turn): each one's own run, from the automation
-        wait_for_sensor_run(port, None, log_tail, sensor="recommendations_automation_sensor",
+    for hour in hours:  # the events' hour (or two, at an hour's turn): each one's own run
+        wait_for_sensor_run(port, "recommendations_job", log_tail, sensor="session_events_sensor",
                             **{"dagster/partition": hour})
     output = Path(data_dir) / "artifacts" / "recommendations"
     deadline = time.monotonic() + 120
@@ -198,18 +194,14 @@ def test_ui_trains_approves_and_the_sensors_put_models_to_work(dagster_dev, tmp_
     tour_the_ui(port, tmp_path, log_tail)
 
 
-def wait_for_sensor_run(port: int, job: str | None, log_tail, sensor: str | None = None, **tags: str) -> list[str]:
-    """Wait until a sensor (`sensor`, if named) has started a run of `job` (any job: None) carrying every tag in
-    `tags` (this version, this partition) and that run succeeded; returns the ids of those runs. Runs for
-    something else (an earlier version, another hour) neither satisfy nor fail the wait."""
+def wait_for_sensor_run(port: int, job: str, log_tail, sensor: str | None = None, **tags: str) -> list[str]:
+    """Wait until a sensor (`sensor`, if named) has started a run of `job` carrying every tag in `tags` (this
+    version, this partition) and that run succeeded; returns the ids of those runs. Runs for something else
+    (an earlier version, another hour) neither satisfy nor fail the wait."""
     deadline = time.monotonic() + 240
     matching = []
     while time.monotonic() < deadline:
-        if job is None:
-            query = TAGGED_RUNS, {"tags": [{"key": k, "value": v} for k, v in tags.items()]}
-        else:
-            query = JOB_RUNS, {"job": job}
-        runs = graphql(port, *query)["runsOrError"]["results"]
+        runs = graphql(port, JOB_RUNS, {"job": job})["runsOrError"]["results"]
         matching = [r for r in runs if tags.items() <= {t["key"]: t["value"] for t in r["tags"]}.items()]
         if any(r["status"] == "SUCCESS" for r in matching):
             for run in matching:
@@ -231,7 +223,7 @@ GRAPH_NODES = {"credit": ("bank_customers", "credit_model", "credit_scores", "cu
                "recsys": ("recsys_model", "item_embeddings", "user_embeddings"),
                "streaming": ("session_events", "recommendations")}
 AUTOMATION = ("credit_scoring_schedule", "credit_retraining_schedule", "recsys_retraining_schedule",
-              "model_registry_sensor", "recommendations_automation_sensor", "run_failure_alert_sensor",
+              "model_registry_sensor", "session_events_sensor", "training_runs_automation_sensor", "run_failure_alert_sensor",
               "check_failure_alert_sensor", "freshness_alert_sensor")
 SCREENSHOTS = os.environ.get("UI_SCREENSHOTS")  # a folder to keep the tour's screenshots in (default: the test's)
 
