@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 BINS = 10
+# The checks that monitor drift: a failure is a finding to look at, not a broken batch (nothing blocks on them)
+MONITORING_CHECKS = frozenset({"score_drift", "approval_rate_drift", "recommendations_drift"})
 FLOOR = 1e-4  # a bin empty on one side counts as this share, so the index stays finite
 MISSING = "__missing__"
 OTHER = "__other__"  # categories the reference never saw

@@ -169,3 +169,10 @@ def test_the_tracking_sync_also_sweeps_every_night():
                 instance.report_runless_asset_event(dg.AssetMaterialization("training_runs"))
             assert evaluation.total_requested == evaluation.get_num_requested(dg.AssetKey("training_runs"))
     assert requested == ["2026-11-26T01:00:30", "2026-11-27T01:00:30"]
+
+
+def test_the_drift_checks_are_the_monitoring_ones():
+    from resources.drift import MONITORING_CHECKS
+
+    checks = {key.name for key in load_defs().resolve_asset_graph().asset_check_keys}
+    assert MONITORING_CHECKS <= checks  # a renamed check would fail the demo on a drift finding
