@@ -125,6 +125,7 @@ def test_exports_are_refused_for_a_stack_that_is_missing_or_not_complete(aws_env
     (["KinesisShardCount=0"], r"KinesisShardCount='0': a whole number of shards from 1 to 500"),
     (["SubnetIds=subnet-1 subnet-2"], r"SubnetIds='subnet-1 subnet-2': empty, or comma-separated subnet ids"),
     (["Enviroment=dev"], r"Enviroment: the template has no such parameter"),
+    (["DagsterUiUrl=javascript:alert(1)"], r"DagsterUiUrl='javascript:alert\(1\)': empty, or the Dagster UI's address"),
 ])
 def test_parameters_that_cannot_work_are_refused_before_anything_is_made(params, message, tmp_path, aws_env):
     from platform_cli.main import main
@@ -455,3 +456,14 @@ def test_an_update_keeps_every_parameter_it_is_not_given(stack):
     after = deploy.stack_parameters(cloudformation, "mldp-upd")
     assert after == {**before, "NotificationEmail": "ops@example.com"}
     assert after["KinesisShardCount"] == "2" and after["Environment"] == "upd"  # not reset to their defaults
+
+
+def test_every_dagster_task_gets_the_ui_address_for_the_alert_links():
+    template = deploy.load_template()
+    tasks = {name: resource for name, resource in template["Resources"].items()
+             if resource["Type"] == "AWS::ECS::TaskDefinition"}
+    assert len(tasks) == 4
+    for name, task in tasks.items():
+        env = {e["Name"]: e["Value"] for c in task["Properties"]["ContainerDefinitions"] for e in c["Environment"]
+               if "Name" in e}  # (the others are Fn::If: a variable only some stacks set)
+        assert env["DAGSTER_UI_URL"] == {"Ref": "DagsterUiUrl"}, name
