@@ -151,6 +151,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     home = prepare_dagster_home(_settings())
     env = {**os.environ, "DAGSTER_HOME": str(home)}
+    if not os.environ.get("DAGSTER_UI_URL", "").strip():  # the alerts' links point at this UI
+        env["DAGSTER_UI_URL"] = ui_address(args.dagster_args)
     command = [str(Path(sys.executable).with_name("dagster")), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
                *args.dagster_args]
     print(f"DAGSTER_HOME={home}")
@@ -159,6 +161,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
     # importing the project and each child prints a traceback.
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
     return _wait_stopping_on_ctrl_c(process)
+
+
+def ui_address(dagster_args: list[str]) -> str:
+    """The address `dagster dev` serves the UI at, from its -h/--host and -p/--port options."""
+    options = {"host": "127.0.0.1", "port": "3000"}
+    for index, arg in enumerate(dagster_args):
+        for name, flags in (("host", ("-h", "--host")), ("port", ("-p", "--port"))):
+            if arg in flags and index + 1 < len(dagster_args):
+                options[name] = dagster_args[index + 1]
+            elif any(arg.startswith(f"{flag}=") for flag in flags if flag.startswith("--")):
+                options[name] = arg.split("=", 1)[1]
+    host = "127.0.0.1" if options["host"] in ("0.0.0.0", "::", "") else options["host"]
+    return f"http://{host}:{options['port']}"
 
 
 def _wait_stopping_on_ctrl_c(process: subprocess.Popen, grace_seconds: float = 30) -> int:

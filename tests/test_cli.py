@@ -103,17 +103,21 @@ def ctrl_c(process: subprocess.Popen) -> int | None:
         return None
 
 
-def serving(port: int) -> list[str]:
-    """The command lines of processes still started for this port (dagster dev, its webserver)."""
+def processes_for(port: int) -> list[tuple[str, bytes]]:
+    """(command line, environment) of each process still started for this port (dagster dev, its webserver)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
+            if str(port).encode() in args:
+                found.append((b" ".join(args).decode(errors="replace"), (cmdline.parent / "environ").read_bytes()))
         except OSError:
             continue
-        if str(port).encode() in args:
-            found.append(b" ".join(args).decode(errors="replace"))
     return found
+
+
+def serving(port: int) -> list[str]:
+    return [command for command, _environ in processes_for(port)]
 
 
 def assert_stopped_cleanly(code: int | None, log: Path, port: int) -> None:
@@ -150,7 +154,10 @@ def test_mldp_dev_stops_while_it_starts_without_a_traceback_or_a_leftover(env, t
         deadline = time.monotonic() + 120
         while "Launching Dagster services" not in log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
+        launched = [environ for _command, environ in processes_for(port)]
         code = stop_by(dev, how)
+    # the alerts' links point at this UI: dagster dev got DAGSTER_UI_URL for its port
+    assert any(f"DAGSTER_UI_URL=http://127.0.0.1:{port}".encode() in environ for environ in launched)
     assert "Launching Dagster services" in log_path.read_text()
     assert_stopped_cleanly(code, log_path, port)
 
