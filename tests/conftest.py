@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from resources.artifacts import LocalArtifactStore, S3ArtifactStore
-from resources.postgres import EmbeddedPostgresDatabase, embedded_server, stop_embedded_server
+from resources.embedded_postgres import embedded_server, stop_embedded_server
+from resources.postgres import EmbeddedPostgresDatabase
 from resources.settings import PROJECT_ROOT
 from tests.mysql_support import MYSQL, mysql_connection
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.postgres import stop_embedded_server
+from resources.embedded_postgres import stop_embedded_server
 from tests.conftest import free_port, graphql, stop_process_group
 
 

@@ -1,17 +1,19 @@
 """The embedded PostgreSQL server and the application-database resource."""
 
+import json
+import os
 import subprocess
 import sys
 
 import psycopg
 import pytest
 
+from resources.embedded_postgres import embedded_server_status
 from resources.postgres import (
     DatabaseUnavailableError,
     EmbeddedPostgresDatabase,
     ExternalPostgresDatabase,
     VectorExtensionUnavailableError,
-    embedded_server_status,
     normalize_postgres_url,
     redact_url,
 )
@@ -42,7 +44,7 @@ def test_embedded_server_is_shared_and_data_survives_a_restart(tmp_path):
     assert out.strip() == "42"
     assert "running" in embedded_server_status(data_dir)  # the child's exit did not stop our server
 
-    from resources.postgres import stop_embedded_server
+    from resources.embedded_postgres import stop_embedded_server
 
     assert stop_embedded_server(data_dir)
     assert "stopped" in embedded_server_status(data_dir)
@@ -50,6 +52,78 @@ def test_embedded_server_is_shared_and_data_survives_a_restart(tmp_path):
     assert out.strip() == "42"
     # the child started the server and, being its last user, stopped it when it exited
     assert "stopped" in embedded_server_status(data_dir)
+
+
+ATTACH_AND_QUERY = """
+import sys, time
+from resources.postgres import EmbeddedPostgresDatabase
+db = EmbeddedPostgresDatabase(data_dir=sys.argv[1], database="shared")
+deadline = time.monotonic() + float(sys.argv[2])
+with db.connect() as conn:
+    while True:  # in use until the very end: a server stopped under it fails the query
+        assert conn.execute("select 40 + 2").fetchone()[0] == 42
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+print("ok", flush=True)
+if len(sys.argv) > 3:
+    time.sleep(600)  # killed here, without detaching
+"""
+
+
+def attach(data_dir, seconds: float, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", ATTACH_AND_QUERY, str(data_dir), str(seconds), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_processes_coming_and_going_at_once_never_lose_the_server_under_one_still_using_it(tmp_path):
+    """Users attach and leave at the same moments, each querying up to its last instant: none ever finds the
+    server stopped under it, and the last one to leave stops it."""
+    data_dir = tmp_path / "postgres"
+    for wave in range(2):
+        users = [attach(data_dir, seconds) for seconds in (0.0, 0.5, 1.0, 1.5, 0.2, 0.8)]
+        outcomes = [(user.wait(timeout=120), *user.communicate()) for user in users]
+        assert all(code == 0 and out.strip() == "ok" for code, out, _err in outcomes), (wave, outcomes)
+        assert "stopped" in embedded_server_status(data_dir), wave
+
+
+def test_users_that_died_without_leaving_do_not_keep_the_server_running(tmp_path):
+    """A user killed with SIGKILL never detaches, and a pid in the users list may since belong to another
+    process: neither counts, so the last live user still stops the server."""
+    data_dir = tmp_path / "postgres"
+    killed = attach(data_dir, 0.1, "then-wait")
+    assert killed.stdout.readline().strip() == "ok"
+    killed.kill()
+    killed.wait()
+    users = json.loads((data_dir / ".handle_pids.json").read_text())
+    assert [pid for pid, _started in users] == [killed.pid]
+    # this process's own pid, recorded with another start time: a process that had the number before
+    (data_dir / ".handle_pids.json").write_text(json.dumps([*users, [os.getpid(), 1.0]]))
+    assert "running" in embedded_server_status(data_dir)
+    last = attach(data_dir, 0.1)
+    assert last.wait(timeout=120) == 0, last.communicate()
+    assert "stopped" in embedded_server_status(data_dir)
+
+
+def test_a_process_whose_fork_handlers_break_forked_children_starts_and_stops_the_server(tmp_path):
+    """Dagster's code server evaluates sensors in gRPC threads, and gRPC's fork handlers can crash a child
+    forked from it before the child runs anything (pg_ctl "died with SIGSEGV", about one start in eight).
+    Starting the server must not fork the calling process: here a fork handler that aborts every forked
+    child stands in for gRPC's, deterministically."""
+    data_dir = tmp_path / "postgres"
+    script = f"""
+import ctypes, os, subprocess
+libc = ctypes.CDLL(None)
+assert libc.__register_atfork(None, None, libc.abort, None) == 0
+# armed: a child forked from this process dies of it (what running pg_ctl as another user does)
+assert subprocess.run(["/bin/true"], user=os.getuid()).returncode == -6
+from resources.postgres import EmbeddedPostgresDatabase
+with EmbeddedPostgresDatabase(data_dir={str(data_dir)!r}, database="forks").connect() as conn:
+    print(conn.execute("select 40 + 2").fetchone()[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr[-3000:]
+    assert "stopped" in embedded_server_status(data_dir)  # and it stopped the server at exit
 
 
 def test_urls_are_normalised_and_redacted():

@@ -20,7 +20,8 @@ from recsys_assets.streaming import hour_partition
 from resources.stream import LocalEventStream
 from resources.dagster_instance import prepare_dagster_home
 from resources.model_registry import LocalModelRegistry
-from resources.postgres import EmbeddedPostgresDatabase, stop_embedded_server
+from resources.embedded_postgres import stop_embedded_server
+from resources.postgres import EmbeddedPostgresDatabase
 from resources.settings import PROJECT_ROOT, PlatformSettings
 from tests.conftest import free_port, graphql, stop_process_group
 
