@@ -7,4 +7,6 @@ cd "$(dirname "$0")"
 source scripts/bootstrap.sh test
 # the UI test drives Debian's Chromium: installed here when absent (it skips without it, and fails under CI=true)
 scripts/install_chromium.sh || echo "chromium: could not be installed; the UI test will skip (and fail under CI=true)"
+# the recommendations API benchmark's HTTP load generator (its tiny run is part of the suite)
+scripts/install_debian_package.sh wrk wrk || echo "wrk: could not be installed; benchmarks/recommendations_api.py needs it"
 exec python -m pytest "$@"

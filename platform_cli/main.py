@@ -211,6 +211,18 @@ def _wait_stopping_on_ctrl_c(process: subprocess.Popen, grace_seconds: float = 3
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The recommendations API (recsys_assets/api.py) under uvicorn, until Ctrl-C."""
+    import uvicorn
+
+    _settings()  # a bad setting stops here, with its message, before any worker starts
+    print(f"recommendations API on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    uvicorn.run("recsys_assets.api:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
 def cmd_psql(args: argparse.Namespace) -> int:
     from resources.embedded_postgres import psql_binary
 
@@ -275,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run `dagster dev` on this project with a persistent DAGSTER_HOME")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER)
     dev.set_defaults(func=cmd_dev)
+
+    serve = commands.add_parser("serve", help="the recommendations API (user embeddings, items for a user or an item)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="processes (each holds the live item vectors)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                       help="a line per request (--no-access-log under load)")
+    serve.set_defaults(func=cmd_serve)
 
     psql = commands.add_parser("psql", help="psql on the application database (the embedded server by default)")
     psql.add_argument("psql_args", nargs=argparse.REMAINDER)

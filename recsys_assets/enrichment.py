@@ -116,6 +116,30 @@ def _valid_text(value, where: str) -> str:
     return value
 
 
+def check_customer(fields: dict, credit_limit: str = "credit_limit", where: str = "field ",
+                   number_required: bool = True) -> dict:
+    """The customer features the user tower embeds, checked: `customer_number` (a 64-bit integer; optional
+    unless `number_required`), `city`, `country` (non-empty text) and the credit limit (a number from 0 to
+    `MAX_CREDIT_LIMIT`, in the field named `credit_limit`). Returns them as the tower reads them;
+    `EventRejected` names the field (prefixed with `where`) and what is wrong."""
+    number = fields.get("customer_number")
+    if number is None and number_required:
+        raise EventRejected(f"missing {where}customer_number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, int) or abs(number) > MAX_WHOLE_NUMBER):
+        raise EventRejected(f"{where}customer_number must be a 64-bit integer, not {_shown(number)}")
+    for name in ("city", "country"):
+        if fields.get(name) is None:
+            raise EventRejected(f"missing {where}{name}")
+        _valid_text(fields[name], f"{where}{name}")
+    limit = fields.get(credit_limit)
+    if limit is None:
+        raise EventRejected(f"missing {where}{credit_limit}")
+    if (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0
+            or limit > MAX_CREDIT_LIMIT):
+        raise EventRejected(f"{where}{credit_limit} must be a number from 0 to {MAX_CREDIT_LIMIT:.0e}, not {_shown(limit)}")
+    return {"customer_number": number, "city": fields["city"], "country": fields["country"], "credit_limit": limit}
+
+
 def _not_json_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
 
@@ -140,19 +164,7 @@ def parse_event(payload: bytes | str, max_bytes: int | None = None) -> dict:
     if not isinstance(event, dict):
         raise EventRejected(f"not a JSON object but a {type(event).__name__}")
     _text(event, "session_id")
-    number = event.get("customer_number")
-    if number is None:
-        raise EventRejected("missing field customer_number")
-    if isinstance(number, bool) or not isinstance(number, int) or abs(number) > MAX_WHOLE_NUMBER:
-        raise EventRejected(f"field customer_number must be a 64-bit integer, not {_shown(number)}")
-    _text(event, "city")
-    _text(event, "country")
-    limit = event.get("credit_limit")
-    if limit is None:
-        raise EventRejected("missing field credit_limit")
-    if (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0
-            or limit > MAX_CREDIT_LIMIT):
-        raise EventRejected(f"field credit_limit must be a number from 0 to {MAX_CREDIT_LIMIT:.0e}, not {_shown(limit)}")
+    check_customer(event)
     history = event.get("browse_history")
     if history is None:
         raise EventRejected("missing field browse_history")

@@ -13,12 +13,13 @@ retries the batch). The user tower and the items are always of one model version
 
 Settings come from the same environment variables as everywhere else (see README): the database from
 `READONLY_DATABASE_SECRET_ID` (deployed: the read replica's read-only user), `READONLY_DATABASE_URL` or
-`DATABASE_URL`; the model files from `ARTIFACTS_URI`; `MAX_EVENT_BYTES`, `AWS_REGION`. Connections
-and the user tower are kept between invocations of a warm container, and the live model version is checked
-on each invocation.
+`DATABASE_URL`; the model files from `ARTIFACTS_URI` (both through `recsys_assets.live_model`, as the
+recommendations API reads them); `MAX_EVENT_BYTES`, `ITEM_INDEX_MAX_ITEMS`, `AWS_REGION`. Connections, the
+user tower and the live version's item vectors (`resources.item_index`: nearest items ranked in memory) are
+kept between invocations of a warm container, and the live model version is checked on each invocation.
 
 The package imports no Dagster, pandas or torch: customers are embedded in numpy from the version's
-`model/user_tower.json`, and the nearest items come from `resources.vector_queries` over psycopg, so the
+`model/user_tower.json`, and the nearest items come from `resources.item_index` (numpy) and `resources.vector_queries` (psycopg), so the
 deployment package (`deploy/lambda/build.py`) stays far below Lambda's 250 MB.
 """
 
@@ -30,79 +31,36 @@ import logging
 
 import psycopg
 
-from recsys_assets.enrichment import DEFAULT_K, TowerEmbedder, enrich_with_live_model, load_user_tower
-from recsys_assets.model_code.numpy_tower import MAX_FILE_BYTES
-from resources.artifact_keys import join_key, read_artifact, version_prefix
-from resources.credentials import DatabaseUnavailableError, connect_or_explain, credentials_from_secret
-from resources.settings import ConfigurationError, PlatformSettings
+from recsys_assets.enrichment import DEFAULT_K, enrich_with_live_model
+from recsys_assets.live_model import ArtifactTowers, query_connector
+from resources.credentials import DatabaseUnavailableError
+from resources.item_index import LiveItems
+from resources.settings import PlatformSettings
 from resources.vector_queries import ReadOnlyNearestItems
 
 logger = logging.getLogger(__name__)
 _state: dict = {}
-CONNECT_TIMEOUT_SECONDS = 10
 
 
 class FirehoseEnvelopeError(ValueError):
     """The invocation is not a Firehose transformation request; names what is wrong, never record data."""
 
 
-def _connector(settings: PlatformSettings):
-    """How the Lambda opens a database connection: the read-only user of `READONLY_DATABASE_SECRET_ID` (the
-    deployed form), else `READONLY_DATABASE_URL`, else `DATABASE_URL`. Sessions are read-only and their
-    statements time out after `READONLY_STATEMENT_TIMEOUT_SECONDS`."""
-    options = f"-c statement_timeout={settings.readonly_statement_timeout_seconds * 1000}"
-    timeout = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}  # well within the function's own timeout
-    if settings.readonly_secret_id:
-        from resources.aws_clients import aws_client
-
-        secret_id = settings.readonly_secret_id
-        client = aws_client("secretsmanager", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
-        credentials = credentials_from_secret(secret_id, client.get_secret_value(SecretId=secret_id).get("SecretString"))
-        describe = f"the database in Secrets Manager secret {secret_id!r}"
-        return lambda: connect_or_explain(describe=describe, autocommit=True, options=options, **timeout,
-                                          **credentials)
-    for name, url in (("READONLY_DATABASE_URL", settings.readonly_database_url), ("DATABASE_URL", settings.database_url)):
-        if url:
-            return lambda: connect_or_explain(url, describe=f"given by {name}", autocommit=True, options=options,
-                                              **timeout)
-    raise ConfigurationError("the Firehose Lambda needs READONLY_DATABASE_SECRET_ID, READONLY_DATABASE_URL or "
-                             "DATABASE_URL: the database holding the live embeddings tables")
-
-
 def _setup() -> dict:
-    if "store" not in _state:
+    if "items" not in _state:
         settings = PlatformSettings.from_env()
-        s3 = None
-        if settings.artifacts_uri.startswith("s3://"):
-            from resources.aws_clients import aws_client
-
-            s3 = aws_client("s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
-        _state.update(settings=settings, s3=s3, store=ReadOnlyNearestItems(_connector(settings)), embedders={})
+        store = ReadOnlyNearestItems(query_connector(settings))
+        _state.update(settings=settings, towers=ArtifactTowers(settings),
+                      items=LiveItems(store, settings.item_index_max_items))
     return _state
-
-
-def _embedder(version: str) -> TowerEmbedder:
-    """The model version's user tower in numpy, read once per warm container."""
-    embedders = _state["embedders"]
-    if version not in embedders:
-        settings, prefix = _state["settings"], version_prefix(version)
-
-        def read(name: str) -> bytes:
-            return read_artifact(settings.artifacts_uri, join_key(prefix, name), region_name=settings.aws_region,
-                                 endpoint_url=settings.aws_endpoint_url, client=_state["s3"],
-                                 max_bytes=MAX_FILE_BYTES)
-
-        where = f"{settings.artifacts_uri.rstrip('/')}/{prefix}"
-        embedders[version] = TowerEmbedder(load_user_tower(read, version, where), version)
-    return embedders[version]
 
 
 def reset() -> None:
     """Close connections and forget cached state (a cold start)."""
-    store = _state.get("store")
+    items = _state.get("items")
     _state.clear()
-    if store is not None:
-        store.close()
+    if items is not None:
+        items.close()
 
 
 def firehose_records(event) -> list[dict]:
@@ -147,7 +105,7 @@ def lambda_handler(event: dict, context=None) -> dict:
             continue
         items.append((record_id, payload))
     try:
-        _version, outcome, _latencies = enrich_with_live_model(items, _embedder, state["store"], DEFAULT_K,
+        _version, outcome, _latencies = enrich_with_live_model(items, state["towers"].embedder, state["items"], DEFAULT_K,
                                                                batch_size=max(1, len(items)),
                                                                max_bytes=state["settings"].max_event_bytes)
     except (DatabaseUnavailableError, psycopg.OperationalError):

@@ -30,6 +30,7 @@ from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, load_us
 from resources import drift, freshness
 from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import artifact_link, count_table, tidy
+from resources.item_index import LiveItems
 from resources.pgvector import PgVectorStore
 from resources.settings import PlatformSettings
 from resources.stream import EventStream, StreamRecord
@@ -146,9 +147,11 @@ def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
 
 def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorStore, k: int = DEFAULT_K,
                            batch_size: int = 500, max_bytes: int | None = None) -> tuple[str, Enriched, list[float]]:
-    """`enrichment.enrich_with_live_model` with the towers of `artifacts`."""
-    return enrichment.enrich_with_live_model(items, lambda version: embedder_for(artifacts, version), pgvector, k,
-                                             batch_size, max_bytes)
+    """`enrichment.enrich_with_live_model` with the towers of `artifacts`, the live version's items ranked in
+    memory (`resources.item_index`) up to `pgvector.in_memory_max_items` items."""
+    return enrichment.enrich_with_live_model(items, lambda version: embedder_for(artifacts, version),
+                                             LiveItems(pgvector, pgvector.in_memory_max_items), k, batch_size,
+                                             max_bytes)
 
 
 def dead_letter_line(record: StreamRecord, reason: str) -> dict:

@@ -176,6 +176,8 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
     swap_wait_seconds: int = 900  # how long a load or rollback keeps trying (outlasts read-only queries, 600 s)
 
     query_connections: int = 2  # a batch of kNN queries is split across this many connections (server cores)
+    # catalogues up to this size are ranked in memory by the online paths (resources.item_index), larger ones here
+    in_memory_max_items: int = 500_000
 
     _conns: list = PrivateAttr(default_factory=list)
     _conn_locks: list = PrivateAttr(default_factory=list)

@@ -73,6 +73,8 @@ class PlatformSettings:
     embeddings_retention: int = 2
     readonly_statement_timeout_seconds: int = 600
     max_event_bytes: int = 1024 * 1024
+    item_index_max_items: int = 500_000
+    recommender_refresh_seconds: float = 2.0
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
@@ -201,6 +203,18 @@ class PlatformSettings:
             if not value.isdigit() or not low <= int(value) <= high:
                 raise ConfigurationError(f"{name} must be a whole number of {unit} from {low} to {high}, not {value!r}")
             freshness[name] = int(value)
+        max_items = get("ITEM_INDEX_MAX_ITEMS") or "500000"
+        if not max_items.isdigit() or not 0 <= int(max_items) <= 50_000_000:
+            raise ConfigurationError("ITEM_INDEX_MAX_ITEMS must be a whole number of items from 0 (never held in "
+                                     f"memory) to 50000000, not {max_items!r}")
+        refresh = get("RECOMMENDER_REFRESH_SECONDS") or "2"
+        try:
+            refresh_seconds = float(refresh)
+        except ValueError:
+            refresh_seconds = -1.0
+        if not 0.1 <= refresh_seconds <= 3600:
+            raise ConfigurationError(f"RECOMMENDER_REFRESH_SECONDS must be a number of seconds from 0.1 to 3600, not "
+                                     f"{refresh!r}")
         drift = {key: _drift_thresholds(get, *spec) for key, spec in DRIFT_THRESHOLDS.items()}
         min_sample = get("DRIFT_MIN_SAMPLE") or "50"
         if not min_sample.isdigit() or not 1 <= int(min_sample) <= 1_000_000:
@@ -226,6 +240,8 @@ class PlatformSettings:
             embeddings_retention=int(retention),
             readonly_statement_timeout_seconds=int(readonly_timeout),
             max_event_bytes=int(max_event_bytes),
+            item_index_max_items=int(max_items),
+            recommender_refresh_seconds=refresh_seconds,
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
@@ -437,7 +453,8 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "source_db": source_db,
         # a load keeps trying to swap for longer than a read-only query may hold the tables
         "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention,
-                                  swap_wait_seconds=settings.readonly_statement_timeout_seconds + 300),
+                                  swap_wait_seconds=settings.readonly_statement_timeout_seconds + 300,
+                                  in_memory_max_items=settings.item_index_max_items),
         "events": events,
         "registry": registry,
         "notifier": notifier,

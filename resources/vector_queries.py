@@ -165,6 +165,30 @@ class NearestItems(ABC):
         return row[0] if row else None
 
 
+    def item_vectors(self, version: str, max_items: int) -> tuple[list[str], np.ndarray] | None:
+        """Every item of the item table with its vector, read in one statement with the table's live version:
+        `EmbeddingsVersionChanged` unless that is `version`; None when the version holds more than `max_items`
+        items (to be queried here instead of held in memory)."""
+        table = self.item_table
+        conn = self.connection()
+        with self._lock:
+            try:
+                live = conn.execute(f"SELECT version, rows FROM {REGISTRY} WHERE logical_table = %s AND status = 'active'",
+                                    (table,)).fetchone()
+            except psycopg.errors.UndefinedTable:
+                live = None
+            if live is None or live[0] != version:
+                raise EmbeddingsVersionChanged(table, version, {live[0] if live else None})
+            if live[1] > max_items:
+                return None
+            rows = conn.execute(sql.SQL("SELECT id::text, embedding::text, ({live}) FROM {t} ORDER BY id").format(
+                t=sql.Identifier(table), live=_LIVE_VERSION), {"table": table}).fetchall()
+        _check_version(rows, version, table)
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        values = np.array(",".join(row[1][1:-1] for row in rows).split(","), dtype=np.float32)
+        return [row[0] for row in rows], values.reshape(len(rows), -1)
+
     # --- queries ---------------------------------------------------------------------------------------
 
     def row_count(self, table: str) -> int:

@@ -1,0 +1,235 @@
+"""Nearest items from memory: the live embeddings version's item vectors held in the process, exact top-k
+with numpy, no database round trip per query; pgvector (HNSW) for catalogues larger than `max_items`.
+
+`LiveItems` answers the queries of `resources.vector_queries.NearestItems` (which it wraps, and hands the
+query to when the catalogue is too large to hold): `active_version`, `recommend_batch` and
+`similar_items_batch`. Each query names the model version its vectors come from, and the answer is of that
+version or `EmbeddingsVersionChanged`: the vectors are read by one statement together with the table's
+live version, and are replaced when a query names a newer version. Scores and distances are pgvector's:
+cosine similarity (`1 - (a <=> b)`) and cosine distance (`a <=> b`).
+
+No Dagster, pandas or torch: the Firehose Lambda, the recommendations API and the hourly asset share it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from resources.vector_queries import EmbeddingsMismatchError, NearestItems
+
+DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process
+_BLOCK = 64  # items per block when pruning (see ItemIndex._top)
+_DIRECT_BELOW = 8_192  # catalogues this small are ranked whole
+_QUERY_CHUNK = 32  # queries scored at a time: the score matrix stays within the CPU's cache
+_CACHED_ANSWERS = 100_000  # rankings kept per version (of about 30 items each)
+_CACHED_DEPTH = 32  # items kept per ranking: enough for k plus a browse history's exclusions
+
+
+class _Answers:
+    """Answers already computed for one version, by query (a query vector's bytes, an item id): the ranking
+    of a version never changes, and a stream asks about the same customers and products again and again.
+    Bounded: the oldest half is forgotten when full."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.store: dict = {}
+        self.hits = self.misses = 0
+        self.lock = threading.Lock()
+
+    def get(self, key):
+        found = self.store.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            if len(self.store) >= self.limit:
+                for old in list(self.store)[: self.limit // 2]:
+                    del self.store[old]
+            self.store[key] = value
+
+
+@dataclass(frozen=True)
+class ItemIndex:
+    """One model version's item vectors, unit length, in a matrix; `position` maps an id to its row."""
+
+    version: str
+    ids: np.ndarray  # object array of ids, in row order
+    matrix: np.ndarray  # float32, (items, dimension), C-contiguous, rows of length 1 (or 0)
+    position: dict
+    answers: _Answers = field(default_factory=lambda: _Answers(_CACHED_ANSWERS), compare=False)
+
+    @classmethod
+    def build(cls, version: str, ids: Sequence, vectors: np.ndarray) -> ItemIndex:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unit = np.where(norms > 0, vectors / norms, 0.0).astype(np.float32)
+        ids = np.asarray([str(i) for i in ids], dtype=object)
+        return cls(version, ids, np.ascontiguousarray(unit), {item: row for row, item in enumerate(ids)})
+
+    @property
+    def dimension(self) -> int:
+        return self.matrix.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def top(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each query (unit vectors), the rows of the `want` most similar items and their cosine
+        similarities, most similar first (ties by row)."""
+        want = min(want, len(self))
+        if want == 0:
+            return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
+        rows = np.empty((len(queries), want), dtype=np.int64)
+        scores = np.empty((len(queries), want), dtype=np.float32)
+        for start in range(0, len(queries), _QUERY_CHUNK):
+            part = slice(start, start + _QUERY_CHUNK)
+            rows[part], scores[part] = self._top(queries[part], want)
+        return rows, scores
+
+    def _top(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+        similarity = queries @ self.matrix.T
+        n = similarity.shape[1]
+        if n < _DIRECT_BELOW or want * _BLOCK >= n:
+            candidates = np.argpartition(-similarity, want - 1, axis=1)[:, :want] if want < n else \
+                np.broadcast_to(np.arange(n), similarity.shape)
+        else:
+            # Exact pruning: every one of the `want` best items lies in a block whose best item is at least as
+            # good, and at most `want` blocks can hold such a best item, so the `want` blocks with the highest
+            # maxima hold all of them. One pass for the maxima, then a small ranking instead of one over all.
+            whole = n - n % _BLOCK
+            maxima = similarity[:, :whole].reshape(len(queries), -1, _BLOCK).max(axis=2)
+            blocks = np.argpartition(-maxima, want - 1, axis=1)[:, :want]
+            candidates = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(len(queries), -1)
+            if whole < n:  # the last, partial block is always a candidate
+                tail = np.broadcast_to(np.arange(whole, n), (len(queries), n - whole))
+                candidates = np.concatenate([candidates, tail], axis=1)
+        values = np.take_along_axis(similarity, candidates, axis=1)
+        if values.shape[1] > want:
+            keep = np.argpartition(-values, want - 1, axis=1)[:, :want]
+            candidates, values = (np.take_along_axis(a, keep, axis=1) for a in (candidates, values))
+        order = np.lexsort((candidates, -values), axis=1)  # best first; equal scores by row, as a stable sort
+        return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+    def rankings(self, keys: list, queries: np.ndarray, want: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(rows, similarities) of at least the `want` best items for each query, best first; each distinct
+        query computed once, and at most once per version while its answer is remembered."""
+        found: dict = {}
+        missing: dict = {}
+        for position, key in enumerate(keys):
+            if key in found or key in missing:
+                continue
+            cached = self.answers.get(key)
+            if cached is not None and (len(cached[0]) >= want or len(cached[0]) == len(self)):
+                found[key] = cached
+            else:
+                missing[key] = position
+        if missing:
+            depth = max(want, _CACHED_DEPTH)
+            rows, scores = self.top(queries[list(missing.values())], depth)
+            for key, row_ids, row_scores in zip(missing, rows, scores):
+                found[key] = (row_ids, row_scores)
+                self.answers.put(key, (row_ids, row_scores))
+        return [found[key] for key in keys]
+
+    def recommend(self, vectors: np.ndarray, k: int, exclude: Sequence[set[str]]) -> list[list[tuple[str, float]]]:
+        if vectors.shape[1] != self.dimension:
+            raise EmbeddingsMismatchError(f"query vectors of dimension {vectors.shape[1]} against embeddings of "
+                                          f"dimension {self.dimension} (version {self.version})")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            queries = np.where(norms > 0, vectors / norms, 0.0).astype(np.float32)
+        want = k + max((len(e) for e in exclude), default=0)
+        results = []
+        keys = [b"u" + query.tobytes() for query in queries]
+        for (row_ids, row_scores), excluded in zip(self.rankings(keys, queries, want), exclude):
+            found = [(self.ids[r], float(s)) for r, s in zip(row_ids[:want], row_scores) if self.ids[r] not in excluded]
+            results.append(found[:k])
+        return results
+
+    def similar(self, codes: Sequence[str], k: int) -> list[list[tuple[str, float]] | None]:
+        known = [self.position.get(code) for code in codes]
+        present = [row for row in known if row is not None]
+        results: list[list[tuple[str, float]] | None] = [None] * len(codes)
+        if not present:
+            return results
+        answers = iter(zip(present, self.rankings([("i", row) for row in present], self.matrix[present], k + 1)))
+        for slot, row in enumerate(known):
+            if row is None:
+                continue
+            own, (row_ids, row_scores) = next(answers)
+            results[slot] = [(self.ids[r], float(1.0 - s)) for r, s in zip(row_ids[:k + 1], row_scores) if r != own][:k]
+        return results
+
+
+class LiveItems:
+    """`NearestItems` queries answered from the item vectors of the version asked about, held in memory
+    while the catalogue has at most `max_items` items (else by `store`, through its HNSW index)."""
+
+    def __init__(self, store: NearestItems, max_items: int = DEFAULT_MAX_ITEMS) -> None:
+        self.store = store
+        self.max_items = max_items
+        self._index: ItemIndex | None = None
+        self._too_large: set[str] = set()  # versions answered by the store
+        self._lock = threading.Lock()
+
+    @property
+    def item_table(self) -> str:
+        return self.store.item_table
+
+    def active_version(self, table: str) -> str | None:
+        return self.store.active_version(table)
+
+    def index_for(self, version: str) -> ItemIndex | None:
+        """`version`'s items in memory (read now if another version was held), or None when the catalogue
+        is larger than `max_items`. `EmbeddingsVersionChanged` when `version` is no longer live."""
+        index = self._index
+        if index is not None and index.version == version:
+            return index
+        if version in self._too_large:
+            return None
+        with self._lock:
+            if self._index is not None and self._index.version == version:
+                return self._index
+            loaded = self.store.item_vectors(version, self.max_items)
+            if loaded is None:
+                self._too_large.add(version)
+                return None
+            self._index = ItemIndex.build(version, *loaded)
+            return self._index
+
+    def recommend_batch(self, vectors, k: int = 5, exclude_ids: Sequence[Sequence[str]] | None = None,
+                        version: str | None = None) -> list[list[tuple[str, float]]]:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(vectors) == 0:
+            return []
+        version = version or self._live()
+        index = self.index_for(version) if version else None
+        if index is None:
+            return self.store.recommend_batch(vectors, k, exclude_ids, version=version)
+        excludes = [set(map(str, ex)) for ex in (exclude_ids or [()] * len(vectors))]
+        return index.recommend(vectors, k, excludes)
+
+    def similar_items_batch(self, product_codes: Sequence[str], k: int = 5,
+                            version: str | None = None) -> list[list[tuple[str, float]] | None]:
+        if not product_codes:
+            return []
+        version = version or self._live()
+        index = self.index_for(version) if version else None
+        if index is None:
+            return self.store.similar_items_batch(product_codes, k, version=version)
+        return index.similar([str(code) for code in product_codes], k)
+
+    def _live(self) -> str | None:
+        return self.store.active_version(self.item_table)
+
+    def close(self) -> None:
+        self.store.close()
