@@ -24,7 +24,7 @@ from resources.vector_queries import EmbeddingsMismatchError, NearestItems
 DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process
 _BLOCK = 64  # items per block when pruning (see ItemIndex._top)
 _DIRECT_BELOW = 8_192  # catalogues this small are ranked whole
-_QUERY_CHUNK = 32  # queries scored at a time: the score matrix stays within the CPU's cache
+_QUERY_CHUNK = 64  # queries scored at a time (a 100,000-item catalogue's scores: 25 MB)
 _CACHED_ANSWERS = 100_000  # rankings kept per version (of about 30 items each)
 _CACHED_DEPTH = 32  # items kept per ranking: enough for k plus a browse history's exclusions
 
@@ -96,23 +96,27 @@ class ItemIndex:
         return rows, scores
 
     def _top(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-        similarity = queries @ self.matrix.T
-        n = similarity.shape[1]
+        # items down, queries across: the block maxima below reduce whole rows at a time (SIMD-wide), several
+        # times faster than reducing each query's row of scores block by block
+        similarity = self.matrix @ queries.T
+        n, m = similarity.shape
         if n < _DIRECT_BELOW or want * _BLOCK >= n:
-            candidates = np.argpartition(-similarity, want - 1, axis=1)[:, :want] if want < n else \
-                np.broadcast_to(np.arange(n), similarity.shape)
+            if want < n:
+                candidates = np.argpartition(-similarity, want - 1, axis=0)[:want]
+            else:
+                candidates = np.broadcast_to(np.arange(n)[:, None], (n, m))
         else:
             # Exact pruning: every one of the `want` best items lies in a block whose best item is at least as
             # good, and at most `want` blocks can hold such a best item, so the `want` blocks with the highest
             # maxima hold all of them. One pass for the maxima, then a small ranking instead of one over all.
             whole = n - n % _BLOCK
-            maxima = similarity[:, :whole].reshape(len(queries), -1, _BLOCK).max(axis=2)
-            blocks = np.argpartition(-maxima, want - 1, axis=1)[:, :want]
-            candidates = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(len(queries), -1)
+            maxima = similarity[:whole].reshape(-1, _BLOCK, m).max(axis=1)
+            blocks = np.argpartition(-maxima, want - 1, axis=0)[:want]
+            candidates = (blocks[:, None, :] * _BLOCK + np.arange(_BLOCK)[None, :, None]).reshape(-1, m)
             if whole < n:  # the last, partial block is always a candidate
-                tail = np.broadcast_to(np.arange(whole, n), (len(queries), n - whole))
-                candidates = np.concatenate([candidates, tail], axis=1)
-        values = np.take_along_axis(similarity, candidates, axis=1)
+                candidates = np.concatenate([candidates, np.broadcast_to(np.arange(whole, n)[:, None], (n - whole, m))])
+        values = np.take_along_axis(similarity, candidates, axis=0).T
+        candidates = candidates.T
         if values.shape[1] > want:
             keep = np.argpartition(-values, want - 1, axis=1)[:, :want]
             candidates, values = (np.take_along_axis(a, keep, axis=1) for a in (candidates, values))
