@@ -78,33 +78,62 @@ def _shown(value) -> str:
 def _check_values(event: dict) -> None:
     """Every value of the event, however deep and whatever the field, is one every consumer of the output
     can hold: nested at most `MAX_NESTING` levels, numbers finite and whole numbers within 64 bits, text
-    without NUL characters or lone surrogates. Walked without recursion."""
-    pending = [(event, 1, "the event")]
+    without NUL characters or lone surrogates. Walked without recursion; where a value sits is spelled out
+    only for the message of one that is refused (`path` is a chain of (parent, key) pairs)."""
+    pending = [(event, 1, None)]
     while pending:
-        value, depth, where = pending.pop()
-        if isinstance(value, (dict, list)):
+        value, depth, path = pending.pop()
+        kind = type(value)
+        if kind is str:
+            if not _clean(value):
+                _refuse_text(value, _where(path))
+        elif kind is dict or kind is list:
             if depth > MAX_NESTING:
-                raise EventRejected(f"nested deeper than {MAX_NESTING} levels (at {where})")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
+                raise EventRejected(f"nested deeper than {MAX_NESTING} levels (at {_where(path)})")
+            items = value.items() if kind is dict else enumerate(value)
             for key, item in items:
-                if isinstance(key, str):
-                    _clean_text(key, f"a field name in {where}")
-                pending.append((item, depth + 1, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]"))
-        elif isinstance(value, str):
-            _clean_text(value, where)
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise EventRejected(f"{where} is not a finite number")
-        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WHOLE_NUMBER:
-            raise EventRejected(f"{where} is a whole number beyond 64 bits")
+                if kind is dict and not _clean(key):
+                    _refuse_text(key, f"a field name in {_where(path)}")
+                pending.append((item, depth + 1, (path, key)))
+        elif kind is float:
+            if not math.isfinite(value):
+                raise EventRejected(f"{_where(path)} is not a finite number")
+        elif kind is int:
+            if abs(value) > MAX_WHOLE_NUMBER:
+                raise EventRejected(f"{_where(path)} is a whole number beyond 64 bits")
 
 
-def _clean_text(value: str, where: str) -> None:
+def _where(path) -> str:
+    """`the event.browse_history[0].product_code` for the chain of (parent, key) pairs `path`."""
+    keys = []
+    while path is not None:
+        path, key = path
+        keys.append(f".{key}" if isinstance(key, str) else f"[{key}]")
+    return "the event" + "".join(reversed(keys))
+
+
+def _clean(value: str) -> bool:
+    """No NUL character and no lone surrogate (ASCII text, the usual case, is checked for NUL only)."""
     if "\x00" in value:
-        raise EventRejected(f"{where} contains a NUL character")
+        return False
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise EventRejected(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
+        return False
+    return True
+
+
+def _refuse_text(value: str, where: str) -> None:
+    if "\x00" in value:
+        raise EventRejected(f"{where} contains a NUL character")
+    raise EventRejected(f"{where} is not valid Unicode text (it holds a lone surrogate)")
+
+
+def _clean_text(value: str, where: str) -> None:
+    if not _clean(value):
+        _refuse_text(value, where)
 
 
 def _valid_text(value, where: str) -> str:
