@@ -337,14 +337,16 @@ def enrich_in_batches(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder
 
 class TowerEmbedder:
     """Customer embeddings from a model version's user tower (`NumpyUserTower`: no torch), new customers
-    included, with a note for each city or country the model never saw."""
+    included, with a note for each city or country the model never saw. A customer the model was trained on
+    (by `customer_number`) gets its learned id vector on top of its features' part."""
 
     def __init__(self, tower, version: str) -> None:
         self.tower = tower
         self.version = version
 
     def embed(self, events: Sequence[dict]) -> tuple[np.ndarray, list[list[str]]]:
-        rows = [{"city": e["city"], "country": e["country"], "creditlimit": float(e["credit_limit"])} for e in events]
+        rows = [{"city": e["city"], "country": e["country"], "creditlimit": float(e["credit_limit"]),
+                 "customernumber": e["customer_number"]} for e in events]
         notes = [
             [f"{name} {event[name]!r} not seen in training: its features are ignored"
              for name in ("city", "country") if event[name] not in self.tower.known.get(name, ())]

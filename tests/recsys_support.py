@@ -4,13 +4,11 @@ Trained on the lab's real training data (`ratings_ml_training_dataset.csv`) when
 real stream record's product codes exist; on generated demo data otherwise.
 """
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recsys_assets.embeddings import EmbeddingRows, version_prefix
 from recsys_assets.model_code import two_tower as tt
@@ -32,30 +30,15 @@ def training_frame(datasets_dir: Path) -> pd.DataFrame:
 
 def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVectorStore, version: str,
                      epochs: int = 60, seed: int = 7, numpy_export: bool = True) -> dict:
-    """Train, publish the lab layout's model files under ml-artifacts/<version>/, load both tables.
-    `numpy_export=False` publishes a version as earlier platform versions did, without
-    `model/user_tower.json`."""
-    user_scaler = tt.fit_scaler(frame, tt.USER_CATEGORICAL, tt.USER_NUMERIC)
-    item_scaler = tt.fit_scaler(frame, tt.ITEM_CATEGORICAL, tt.ITEM_NUMERIC)
-    validation = np.random.default_rng(seed).random(len(frame)) < 0.2
-    model, _best = tt.train(tt.transform(frame, user_scaler), tt.transform(frame, item_scaler),
-                            frame[tt.RATING].to_numpy(), validation, epochs=epochs, seed=seed)
+    """Train (one factor penalty, no inner selection: quick), publish the lab layout's model files under
+    ml-artifacts/<version>/, load both tables. `numpy_export=False` publishes a version as earlier platform
+    versions did, without `model/user_tower.json`."""
+    fitted = tt.fit(frame, tt.Hyperparameters(epochs=epochs, factor_l2=(10.0,)), seed)
     products = frame.drop_duplicates(tt.ITEM_ID).sort_values(tt.ITEM_ID)
     users = frame.drop_duplicates(tt.USER_ID).sort_values(tt.USER_ID)
-    item_vectors = tt.embed(model.item_tower, tt.transform(products, item_scaler))
-    user_vectors = tt.embed(model.user_tower, tt.transform(users, user_scaler))
-    state = io.BytesIO()
-    torch.save(model.state_dict(), state)
-    files = {
-        tt.MODEL_FILE: state.getvalue(),
-        tt.CONFIG_FILE: json.dumps(tt.config_for(user_scaler, item_scaler, 32, 64)).encode(),
-        tt.USER_SCALER_FILE: json.dumps(user_scaler).encode(),
-        tt.ITEM_SCALER_FILE: json.dumps(item_scaler).encode(),
-        tt.ITEM_EMBEDDINGS_FILE: tt.embeddings_csv(products[tt.ITEM_ID].tolist(), item_vectors).encode(),
-        tt.USER_EMBEDDINGS_FILE: tt.embeddings_csv(users[tt.USER_ID].astype(int).tolist(), user_vectors).encode(),
-    }
-    if numpy_export:
-        files[tt.USER_TOWER_FILE] = json.dumps(tt.export_user_tower(model)).encode()
+    files = tt.bundle_files(fitted, products, users, numpy_export=numpy_export)
+    item_vectors, _norm = fitted.item_vectors(products)
+    user_vectors = fitted.user_vectors(users)
     for name, data in files.items():
         artifacts.write_bytes(join_key(version_prefix(version), name), data)
     artifacts.write_json(join_key(version_prefix(version), "manifest.json"),
@@ -65,8 +48,8 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
         store.item_table: EmbeddingRows(products[tt.ITEM_ID].to_numpy(dtype=object), item_vectors, "items"),
         store.user_table: EmbeddingRows(users[tt.USER_ID].to_numpy(dtype=np.int64), user_vectors, "users"),
     }, 32)
-    return {"products": products, "users": users, "item_vectors": item_vectors, "model": model,
-            "user_scaler": user_scaler}
+    return {"products": products, "users": users, "item_vectors": item_vectors, "user_vectors": user_vectors,
+            "fitted": fitted, "user_scaler": fitted.user_scaler}
 
 
 # --- session events, good and poisonous ------------------------------------------------------------------

@@ -86,6 +86,23 @@ def exact_similar(model, code, k):
     return [products["productcode"].iloc[i] for i in order[:k]]
 
 
+def test_streamed_customers_get_the_published_vector_when_known_and_a_feature_vector_when_new(model):
+    """A customer of the training data is embedded as in user_emb (features plus its learned id vector); a new
+    customer number with the same features from the features alone; both recommended by cosine."""
+    users, published = model["users"], model["user_vectors"]
+    events = [{"customer_number": int(row.customernumber), "city": row.city, "country": row.country,
+               "credit_limit": float(row.creditlimit)} for row in users.head(5).itertuples()]
+    vectors, _notes = model["embedder"].embed(events)
+    np.testing.assert_allclose(vectors, published[:5], atol=2e-6)
+    strangers, _notes = model["embedder"].embed([{**e, "customer_number": 10**12 + i} for i, e in enumerate(events)])
+    assert np.abs(strangers - vectors).max(axis=1).min() > 1e-4  # the id vectors count for the known ones
+    np.testing.assert_allclose(np.linalg.norm(strangers, axis=1), 1.0, atol=1e-5)
+    [recommended] = model["store"].recommend_batch(vectors[:1], 5, [[]], version="enrich-v1")
+    cosine = model["item_vectors"] @ vectors[0]
+    best = [model["products"]["productcode"].iloc[i] for i in np.argsort(-cosine)[:5]]
+    assert [item for item, _score in recommended] == best
+
+
 def test_the_chosen_item_is_the_first_in_the_cart_else_the_first_browsed():
     history = [{"product_code": "A", "quantity": "1", "in_shopping_cart": False},
                {"product_code": "B", "quantity": "2", "in_shopping_cart": True},

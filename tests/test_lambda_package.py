@@ -79,42 +79,96 @@ def test_a_package_over_the_limit_fails_loudly_and_leaves_no_zip(tmp_path):
 @pytest.fixture(scope="module")
 def trained(datasets_dir):
     frame = training_frame(datasets_dir)
-    user_scaler = tt.fit_scaler(frame, tt.USER_CATEGORICAL, tt.USER_NUMERIC)
-    item_scaler = tt.fit_scaler(frame, tt.ITEM_CATEGORICAL, tt.ITEM_NUMERIC)
-    validation = np.random.default_rng(3).random(len(frame)) < 0.2
-    model, _ = tt.train(tt.transform(frame, user_scaler), tt.transform(frame, item_scaler),
-                        frame[tt.RATING].to_numpy(), validation, epochs=15, seed=3)
-    return {"frame": frame, "model": model, "user_scaler": user_scaler, "item_scaler": item_scaler}
+    # a small factor penalty, so that the customers' id vectors are far from zero
+    fitted = tt.fit(frame, tt.Hyperparameters(epochs=15, factor_l2=(3.0,)), seed=3)
+    return {"frame": frame, "fitted": fitted, "user_scaler": fitted.user_scaler, "item_scaler": fitted.item_scaler}
+
+
+def numpy_rows(frame: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in frame.to_dict("records")]
 
 
 def test_the_numpy_tower_gives_the_torch_towers_embeddings(trained, tmp_path):
-    model, scaler, frame = trained["model"], trained["user_scaler"], trained["frame"]
-    export = json.loads(json.dumps(tt.export_user_tower(model)))  # through its JSON file form
+    fitted, scaler, frame = trained["fitted"], trained["user_scaler"], trained["frame"]
+    export = json.loads(json.dumps(tt.export_user_tower(fitted)))  # through its JSON file form
     tower = numpy_tower.NumpyUserTower(export, scaler)
-    customers = frame.drop_duplicates(tt.USER_ID)[[*tt.USER_CATEGORICAL, *tt.USER_NUMERIC]]
-    odd = pd.DataFrame({"city": ["Atlantis", customers["city"].iloc[0], None], "country": ["Nowhere", None, "USA"],
+    customers = frame.drop_duplicates(tt.USER_ID)[[tt.USER_ID, *tt.USER_CATEGORICAL, *tt.USER_NUMERIC]]
+    moved = customers.head(3).assign(city="Atlantis", creditlimit=1.0)  # known customers with new features
+    odd = pd.DataFrame({tt.USER_ID: [None, 999_999, None],  # new customers: no number, a number never seen
+                        "city": ["Atlantis", customers["city"].iloc[0], None], "country": ["Nowhere", None, "USA"],
                         "creditlimit": [0.0, float("nan"), 1e9]})  # unseen values, missing values, extremes
-    rows = pd.concat([customers, odd], ignore_index=True)
-    expected = tt.embed(model.user_tower, tt.transform(rows, scaler))
-    got = tower.embed([{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-                       for r in rows.to_dict("records")])
-    assert got.dtype == np.float32 and got.shape == expected.shape
+    rows = pd.concat([customers, moved, odd], ignore_index=True)
+    rows[tt.USER_ID] = rows[tt.USER_ID].astype(object)
+    expected = fitted.user_vectors(rows)
+    got = tower.embed(numpy_rows(rows))
+    assert got.dtype == np.float32 and got.shape == expected.shape == (len(rows), 32)
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert tt.UserTower(tt.config_for(scaler, trained["item_scaler"], 32, 64), model.state_dict(), scaler).to_numpy() \
-        .embed(rows.iloc[:5].to_dict("records")).shape == (5, 32)
+    # the published torch tower (what the serving container loads) gives them too
+    files = tt.bundle_files(fitted, frame.drop_duplicates(tt.ITEM_ID), customers)
+    for name in (tt.MODEL_FILE, tt.CONFIG_FILE, tt.USER_SCALER_FILE):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(files[name])
+    published = tt.UserTower.load(tmp_path)
+    np.testing.assert_allclose(published.embed(rows), expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(published.to_numpy().embed(numpy_rows(rows)), expected, rtol=0, atol=2e-6)
+    # known customers get their learned vectors: the same features without the number embed otherwise
+    anonymous = tower.embed(numpy_rows(customers.assign(**{tt.USER_ID: None})))
+    assert np.abs(anonymous - got[:len(customers)]).max(axis=1).min() > 1e-3
+    # ... and the embeddings file holds exactly what the towers give for the catalogue's customers
+    lines = files[tt.USER_EMBEDDINGS_FILE].decode().splitlines()[1:]
+    published_vectors = np.array([json.loads(line.split(",", 1)[1].strip('"')) for line in lines])
+    in_order = customers.sort_values(tt.USER_ID)
+    np.testing.assert_allclose(published_vectors, tower.embed(numpy_rows(in_order)), atol=1e-6)
+
+
+def test_cosine_ranks_items_as_the_model_predicts(trained):
+    """What pgvector does online (nearest items by cosine) orders each customer's items as the model's
+    predicted ratings do, for known and new customers alike."""
+    fitted, frame = trained["fitted"], trained["frame"]
+    products = frame.drop_duplicates(tt.ITEM_ID).sort_values(tt.ITEM_ID)
+    item_vectors, _norm = fitted.item_vectors(products)
+    np.testing.assert_allclose(np.linalg.norm(item_vectors, axis=1), 1.0, atol=1e-5)
+    customers = frame.drop_duplicates(tt.USER_ID).head(5)[[tt.USER_ID, *tt.USER_CATEGORICAL, *tt.USER_NUMERIC]]
+    newcomer = customers.head(1).assign(**{tt.USER_ID: 999_999, "city": "Atlantis"})
+    for _, customer in pd.concat([customers, newcomer]).iterrows():
+        pairs = products.assign(**{name: customer[name] for name in customer.index})
+        predicted = fitted.predict(pairs)
+        cosine = item_vectors.astype(np.float64) @ fitted.user_vectors(pairs.head(1))[0]
+        by_cosine = np.argsort(-cosine, kind="stable")
+        assert np.all(np.diff(predicted[by_cosine]) <= 1e-5)  # nearest first = best predicted first (float32)
+        assert np.ptp(predicted) > 0.1  # and there is an order to agree on
+
+
+def test_a_legacy_export_is_still_read(trained):
+    """Model versions published before the id vectors wrote format 1 (features -> MLP -> unit vector)."""
+    rng = np.random.default_rng(0)
+    width = trained["user_scaler"]["width"]
+    layers = [(rng.normal(size=(64, width)), rng.normal(size=64)), (rng.normal(size=(32, 64)), rng.normal(size=32))]
+    export = json.loads(json.dumps(numpy_tower.export_user_tower(layers, dim=32, hidden=64, legacy=True)))
+    tower = numpy_tower.NumpyUserTower(export, trained["user_scaler"])
+    rows = numpy_rows(trained["frame"].drop_duplicates(tt.USER_ID).head(4))
+    x = numpy_tower.user_features(rows, trained["user_scaler"]).astype(np.float64)
+    out = np.maximum(x @ layers[0][0].T + layers[0][1], 0) @ layers[1][0].T + layers[1][1]
+    np.testing.assert_allclose(tower.embed(rows), out / np.linalg.norm(out, axis=1, keepdims=True), atol=1e-5)
 
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda e: e.update(format=9), "unsupported export format 9"),
     (lambda e: e["layers"].pop(), "expected 2 layers, found 1"),
     (lambda e: e["layers"][0]["weight"][0].pop(), "layer 0 needs numeric 'weight' and 'bias' arrays"),
-    (lambda e: e["layers"][1]["bias"].append(0.5), r"layer 1 has weight \(32, 64\) and bias \(33,\)"),
+    (lambda e: e["layers"][1]["bias"].append(0.5), r"layer 1 has weight \(30, 64\) and bias \(31,\)"),
     (lambda e: e["layers"][1]["weight"][0].__setitem__(0, float("inf")), "layer 1 holds values that are not finite"),
     (lambda e: e.update(dim=16), "the tower gives 32 dimensions, its 'dim' says 16"),
+    (lambda e: e.pop("known_customers"), "'known_customers' must be an object with 'ids' and 'vectors'"),
+    (lambda e: e["known_customers"]["ids"].__setitem__(1, e["known_customers"]["ids"][0]), "repeat a customer number"),
+    (lambda e: e["known_customers"]["ids"].__setitem__(0, "103"), "'ids' must be a list of whole numbers"),
+    (lambda e: e["known_customers"]["vectors"][0].pop(), "need one vector of 30 numbers per id"),
+    (lambda e: e["known_customers"]["vectors"][0].__setitem__(0, float("nan")), "vectors hold values that are not finite"),
 ])
 def test_a_broken_export_is_refused_naming_the_file(trained, mutate, message):
-    export = json.loads(json.dumps(tt.export_user_tower(trained["model"])))
+    export = json.loads(json.dumps(tt.export_user_tower(trained["fitted"])))
     mutate(export)
     with pytest.raises(numpy_tower.TowerExportError, match=message) as raised:
         numpy_tower.NumpyUserTower(export, trained["user_scaler"], "s3://b/ml-artifacts/v1/model/user_tower.json")
@@ -133,7 +187,7 @@ def test_a_broken_export_is_refused_naming_the_file(trained, mutate, message):
 def test_a_broken_scaler_is_refused_naming_the_file(trained, mutate, message):
     scaler = json.loads(json.dumps(trained["user_scaler"]))
     mutate(scaler)
-    files = {numpy_tower.USER_TOWER_FILE: json.dumps(tt.export_user_tower(trained["model"])).encode(),
+    files = {numpy_tower.USER_TOWER_FILE: json.dumps(tt.export_user_tower(trained["fitted"])).encode(),
              numpy_tower.USER_SCALER_FILE: json.dumps(scaler).encode()}
     with pytest.raises(numpy_tower.TowerExportError, match=message) as raised:
         numpy_tower.NumpyUserTower.from_files(files, "s3://b/ml-artifacts/v1/model/user_tower.json")

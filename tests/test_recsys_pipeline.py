@@ -50,6 +50,7 @@ def test_the_whole_graph_materialises_on_demo_data(demo_run):
     version = model["model_version"]
     # the model learns the demo data's structure: better than the popularity and item-mean baselines
     assert model["validation_ndcg_at_5"] > model["popularity_ndcg_at_5"]
+    assert model["validation_ndcg_at_5"] > model["item_mean_ndcg_at_5"]
     assert model["validation_rmse"] < model["item_mean_baseline_rmse"]
     artifacts = resources["artifacts"]
     keys = {i.key.split("/", 2)[2] for i in artifacts.list(f"ml-artifacts/{version}/")}
@@ -67,6 +68,30 @@ def test_the_whole_graph_materialises_on_demo_data(demo_run):
     code = pgvector.connection().execute("SELECT id FROM item_emb ORDER BY id LIMIT 1").fetchone()[0]
     similar = pgvector.similar_items(code, 5)
     assert len(similar) == 5 and code not in [s[0] for s in similar]
+
+
+def test_quality_is_reported_over_several_held_out_splits_next_to_the_baselines(demo_run):
+    result, resources = demo_run
+    model = metadata(result, "recsys_model")
+    metrics = resources["artifacts"].read_json(f"ml-artifacts/{model['model_version']}/metrics.json")
+    evaluation = metrics["evaluation"]
+    seeds = recsys.assets.RecsysModelConfig().eval_seeds
+    assert seeds >= 5 and evaluation["seeds"] == list(range(7, 7 + seeds)) and metrics["evaluation_seeds"] == seeds
+    assert [row["seed"] for row in evaluation["per_seed"]] == evaluation["seeds"]
+    figures = ["validation_rmse", "validation_ndcg_at_5", "popularity_ndcg_at_5", "item_mean_ndcg_at_5",
+               "item_mean_baseline_rmse", "global_mean_baseline_rmse", "user_mean_baseline_rmse"]
+    split_names = dict(zip(figures, two_tower.SPLIT_METRICS))
+    for name in figures:  # the mean and the standard deviation of the per-seed figures, for each
+        values = [row[split_names[name]] for row in evaluation["per_seed"]]
+        assert metrics[name] == pytest.approx(np.mean(values)) and metrics[f"{name}_std"] == pytest.approx(np.std(values, ddof=1))
+        assert metrics[f"{name}_std"] > 0
+    assert set(evaluation["targets_met"]) == {"ndcg_at_5>popularity", "ndcg_at_5>item_mean", "rmse<item_mean"}
+    assert evaluation["targets_met"]["rmse<item_mean"] == (metrics["validation_rmse"] < metrics["item_mean_baseline_rmse"])
+    # the asset's metadata shows them: the figures, their standard deviations, the table next to the baselines
+    for name in figures[:5]:
+        assert model[name] == pytest.approx(metrics[name], rel=1e-2) and f"{name}_std" in model  # rounded
+    assert "| model |" in model["quality"] and "| popularity (most rated first) |" in model["quality"]
+    assert model["targets_met"] == evaluation["targets_met"]
 
 
 def test_published_user_tower_reproduces_the_user_embeddings(demo_run, tmp_path):

@@ -8,7 +8,7 @@ cosine distance with the item embeddings of the same model version.
 Requests: `application/json` with one object, a list of objects or `{"instances": [...]}`; or
 `application/jsonlines` (Batch Transform with `SplitType=Line`), one object per line. Each object has
 `city`, `country` and `creditlimit` (an unseen city or country is fine), and may carry
-`customernumber`, which is echoed. Responses: `application/json` `{"embeddings": [[...], ...],
+`customernumber`, which is echoed (and, for a customer the model was trained on, adds its learned id vector). Responses: `application/json` `{"embeddings": [[...], ...],
 "dimension": 32}`, or `application/jsonlines` with `{"customernumber": ..., "embedding": [...]}` per line.
 """
 

@@ -2,11 +2,17 @@
 
 Where torch cannot go (the Firehose transformation Lambda, whose package must stay under Lambda's 250 MB),
 customers are embedded from `model/user_tower.json`, which training writes next to the torch weights:
-plain JSON (no pickle), the two linear layers of the tower with their float32 values, and what the forward
-pass does (ReLU between them, L2 normalisation after). `NumpyUserTower` gives the same embeddings as
-`two_tower.UserTower` (tested to float32 rounding), and its features are built from the same JSON scaler
-by the same rules: one-hot city and country (an unseen value encodes as zeros), the credit limit
-standardised (missing -> the training mean).
+plain JSON (no pickle), the two linear layers of the tower with their float32 values, the id vectors of the
+customers the model was trained on (keyed by customer number), and what the forward pass does:
+
+    p = relu(x @ W0.T + b0) @ W1.T + b1  (+ the customer's id vector for a customer of the training data)
+    embedding = [1, p, 0] / |[1, p, 0]|
+
+(format 2; format 1, written by earlier model versions, is `relu(x @ W0.T + b0) @ W1.T + b1` normalised,
+without ids). `NumpyUserTower` gives the same embeddings as `two_tower.UserTower` (tested to float32
+rounding), and its features are built from the same JSON scaler by the same rules: one-hot city and country
+(an unseen value encodes as zeros), the credit limit standardised (missing -> the training mean). A customer
+number the model never saw embeds from the features alone.
 
 Imports only the standard library and numpy: it is part of the model's source folder (`two_tower.py`
 imports it to write the export) and of the Lambda package.
@@ -23,7 +29,8 @@ import numpy as np
 
 USER_TOWER_FILE = "model/user_tower.json"
 USER_SCALER_FILE = "scalers/user_features.json"
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
+EXPORT_FORMATS = (1, 2)  # what this module reads: 1 from model versions published before the id vectors
 SCALER_FORMAT = 1
 # torch's F.normalize: x / max(||x||, eps)
 NORMALIZE_EPS = 1e-12
@@ -36,18 +43,47 @@ class TowerExportError(ValueError):
     """The exported tower or its scaler cannot be used; the message names the file and what is wrong."""
 
 
-def export_user_tower(layers: Sequence[tuple[np.ndarray, np.ndarray]], *, dim: int, hidden: int) -> dict[str, Any]:
+def export_user_tower(layers: Sequence[tuple[np.ndarray, np.ndarray]], *, dim: int, hidden: int,
+                      customer_ids: Sequence[int] = (), customer_vectors: np.ndarray | None = None,
+                      legacy: bool = False) -> dict[str, Any]:
     """The JSON document of `model/user_tower.json` from the tower's (weight, bias) pairs, in torch's
-    `nn.Linear` layout (weight: out x in). Values are written as the float32 numbers they are."""
-    return {
-        "format": EXPORT_FORMAT,
+    `nn.Linear` layout (weight: out x in), and the known customers' id vectors (one row per id, in the
+    order of `customer_ids`). Values are written as the float32 numbers they are. `legacy`: format 1."""
+    document = {
+        "format": 1 if legacy else EXPORT_FORMAT,
         "model": "two-tower user tower",
-        "forward": "x -> relu(x @ W0.T + b0) @ W1.T + b1 -> l2 normalise",
+        "forward": ("x -> relu(x @ W0.T + b0) @ W1.T + b1 -> l2 normalise" if legacy else
+                    "x -> relu(x @ W0.T + b0) @ W1.T + b1 (+ the known customer's vector) = p -> [1, p, 0] "
+                    "-> l2 normalise"),
         "dim": dim,
         "hidden": hidden,
         "layers": [{"weight": np.asarray(weight, dtype=np.float32).tolist(),
                     "bias": np.asarray(bias, dtype=np.float32).tolist()} for weight, bias in layers],
     }
+    if not legacy:
+        vectors = np.zeros((0, dim - 2), np.float32) if customer_vectors is None else customer_vectors
+        document["known_customers"] = {"ids": [int(i) for i in customer_ids],
+                                       "vectors": np.asarray(vectors, dtype=np.float32).tolist()}
+    return document
+
+
+def customer_key(value) -> int | None:
+    """A customer number as the id tables know it: a whole number (an integral float too, as pandas holds
+    them next to missing values); anything else (missing, text, booleans) is no known customer."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows divided by their length (torch's F.normalize: x / max(||x||, eps)), float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.float32(NORMALIZE_EPS))
+    return (vectors / norms).astype(np.float32)
 
 
 def user_features(rows: Sequence[Mapping[str, Any]], scaler: Mapping[str, Any]) -> np.ndarray:
@@ -120,9 +156,10 @@ class NumpyUserTower:
     """Customers' unit-length embeddings from the exported user tower and the user scaler."""
 
     def __init__(self, export: Mapping[str, Any], scaler: Mapping[str, Any], source: str = USER_TOWER_FILE) -> None:
-        if not isinstance(export, Mapping) or export.get("format") != EXPORT_FORMAT:
+        if not isinstance(export, Mapping) or export.get("format") not in EXPORT_FORMATS:
             found = export.get("format") if isinstance(export, Mapping) else type(export).__name__
             raise TowerExportError(f"{source}: unsupported export format {found!r} (expected {EXPORT_FORMAT})")
+        self.format = export["format"]
         check_scaler(scaler, source.replace(USER_TOWER_FILE, USER_SCALER_FILE))
         layers = export.get("layers")
         if not isinstance(layers, list) or len(layers) != 2:
@@ -144,11 +181,35 @@ class NumpyUserTower:
                 raise TowerExportError(f"{source}: layer {number} holds values that are not finite")
             self.layers.append((weight, bias))
             width = weight.shape[0]
-        if width != export.get("dim"):
-            raise TowerExportError(f"{source}: the tower gives {width} dimensions, its 'dim' says {export.get('dim')}")
-        self.dim = width
+        extra = 0 if self.format == 1 else 2  # format 2 adds the leading 1 and the trailing 0
+        if width + extra != export.get("dim"):
+            raise TowerExportError(f"{source}: the tower gives {width + extra} dimensions, its 'dim' says "
+                                   f"{export.get('dim')}")
+        self.dim = width + extra
         self.scaler = scaler
         self.known = {name: set(values) for name, values in scaler["categorical"].items()}
+        self.customer_rows: dict[int, int] = {}
+        self.customer_vectors = np.zeros((0, width), np.float32)
+        if self.format != 1:
+            self._read_known_customers(export.get("known_customers"), width, source)
+
+    def _read_known_customers(self, known, width: int, source: str) -> None:
+        if not isinstance(known, Mapping):
+            raise TowerExportError(f"{source}: 'known_customers' must be an object with 'ids' and 'vectors'")
+        ids = known.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise TowerExportError(f"{source}: the known customers' 'ids' must be a list of whole numbers")
+        if len(set(ids)) != len(ids):
+            raise TowerExportError(f"{source}: the known customers' 'ids' repeat a customer number")
+        try:
+            vectors = np.asarray(known.get("vectors"), dtype=np.float32).reshape(len(ids), width) if ids else \
+                np.zeros((0, width), np.float32)
+        except (TypeError, ValueError, RecursionError):
+            raise TowerExportError(f"{source}: the known customers need one vector of {width} numbers per id") from None
+        if not np.isfinite(vectors).all():
+            raise TowerExportError(f"{source}: the known customers' vectors hold values that are not finite")
+        self.customer_rows = {customer: row for row, customer in enumerate(ids)}
+        self.customer_vectors = vectors
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], source: str = USER_TOWER_FILE) -> NumpyUserTower:
@@ -157,13 +218,21 @@ class NumpyUserTower:
         scaler = parse_file(files[USER_SCALER_FILE], source.replace(USER_TOWER_FILE, USER_SCALER_FILE))
         return cls(export, scaler, source)
 
-    def embed_features(self, x: np.ndarray) -> np.ndarray:
+    def embed_features(self, x: np.ndarray, customers: Sequence[Any] | None = None) -> np.ndarray:
+        """Unit-length embeddings of feature rows `x`; `customers`: their customer numbers (None: all new)."""
         (w0, b0), (w1, b1) = self.layers
         hidden = np.maximum(x.astype(np.float32) @ w0.T + b0, np.float32(0))
         out = hidden @ w1.T + b1
-        norms = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(NORMALIZE_EPS))
-        return (out / norms).astype(np.float32)
+        if self.format == 1:
+            return l2_normalise(out)
+        for row, customer in enumerate(customers if customers is not None else ()):
+            position = self.customer_rows.get(customer_key(customer))
+            if position is not None:
+                out[row] += self.customer_vectors[position]
+        ones, zeros = np.ones((len(out), 1), np.float32), np.zeros((len(out), 1), np.float32)
+        return l2_normalise(np.hstack([ones, out.astype(np.float32), zeros]))
 
     def embed(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Unit-length embeddings for rows with city, country and creditlimit (new customers included)."""
-        return self.embed_features(user_features(rows, self.scaler))
+        """Unit-length embeddings for rows with city, country and creditlimit (new customers included), and
+        optionally customernumber: a customer of the training data gets its learned id vector added."""
+        return self.embed_features(user_features(rows, self.scaler), [row.get("customernumber") for row in rows])
