@@ -346,7 +346,7 @@ class TowerEmbedder:
 
     def embed(self, events: Sequence[dict]) -> tuple[np.ndarray, list[list[str]]]:
         rows = [{"city": e["city"], "country": e["country"], "creditlimit": float(e["credit_limit"]),
-                 "customernumber": e["customer_number"]} for e in events]
+                 "customernumber": e.get("customer_number")} for e in events]
         notes = [
             [f"{name} {event[name]!r} not seen in training: its features are ignored"
              for name in ("city", "country") if event[name] not in self.tower.known.get(name, ())]
