@@ -215,7 +215,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The recommendations API (recsys_assets/api.py) under uvicorn, until Ctrl-C."""
     import uvicorn
 
+    from resources.embedded_postgres import exit_cleanly_on_sigterm
+
     _settings()  # a bad setting stops here, with its message, before any worker starts
+    # uvicorn stops gracefully on SIGTERM, then raises it again: through the exit handlers, so that this process
+    # leaves the embedded server's users
+    exit_cleanly_on_sigterm()
     print(f"recommendations API on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     uvicorn.run("recsys_assets.api:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, access_log=args.access_log,

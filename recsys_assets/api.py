@@ -4,8 +4,9 @@ Endpoints (JSON in and out; the lab's Lambda calls the first three exactly so):
 
 - `POST /user_embeddings`: `[{"city", "country", "creditlimit"}, ...]` -> `[{"embedding": [32 numbers],
   "model_version", "notes"}, ...]`, one per customer, in order.
-- `POST /items_from_user?limit=N`: an answer of `/user_embeddings` (or `{"embedding": [...]}`, or a
-  customer's features) -> `[{"id", "score"}, ...]`, highest cosine similarity first.
+- `POST /items_from_user?limit=N`: one customer's entry of a `/user_embeddings` answer (or that whole
+  one-customer answer, or `{"embedding": [...]}`, or a customer's features) -> `[{"id", "score"}, ...]`,
+  highest cosine similarity first.
 - `GET /items_from_item?item_id=X&limit=N` -> `[{"id", "distance"}, ...]`, nearest first, X excluded.
 - `GET /health`: the process answers (liveness). `GET /ready`: 200 with the live model version once one is
   loaded, else 503 with the reason (readiness).
@@ -15,7 +16,8 @@ Endpoints (JSON in and out; the lab's Lambda calls the first three exactly so):
 embedding of another model version than the live one), 413 (body over `MAX_EVENT_BYTES`), 422 (a missing or
 mistyped field, a limit out of range) and 503 (no model loaded, or the database cannot answer; with
 `Retry-After`). Nothing answers 500 with a traceback: an unexpected error is logged (its message masked of
-credentials) and answered with a plain 500.
+credentials) and answered with a plain 500; answers are ASCII JSON, so no client text echoed in a message
+can make one fail.
 
 The logic is `recsys_assets.recommender.LiveRecommender`; this module is HTTP only. Built on Starlette and
 served by uvicorn, the stack Dagster's own webserver runs on.
@@ -40,8 +42,11 @@ from resources.credentials import scrub
 logger = logging.getLogger("mldp.recommendations_api")
 
 
-class _BodyTooLarge(Exception):
-    pass
+class AsciiJSONResponse(JSONResponse):
+    """JSON in ASCII: any text a client sent, echoed in a message, is escaped, so no answer fails to encode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _not_json_constant(name: str):
@@ -76,6 +81,25 @@ def create_app(recommender: LiveRecommender, *, max_body_bytes: int = 1024 * 102
     """The ASGI application over `recommender`; with `follow`, the live version is followed in the background
     while the application runs. `secrets`: connection strings whose credentials are masked in what is logged."""
 
+    def guarded(endpoint):
+        """Every outcome of an endpoint as an answer: a refusal (4xx) or an outage (503) with its message, and
+        anything unexpected as a plain 500, logged here with credentials masked (an exception left to the
+        server would be logged by it raw, traceback and all)."""
+        async def run(request: Request) -> JSONResponse:
+            try:
+                return await endpoint(request)
+            except RequestError as exc:
+                return AsciiJSONResponse({"error": str(exc)}, status_code=exc.status)
+            except Unavailable as exc:
+                message = scrub(str(exc), *secrets)
+                logger.warning("answered 503: %s", message)
+                return AsciiJSONResponse({"error": message}, status_code=503, headers={"Retry-After": "5"})
+            except Exception as exc:  # noqa: BLE001 - answered without a traceback, logged masked
+                logger.error("%s %s failed: %s", request.method, request.url.path, scrub(_reason(exc), *secrets))
+                return AsciiJSONResponse({"error": "internal error: the service's log has the cause"}, status_code=500)
+
+        return run
+
     async def answer(request: Request, work) -> JSONResponse:
         # queries answered from memory are short: run them on the event loop; a query that may wait on the
         # database (items queried in pgvector, a version being read) runs on a worker thread
@@ -84,7 +108,7 @@ def create_app(recommender: LiveRecommender, *, max_body_bytes: int = 1024 * 102
             version, body = work()
         else:
             version, body = await run_in_threadpool(work)
-        return JSONResponse(body, headers={"X-Model-Version": version})
+        return AsciiJSONResponse(body, headers={"X-Model-Version": version})
 
     async def user_embeddings(request: Request) -> JSONResponse:
         body = await _json_body(request, max_body_bytes)
@@ -104,22 +128,13 @@ def create_app(recommender: LiveRecommender, *, max_body_bytes: int = 1024 * 102
 
     async def ready(_request: Request) -> JSONResponse:
         status = recommender.status()
+        if status["problem"]:
+            status["problem"] = scrub(status["problem"], *secrets)
         headers = {"X-Model-Version": status["model_version"]} if status["model_version"] else {}
-        return JSONResponse(status, status_code=200 if status["ready"] else 503, headers=headers)
-
-    async def request_error(_request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
-
-    async def unavailable(_request: Request, exc: Unavailable) -> JSONResponse:
-        logger.warning("answered 503: %s", scrub(str(exc), *secrets))
-        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        return AsciiJSONResponse(status, status_code=200 if status["ready"] else 503, headers=headers)
 
     async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("%s %s failed: %s", request.method, request.url.path, scrub(_reason(exc), *secrets))
-        return JSONResponse({"error": "internal error: the service's log has the cause"}, status_code=500)
+        return AsciiJSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -134,14 +149,13 @@ def create_app(recommender: LiveRecommender, *, max_body_bytes: int = 1024 * 102
 
     return Starlette(
         routes=[
-            Route("/user_embeddings", user_embeddings, methods=["POST"]),
-            Route("/items_from_user", items_from_user, methods=["POST"]),
-            Route("/items_from_item", items_from_item, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
+            Route("/user_embeddings", guarded(user_embeddings), methods=["POST"]),
+            Route("/items_from_user", guarded(items_from_user), methods=["POST"]),
+            Route("/items_from_item", guarded(items_from_item), methods=["GET"]),
+            Route("/health", guarded(health), methods=["GET"]),
+            Route("/ready", guarded(ready), methods=["GET"]),
         ],
-        exception_handlers={RequestError: request_error, Unavailable: unavailable, HTTPException: http_error,
-                            Exception: unexpected},
+        exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
 

@@ -21,7 +21,6 @@ Bad input raises `RequestError` naming the field; a database that cannot answer 
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_assets.enrichment import MAX_TEXT_LENGTH, EventRejected, UserEmbedder, check_customer
+from recsys_assets.enrichment import MAX_TEXT_LENGTH, EventRejected, UserEmbedder, _clean, check_customer
 from resources.item_index import LiveItems
 from resources.vector_queries import EmbeddingsMismatchError, EmbeddingsVersionChanged, QueryValueError
 
@@ -65,16 +64,22 @@ def check_limit(raw) -> int:
     if raw is None:
         return 5
     text = str(raw).strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-        raise RequestError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {str(raw)[:40]!r}")
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:  # ASCII: '²'.isdigit() too
+        raise RequestError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {_echo(raw)}")
     return int(text)
+
+
+def _echo(value, length: int = 40) -> str:
+    """A client's value quoted in a message: shortened, and ASCII (a lone surrogate is shown escaped)."""
+    return ascii(str(value)[:length])
 
 
 def check_item_id(raw) -> str:
     if raw is None or not str(raw).strip():
         raise RequestError("missing item_id: the product code whose similar items are asked for")
-    if len(raw) > MAX_TEXT_LENGTH or "\x00" in raw:
-        raise RequestError(f"item_id must be a product code of at most {MAX_TEXT_LENGTH} characters without NUL")
+    if len(raw) > MAX_TEXT_LENGTH or not _clean(raw):
+        raise RequestError(f"item_id must be a product code of at most {MAX_TEXT_LENGTH} characters, without NUL "
+                           "or lone surrogates")
     return raw
 
 
@@ -142,10 +147,10 @@ class LiveRecommender:
     def start_following(self) -> None:
         """Refresh every `refresh_seconds` on a background thread until `stop_following`."""
         def follow() -> None:
+            self.refresh()
             while not self._stop.wait(self.refresh_seconds):
                 self.refresh()
 
-        self.refresh()
         self._thread = threading.Thread(target=follow, name="live-version", daemon=True)
         self._thread.start()
 
@@ -155,9 +160,13 @@ class LiveRecommender:
             self._thread.join(timeout=10)
 
     def snapshot(self) -> Snapshot:
-        snapshot = self._snapshot or self.refresh()
+        """The version in use. Without one, requests do not wait on the database: the background refresh
+        keeps trying (a request refreshes only when nothing ever did, as without `start_following`)."""
+        snapshot = self._snapshot
+        if snapshot is None and self.last_checked is None and self._thread is None:
+            snapshot = self.refresh()
         if snapshot is None:
-            raise Unavailable(self.last_error or "no model version is live yet")
+            raise Unavailable(self.last_error or "no model version is loaded yet; the service is still starting")
         return snapshot
 
     def status(self) -> dict:
@@ -206,7 +215,9 @@ class LiveRecommender:
         """`body`: `{"embedding": [...], "model_version": ...}` (an answer of /user_embeddings; a list of
         numbers alone is accepted too) or a customer's features."""
         limit = check_limit(limit)
-        if isinstance(body, list) and body and not isinstance(body[0], dict):
+        if isinstance(body, list) and len(body) == 1 and isinstance(body[0], dict):
+            body = body[0]  # the whole answer of /user_embeddings for one customer
+        elif isinstance(body, list) and body and not isinstance(body[0], dict):
             body = {"embedding": body}
         if not isinstance(body, dict):
             raise RequestError("the body must be a JSON object: {\"embedding\": [...]} (from /user_embeddings) or a "
@@ -219,7 +230,7 @@ class LiveRecommender:
 
         def recommend(snapshot: Snapshot) -> list[dict]:
             if asked_version is not None and asked_version != snapshot.version:
-                raise RequestError(f"the embedding is of model version {asked_version}, and version "
+                raise RequestError(f"the embedding is of model version {_echo(asked_version, 200)}, and version "
                                    f"{snapshot.version} is live: items of one version are never compared with "
                                    "another's embeddings; embed the customer again with /user_embeddings", status=409)
             query = vector if vector is not None else snapshot.embedder.embed([user])[0][0]
@@ -235,26 +246,33 @@ class LiveRecommender:
         def similar(snapshot: Snapshot) -> list[dict]:
             found = self.items.similar_items_batch([item_id], limit, version=snapshot.version)[0]
             if found is None:
-                raise RequestError(f"unknown item_id {item_id[:100]!r}: no such item in model version "
+                raise RequestError(f"unknown item_id {_echo(item_id, 100)}: no such item in model version "
                                    f"{snapshot.version}", status=404)
             return [{"id": item, "distance": distance} for item, distance in found]
 
         return self._answer(similar)
 
 
-def _check_embedding(body: dict) -> tuple[list[float], str | None]:
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_embedding(body: dict) -> tuple[np.ndarray, str | None]:
+    """The embedding as float32 with a direction: every number finite within float32's range, and not all
+    (or, once in float32, effectively) zero; its length is checked against the items' dimension later."""
     vector = body["embedding"]
     if not isinstance(vector, list) or not vector or len(vector) > 4096:
         raise RequestError("embedding must be a non-empty list of numbers (an answer of /user_embeddings)")
     for position, value in enumerate(vector):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise RequestError(f"embedding[{position}] must be a finite number, not {str(value)[:40]!r}")
-    if not any(vector):
-        raise RequestError("embedding is all zeros: it has no direction to compare items with")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+            raise RequestError(f"embedding[{position}] must be a finite number within float32's range, not "
+                               f"{_echo(value)}")
+    as_float32 = np.asarray(vector, dtype=np.float32)
+    if not np.any(as_float32) or not np.isfinite(np.linalg.norm(as_float32.astype(np.float64))):
+        raise RequestError("embedding is all zeros (in float32): it has no direction to compare items with")
     version = body.get("model_version")
-    if version is not None and not isinstance(version, str):
-        raise RequestError("model_version must be a string (the version /user_embeddings named)")
-    return vector, version
+    if version is not None and (not isinstance(version, str) or not _clean(version) or len(version) > 200):
+        raise RequestError("model_version must be the text /user_embeddings gave")
+    return as_float32, version
 
 
 def _reason(exc: Exception) -> str:

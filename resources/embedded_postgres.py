@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,7 @@ class EmbeddedServer:
     pgdata: Path
     uri: str  # the postgres superuser over the server's Unix socket
     attached_by: int  # the pid that attached (a forked child attaches again)
+    postmaster: int  # the server attached to: another one (stopped and started again meanwhile) means attach again
 
     def get_uri(self) -> str:
         return self.uri
@@ -81,20 +83,24 @@ def embedded_server(pgdata: Path) -> EmbeddedServer:
     pgdata = Path(pgdata).expanduser().resolve()
     with _lock:
         server = _attached.get(pgdata)
-        if server is not None and server.attached_by == os.getpid() and _postmaster_pid(pgdata) is not None:
+        if server is not None and server.attached_by == os.getpid() and _postmaster_pid(pgdata) == server.postmaster:
             return server
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         with _folder_lock(pgdata):
-            if _postmaster_pid(pgdata) is None:
+            postmaster = _postmaster_pid(pgdata)
+            if postmaster is None:
+                _forget_stale_pid_file(pgdata)
                 _start_in_helper(pgdata)
+                postmaster = _postmaster_pid(pgdata)
             me = _identity(os.getpid())
             users = [user for user in _live_users(pgdata) if user != me]
             _write_users(pgdata, [*users, me])
             uri = _socket_uri(pgdata)
         first = pgdata not in _attached or _attached[pgdata].attached_by != os.getpid()
-        _attached[pgdata] = server = EmbeddedServer(pgdata, uri, os.getpid())
+        _attached[pgdata] = server = EmbeddedServer(pgdata, uri, os.getpid(), postmaster)
         if first:
             atexit.register(_detach, pgdata, os.getpid())
+            exit_cleanly_on_sigterm()
     if pgdata not in _settings_applied:
         _apply_settings(uri)
         _settings_applied.add(pgdata)
@@ -145,23 +151,34 @@ def _folder_lock(pgdata: Path):
     return fasteners.InterProcessLock(str(pgdata.parent / f".{pgdata.name}.lock"))
 
 
-def _identity(pid: int) -> list:
-    """[pid, start time]: a pid alone could be a later process that was given the same number."""
+def _started(pid: int):
+    """When process `pid` started, in clock ticks since boot (Linux: field 22 of /proc/<pid>/stat, which no
+    change of the wall clock moves), else psutil's creation time; None when there is no such process."""
     try:
-        return [pid, round(psutil.Process(pid).create_time(), 2)]
-    except psutil.Error:
-        return [pid, None]
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):
+        try:
+            return round(psutil.Process(pid).create_time(), 2)
+        except psutil.Error:
+            return None
+
+
+def _identity(pid: int) -> list:
+    """[pid, start]: a pid alone could be a later process that was given the same number."""
+    return [pid, _started(pid)]
 
 
 def _alive(user) -> bool:
     pid, started = (user, None) if isinstance(user, int) else (user[0], user[1])
     try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return False
-        return started is None or abs(process.create_time() - started) < 0.05
     except psutil.Error:
         return False
+    return started is None or _started(pid) == started
 
 
 def _live_users(pgdata: Path) -> list:
@@ -178,6 +195,23 @@ def _write_users(pgdata: Path, users: list) -> None:
     temporary = pgdata / f".{USERS_FILE}.{os.getpid()}.tmp"
     temporary.write_text(json.dumps(users))
     os.replace(temporary, pgdata / USERS_FILE)
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM (`kill`, a supervisor, `docker stop`) end this process through its exit handlers, so that
+    it leaves the users (and the last one stops the server), as Ctrl-C does. Only where nothing handles
+    SIGTERM yet, and only from the main thread (the only one Python lets set a handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _terminated)
+    except (ValueError, OSError):
+        pass
+
+
+def _terminated(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _detach(pgdata: Path, attached_by: int) -> None:
@@ -198,16 +232,31 @@ def _detach(pgdata: Path, attached_by: int) -> None:
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
-    """The running postmaster's pid, or None (no postmaster.pid, or a stale one)."""
+    """The pid of the postmaster serving `pgdata`, or None: no postmaster.pid, or a stale one (its process
+    gone, or now another program or another folder's server: a pid is reused)."""
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid = int(lines[0])
         process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE or "postgres" not in process.name():
+        if process.status() == psutil.STATUS_ZOMBIE or process.name() != "postgres":
             return None
-        return pid
-    except (FileNotFoundError, IndexError, ValueError, psutil.Error):
+        arguments = process.cmdline()
+    except (FileNotFoundError, IndexError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
+    except psutil.AccessDenied:
+        return pid  # another user's postgres we cannot look into: assumed ours, never taken for stale
+    if "-D" in arguments and arguments.index("-D") + 1 < len(arguments):
+        return pid if Path(arguments[arguments.index("-D") + 1]).resolve() == pgdata else None
+    return None  # a backend (no -D), or not a server
+
+
+def _forget_stale_pid_file(pgdata: Path) -> None:
+    """Remove a postmaster.pid that no running server of `pgdata` holds (left by a crash or a killed
+    machine); PostgreSQL would otherwise refuse to start while its pid belongs to any live process.
+    Called under the folder lock, after `_postmaster_pid` found no server for this folder."""
+    stale = pgdata / "postmaster.pid"
+    if stale.exists():
+        stale.rename(pgdata / f"postmaster.pid.stale-{int(time.time())}")
 
 
 def _socket_uri(pgdata: Path) -> str:

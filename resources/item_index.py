@@ -21,11 +21,11 @@ import numpy as np
 
 from resources.vector_queries import EmbeddingsMismatchError, NearestItems
 
-DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process
+DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process (plus the answers remembered, below)
 _BLOCK = 64  # items per block when pruning (see ItemIndex._top)
 _DIRECT_BELOW = 8_192  # catalogues this small are ranked whole
 _QUERY_CHUNK = 64  # queries scored at a time (a 100,000-item catalogue's scores: 25 MB)
-_CACHED_ANSWERS = 100_000  # rankings kept per version (of about 30 items each)
+_CACHED_ANSWERS = 50_000  # rankings kept per version, of `_CACHED_DEPTH` items each: about 30 MB at most
 _CACHED_DEPTH = 32  # items kept per ranking: enough for k plus a browse history's exclusions
 
 
@@ -101,27 +101,23 @@ class ItemIndex:
         similarity = self.matrix @ queries.T
         n, m = similarity.shape
         if n < _DIRECT_BELOW or want * _BLOCK >= n:
-            if want < n:
-                candidates = np.argpartition(-similarity, want - 1, axis=0)[:want]
-            else:
-                candidates = np.broadcast_to(np.arange(n)[:, None], (n, m))
-        else:
-            # Exact pruning: every one of the `want` best items lies in a block whose best item is at least as
-            # good, and at most `want` blocks can hold such a best item, so the `want` blocks with the highest
-            # maxima hold all of them. One pass for the maxima, then a small ranking instead of one over all.
-            whole = n - n % _BLOCK
-            maxima = similarity[:whole].reshape(-1, _BLOCK, m).max(axis=1)
-            blocks = np.argpartition(-maxima, want - 1, axis=0)[:want]
-            candidates = (blocks[:, None, :] * _BLOCK + np.arange(_BLOCK)[None, :, None]).reshape(-1, m)
-            if whole < n:  # the last, partial block is always a candidate
-                candidates = np.concatenate([candidates, np.broadcast_to(np.arange(whole, n)[:, None], (n - whole, m))])
-        values = np.take_along_axis(similarity, candidates, axis=0).T
-        candidates = candidates.T
-        if values.shape[1] > want:
-            keep = np.argpartition(-values, want - 1, axis=1)[:, :want]
-            candidates, values = (np.take_along_axis(a, keep, axis=1) for a in (candidates, values))
-        order = np.lexsort((candidates, -values), axis=1)  # best first; equal scores by row, as a stable sort
-        return np.take_along_axis(candidates, order, axis=1), np.take_along_axis(values, order, axis=1)
+            return _best(np.broadcast_to(np.arange(n), (m, n)), similarity.T, want)
+        # Exact pruning: every one of the `want` best items lies in a block whose best item is at least as good,
+        # and at most `want` blocks can hold such a best item, so the `want` blocks with the highest maxima hold
+        # all of them. One pass for the maxima, then a small ranking instead of one over all the items.
+        whole = n - n % _BLOCK
+        maxima = similarity[:whole].reshape(-1, _BLOCK, m).max(axis=1)
+        blocks = np.argpartition(-maxima, want - 1, axis=0)[:want]
+        candidates = (blocks[:, None, :] * _BLOCK + np.arange(_BLOCK)[None, :, None]).reshape(-1, m)
+        if whole < n:  # the last, partial block is always a candidate
+            candidates = np.concatenate([candidates, np.broadcast_to(np.arange(whole, n)[:, None], (n - whole, m))])
+        rows, values = _best(candidates.T, np.take_along_axis(similarity, candidates, axis=0).T, want)
+        # Ties: when more than `want` blocks reach the `want`-th best score, the blocks chosen among them were
+        # chosen arbitrarily, and an item tied with the last one kept may lie in another: rank those queries whole
+        tied = np.flatnonzero((maxima >= values[:, -1]).sum(axis=0) > want)
+        for query in tied:
+            rows[query], values[query] = (a[0] for a in _best(np.arange(n)[None, :], similarity[:, query][None, :], want))
+        return rows, values
 
     def rankings(self, keys: list, queries: np.ndarray, want: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """(rows, similarities) of at least the `want` best items for each query, best first; each distinct
@@ -141,16 +137,18 @@ class ItemIndex:
             rows, scores = self.top(queries[list(missing.values())], depth)
             for key, row_ids, row_scores in zip(missing, rows, scores):
                 found[key] = (row_ids, row_scores)
-                self.answers.put(key, (row_ids, row_scores))
+                if depth == _CACHED_DEPTH:  # deeper rankings (a limit of 100) are not kept
+                    self.answers.put(key, (row_ids, row_scores))
         return [found[key] for key in keys]
 
     def recommend(self, vectors: np.ndarray, k: int, exclude: Sequence[set[str]]) -> list[list[tuple[str, float]]]:
         if vectors.shape[1] != self.dimension:
             raise EmbeddingsMismatchError(f"query vectors of dimension {vectors.shape[1]} against embeddings of "
                                           f"dimension {self.dimension} (version {self.version})")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            queries = np.where(norms > 0, vectors / norms, 0.0).astype(np.float32)
+        wide = np.asarray(vectors, dtype=np.float64)  # a float32 norm overflows from about 1e19
+        norms = np.linalg.norm(wide, axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            queries = np.where((norms > 0) & np.isfinite(norms), wide / norms, 0.0).astype(np.float32)
         want = k + max((len(e) for e in exclude), default=0)
         results = []
         keys = [b"u" + query.tobytes() for query in queries]
@@ -172,6 +170,29 @@ class ItemIndex:
             own, (row_ids, row_scores) = next(answers)
             results[slot] = [(self.ids[r], float(1.0 - s)) for r, s in zip(row_ids[:k + 1], row_scores) if r != own][:k]
         return results
+
+
+def _best(rows: np.ndarray, values: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (a row of `values`, the scores of the items `rows`): the `want` best, best first, equal scores
+    in the order of their rows, exactly as a stable sort of all of them would rank them."""
+    count = values.shape[1]
+    if count > want:
+        cut = np.partition(values, count - want, axis=1)[:, count - want]  # the want-th best score
+        keep = values >= cut[:, None]
+        kept = keep.sum(axis=1)
+        if (kept == want).all():  # no tie across the cut: exactly `want` kept per query
+            positions = np.nonzero(keep)[1].reshape(len(values), want)
+            rows, values = (np.take_along_axis(a, positions, axis=1) for a in (rows, values))
+        else:
+            chosen_rows = np.empty((len(values), want), dtype=np.int64)
+            chosen_values = np.empty((len(values), want), dtype=values.dtype)
+            for query in range(len(values)):
+                positions = np.flatnonzero(keep[query])
+                order = np.lexsort((rows[query, positions], -values[query, positions]))[:want]
+                chosen_rows[query], chosen_values[query] = rows[query, positions][order], values[query, positions][order]
+            return chosen_rows, chosen_values
+    order = np.lexsort((rows, -values), axis=1)  # best first; equal scores by row, as a stable sort
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
 class LiveItems:

@@ -87,6 +87,8 @@ POISON = {
     "a 5,000-digit customer number": (
         b'{"session_id": "s", "customer_number": ' + b"9" * 5_000 + b', "city": "a"}', "not JSON"),
     "a 1e400 credit limit": (json.dumps(GOOD).replace("21000", "1e400").encode(), "must be a number from 0"),
+    "a credit limit of 400 digits": (json.dumps(GOOD).replace("21000", "9" * 400).encode(),
+                                     "field credit_limit must be a number from 0 to 1e+12"),
     "a quantity of 10^40": (json.dumps({**GOOD, "browse_history": [
         {"product_code": "S10_1678", "quantity": 10**40, "in_shopping_cart": True}]}).encode(),
         "browse_history[0].quantity must be a whole number"),

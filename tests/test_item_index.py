@@ -47,6 +47,22 @@ def test_recommendations_and_similar_items_are_the_exact_top_k(items):
         brute_force(matrix, ids, queries[0], 5, many)[:min(5, items - len(many))]
 
 
+@pytest.mark.parametrize("items, tied, k", [(300, 300, 5), (300, 40, 20), (20_000, 400, 5), (20_000, 70, 60),
+                                            (100_003, 2_000, 100)])
+def test_items_tied_at_the_cut_are_taken_in_row_order(items, tied, k):
+    """Equal scores across the k-th place (duplicated items): the answer is brute force's, by row, on the
+    direct path and through the block pruning, including ties spread over more blocks than are kept."""
+    rng = np.random.default_rng(items + tied)
+    matrix = rng.normal(size=(items, 32)).astype(np.float32) * 0.01
+    query = rng.normal(size=32).astype(np.float32)
+    for row in rng.choice(items, size=tied, replace=False):
+        matrix[row] = query  # the best score, shared by `tied` items spread over the catalogue
+    ids = [f"P{i:06d}" for i in range(items)]
+    index = ItemIndex.build("v1", ids, matrix)
+    answer = [item for item, _s in index.recommend(query[None, :], k, [set()])[0]]
+    assert answer == brute_force(matrix, ids, query, k)
+
+
 def test_a_query_of_another_dimension_is_refused():
     index = ItemIndex.build("v1", ["a", "b"], np.eye(2, 32, dtype=np.float32))
     with pytest.raises(EmbeddingsMismatchError, match="dimension 16 against embeddings of dimension 32"):

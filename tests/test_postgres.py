@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -124,6 +125,61 @@ with EmbeddedPostgresDatabase(data_dir={str(data_dir)!r}, database="forks").conn
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr[-3000:]
     assert "stopped" in embedded_server_status(data_dir)  # and it stopped the server at exit
+
+
+def test_a_user_whose_server_was_stopped_and_started_again_is_counted_again(tmp_path):
+    """`mldp services stop` while this process is attached, then another process starts the server again:
+    this process's next use attaches it again, so that the other one's exit does not stop it under it."""
+    from resources.embedded_postgres import embedded_server, stop_embedded_server
+
+    data_dir = tmp_path / "postgres"
+    db = EmbeddedPostgresDatabase(data_dir=str(data_dir), database="again")
+    db.connect().close()
+    assert stop_embedded_server(data_dir)
+    other = attach(data_dir, 0.1, "then-wait")
+    assert other.stdout.readline().strip() == "ok"  # the server runs again, started by the other process
+    with db.connect() as conn:
+        users = json.loads((data_dir / ".handle_pids.json").read_text())
+        assert os.getpid() in [pid for pid, _started in users]
+        other.send_signal(signal.SIGINT)
+        other.wait(timeout=60)
+        assert conn.execute("select 42").fetchone()[0] == 42  # still served
+    assert "running" in embedded_server_status(data_dir)
+    assert embedded_server(data_dir) is embedded_server(data_dir)
+    stop_embedded_server(data_dir)
+
+
+def test_sigterm_ends_a_user_through_its_exit_handlers_so_the_last_one_stops_the_server(tmp_path):
+    data_dir = tmp_path / "postgres"
+    user = attach(data_dir, 0.1, "then-wait")
+    assert user.stdout.readline().strip() == "ok"
+    user.send_signal(signal.SIGTERM)
+    assert user.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "stopped" in embedded_server_status(data_dir)
+
+
+def test_a_stale_pid_file_naming_another_process_neither_blocks_nor_stops_it(tmp_path):
+    """After a crash, postmaster.pid may name a process that now is something else: another folder's server
+    (which must not be taken for ours, nor stopped) or any other program (which must not block a start)."""
+    from resources.embedded_postgres import stop_embedded_server
+
+    ours, theirs = tmp_path / "ours" / "postgres", tmp_path / "theirs" / "postgres"
+    for folder in (ours, theirs):
+        EmbeddedPostgresDatabase(data_dir=str(folder), database="stale").connect().close()
+    stop_embedded_server(ours)
+    template = (theirs / "postmaster.pid").read_text().splitlines()
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        for impostor in (int(template[0]), sleeper.pid):  # their postmaster, then an unrelated program
+            (ours / "postmaster.pid").write_text("\n".join([str(impostor), *template[1:]]) + "\n")
+            done = subprocess.run([sys.executable, "-c", ATTACH_AND_QUERY, str(ours), "0.1"], capture_output=True,
+                                  text=True, timeout=120)
+            assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+            assert "stopped" in embedded_server_status(ours)  # ours started and, at its user's exit, stopped
+            assert "running" in embedded_server_status(theirs)  # theirs untouched
+    finally:
+        sleeper.kill()
+        stop_embedded_server(theirs)
 
 
 def test_urls_are_normalised_and_redacted():

@@ -186,7 +186,7 @@ def test_a_new_live_version_is_followed_without_a_restart_and_versions_are_never
         for status, version, ids in answers:
             assert status == 200 and ids == expected[version], (version, ids)
         status, _headers, body = call(port, "POST", "/items_from_user", old_embedding)
-        assert status == 409 and "version v1" in body["error"] and "v2 is live" in body["error"]
+        assert status == 409 and "version 'v1'" in body["error"] and "v2 is live" in body["error"]
         status, headers, _body = call(port, "POST", "/items_from_user", {**old_embedding, "model_version": "v2"})
         assert status == 200 and headers["x-model-version"] == "v2"
 
@@ -215,6 +215,15 @@ BAD_REQUESTS = [
     ("GET", "/items_from_item?limit=5", None, 422, "missing item_id"),
     ("GET", "/items_from_item?item_id=S10_1678&limit=ten", None, 422, "limit must be a whole number"),
     ("GET", "/items_from_item?item_id=S10_1678&limit=-1", None, 422, "limit must be a whole number"),
+    ("GET", "/items_from_item?item_id=S10_1678&limit=%C2%B2", None, 422, "limit must be a whole number"),  # '²'
+    ("POST", "/items_from_user", b'{"embedding": [1' + b"0" * 400 + b"]}", 422,
+     "embedding[0] must be a finite number within float32's range"),
+    ("POST", "/items_from_user", b'{"embedding": [1e39, 1]}', 422, "within float32's range"),
+    ("POST", "/items_from_user", b'{"embedding": [' + b"1e-46, " * 31 + b"1e-46]}", 422, "all zeros (in float32)"),
+    ("POST", "/items_from_user", b'{"embedding": [1, 2], "model_version": "\\ud800"}', 422,
+     "model_version must be the text"),
+    ("POST", "/user_embeddings", b'[{"city": "Paris", "country": "France", "creditlimit": 1' + b"0" * 400 + b"}]",
+     422, "[0].creditlimit must be a number from 0 to 1e+12"),
     ("GET", "/user_embeddings", None, 405, "Method Not Allowed"),
     ("GET", "/nowhere", None, 404, "Not Found"),
     ("POST", "/user_embeddings", b"[" + b'{"city": "Paris", "country": "France", "creditlimit": 1},' * 40 + b"{}]",
@@ -230,7 +239,13 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_server_goes_on(world, t
             got, _headers, body = call(port, method, path, raw=raw)
             assert (got, words in body.get("error", "")) == (status, True), (method, path, raw, body)
         assert call(port, "POST", "/items_from_user", PASADENA)[0] == 200  # still answering
-    assert "Traceback" not in log.read_text()
+        # a vector's direction is what counts, however large or small its numbers (within float32)
+        dimension = len(call(port, "POST", "/user_embeddings", [PASADENA])[2][0]["embedding"])
+        answers = [call(port, "POST", "/items_from_user", {"embedding": [value] * dimension})
+                   for value in (1e20, 0.1, 1e-30)]
+        assert [status for status, _h, _b in answers] == [200] * 3
+        assert answers[0][2] == answers[1][2] == answers[2][2]
+    assert "Traceback" not in log.read_text() and "Exception" not in log.read_text()
 
 
 def test_a_database_that_cannot_be_reached_gives_503_and_no_password_anywhere(world, tmp_path):
@@ -247,6 +262,10 @@ def test_a_database_that_cannot_be_reached_gives_503_and_no_password_anywhere(wo
                      ARTIFACTS_URI=world["artifacts"].uri())
     log = tmp_path / "serve.log"
     with serving(env, log) as (port, _process):
+        deadline = time.monotonic() + 60
+        while (body := call(port, "GET", "/ready")[2])["problem"] is None:  # the first look at the database
+            assert time.monotonic() < deadline, body
+            time.sleep(0.2)
         status, _headers, body = call(port, "GET", "/ready")
         assert status == 503 and body["ready"] is False and "127.0.0.1" in body["problem"]
         seen = [json.dumps(body)]
