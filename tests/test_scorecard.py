@@ -112,6 +112,26 @@ def test_points_add_up_to_the_score_follow_the_risk_order_and_are_readable(tmp_p
     assert not list(tmp_path.glob("*.pkl")) and not list(tmp_path.glob("*.pickle"))
 
 
+def test_the_weights_follow_the_risk_order_even_against_the_data():
+    """The monotone constraint binds: told that a higher Application_Score is riskier (the data say the
+    opposite), the fit keeps that characteristic's value bins' weights non-decreasing along that order."""
+    dev = population.training_applications(6_000, seed=6)
+    prep = scorecard.fit_preprocessing(dev)
+    spec = prep["characteristics"][scorecard.FEATURES.index("Application_Score")]
+    assert spec["direction"] == "decreasing"
+    spec["risk_order"] = spec["risk_order"][::-1]
+    codes = scorecard.attribute_codes(dev, prep)
+    start = scorecard.offsets(prep)[scorecard.FEATURES.index("Application_Score")]
+    chain = start + np.array(spec["risk_order"])
+    for monotone in (True, False):
+        model = scorecard.train_scorecard(codes, scorecard.labels(dev), prep, monotone=monotone)
+        steps = np.diff(model.linear.weight.detach().double().numpy()[0][chain])
+        if monotone:
+            assert (steps >= -1e-6).all()
+        else:  # the data's own direction shows without the constraint
+            assert steps.min() < -0.5
+
+
 def test_a_bundle_of_the_previous_format_still_scores(tmp_path):
     """Format 1 (standardised numbers, missing indicators, one-hot categories) loads and scores as before."""
     frame = population.training_applications(300, seed=4)

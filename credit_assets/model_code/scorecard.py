@@ -250,7 +250,7 @@ def _fit_numeric(name: str, x: np.ndarray, bad: np.ndarray, prebins: int, min_bi
              + [f"> {_number(edges[-1])}"]) if edges else ["any value"]
     attributes = [{"label": label, "kind": RANGE} for label in names]
     attributes += [{"label": f"= {_number(value)}", "kind": SPECIAL, "value": value} for value in special]
-    attributes.append({"label": "missing", "kind": MISSING_ATTRIBUTE})
+    attributes.append({"label": "missing (empty or a negative code)", "kind": MISSING_ATTRIBUTE})
     ranges = list(range(len(names))) if direction != FLAT else []
     spec = {"name": name, "type": "numeric", "edges": [float(e) for e in edges], "special_values": special,
             "direction": direction, "attributes": attributes,
@@ -427,18 +427,20 @@ def attribute_log_odds(model: LogisticScorecard, codes: np.ndarray) -> np.ndarra
     return float(model.linear.bias.detach().double()) + weights[codes].sum(axis=1)
 
 
-def _parametrisation(preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(free, steps): attribute weights = free @ p + steps @ softplus(q). The attributes of a characteristic's
-    `risk_order` share a first weight plus non-negative steps, so their weights never decrease along it."""
+def _parametrisation(preprocessing: dict[str, Any], monotone: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(free, steps): attribute weights = free @ p + steps @ s with s >= 0. The attributes of a characteristic's
+    `risk_order` share a first weight plus non-negative steps, so their weights never decrease along it
+    (all weights free without `monotone`)."""
     n = sum(len(c["attributes"]) for c in preprocessing["characteristics"])
     free_columns, step_columns = [], []
     for spec, start in zip(preprocessing["characteristics"], offsets(preprocessing)):
-        chain = [start + i for i in spec["risk_order"]]
+        order = spec["risk_order"] if monotone else []
+        chain = [start + i for i in order]
         for k, attribute in enumerate(chain):
             column = np.zeros(n)
             column[chain[k:]] = 1.0
             (step_columns if k else free_columns).append(column)
-        for i in sorted(set(range(len(spec["attributes"]))) - set(spec["risk_order"])):
+        for i in sorted(set(range(len(spec["attributes"]))) - set(order)):
             column = np.zeros(n)
             column[start + i] = 1.0
             free_columns.append(column)
@@ -492,13 +494,13 @@ def _projected_newton(design: np.ndarray, y: np.ndarray, penalty: np.ndarray, bo
 
 
 def train_scorecard(codes: np.ndarray, y: np.ndarray, preprocessing: dict[str, Any], *, l2: float = DEFAULT_L2,
-                    max_iter: int = DEFAULT_MAX_ITER) -> LogisticScorecard:
+                    max_iter: int = DEFAULT_MAX_ITER, monotone: bool = True) -> LogisticScorecard:
     """Minimise the mean log-loss plus `l2` times the sum of squared attribute weights, the weights
     non-decreasing along each characteristic's `risk_order` (projected Newton in numpy: deterministic, a few
-    seconds at most on the bank's data). Then each characteristic's weights are centred on its training mean (the intercept takes
+    seconds at most on the bank's data; `monotone=False` drops that constraint, for comparison). Then each characteristic's weights are centred on its training mean (the intercept takes
     the difference: same log-odds), and an attribute no training row fell into gets its characteristic's
     highest weight (lowest points)."""
-    free, steps = _parametrisation(preprocessing)
+    free, steps = _parametrisation(preprocessing, monotone)
     mapping = np.hstack([free, steps])  # attribute weights = mapping @ (p, steps)
     n_attributes = mapping.shape[0]
     rows = np.repeat(np.arange(len(codes)), codes.shape[1])
@@ -526,12 +528,12 @@ def train_scorecard(codes: np.ndarray, y: np.ndarray, preprocessing: dict[str, A
     return model
 
 
-def fit(development: pd.DataFrame, *, l2: float = DEFAULT_L2, max_iter: int = DEFAULT_MAX_ITER,
+def fit(development: pd.DataFrame, *, l2: float = DEFAULT_L2, max_iter: int = DEFAULT_MAX_ITER, monotone: bool = True,
         **binning: Any) -> tuple[dict[str, Any], LogisticScorecard]:
     """(preprocessing, model) fitted on a Development frame (features and `Final_Decision`)."""
     preprocessing = fit_preprocessing(development, **binning)
     model = train_scorecard(attribute_codes(development, preprocessing), labels(development), preprocessing,
-                            l2=l2, max_iter=max_iter)
+                            l2=l2, max_iter=max_iter, monotone=monotone)
     return preprocessing, model
 
 
@@ -595,9 +597,10 @@ def points_markdown(rows: list[dict], scale: dict[str, float], metrics: dict | N
     if metrics and metrics.get("validation_gini") is not None:
         lines.append("")
         lines.append(f"Validation Gini {metrics['validation_gini']:.4f} (AUC {metrics['validation_auc']:.4f}).")
-    lines += ["", "Values outside the training range score in the first or last bin; a missing value, or a category "
-                  "too rare or never seen, in \"missing\" / \"(other)\"; an attribute without training "
-                  "applications carries the characteristic's lowest points."]
+    lines += ["", "A value outside the training range scores in the first or last bin; a missing number (empty, or "
+                  "one of the data set's negative codes such as -9999997) in \"missing\"; a category too rare for "
+                  "an attribute of its own, or never seen, in \"(other)\"; an attribute without training "
+                  "applications carries its characteristic's lowest points."]
     for name in dict.fromkeys(row["characteristic"] for row in rows):
         lines += ["", f"## {name}", "", "| attribute | applications | share | decline rate | WoE | points |",
                   "|---|---:|---:|---:|---:|---:|"]
