@@ -54,7 +54,8 @@ MODEL_CODE_DIR = Path(__file__).with_name("model_code")
 TRAINING_DATA_PREFIX = "credit/training_data"
 TRAINING_DATA_POINTER = "credit/training_data/current.json"
 MODEL_PREFIX = "credit/models"
-MODEL_BUNDLE_FILES = [scorecard.MODEL_FILE, scorecard.PREPROCESSING_FILE, scorecard.SCORECARD_FILE, scorecard.METRICS_FILE]
+MODEL_BUNDLE_FILES = [scorecard.MODEL_FILE, scorecard.PREPROCESSING_FILE, scorecard.SCORECARD_FILE, scorecard.METRICS_FILE,
+                      scorecard.POINTS_CSV_FILE, scorecard.POINTS_MARKDOWN_FILE]
 TRANSFORM_PART_ROWS = 250_000
 METRIC_DEFINITIONS = [
     MetricDefinition("validation:auc", r"metric validation:auc=([0-9.eE+-]+)"),
@@ -110,14 +111,19 @@ def credit_training_data(context: dg.AssetExecutionContext, datasets: ReferenceD
 
 
 class CreditModelConfig(dg.Config):
-    """Hyperparameters of the scorecard and its scaling (PDO 20, score 600 at odds 30 by default)."""
+    """Hyperparameters of the scorecard (its binning and fit) and its scaling (PDO 20, score 600 at odds 30 by
+    default); `credit_assets/model_code/scorecard.py` says what each means."""
 
     pdo: float = scorecard.DEFAULT_PDO
     target_score: float = scorecard.DEFAULT_TARGET_SCORE
     target_odds: float = scorecard.DEFAULT_TARGET_ODDS
-    l2: float = 1e-3
-    max_iter: int = 200
+    l2: float = scorecard.DEFAULT_L2
+    max_iter: int = scorecard.DEFAULT_MAX_ITER
     seed: int = 7
+    prebins: int = scorecard.DEFAULT_PREBINS
+    min_bin_share: float = scorecard.DEFAULT_MIN_BIN_SHARE
+    min_special_share: float = scorecard.DEFAULT_MIN_SPECIAL_SHARE
+    special_z: float = scorecard.DEFAULT_SPECIAL_Z
 
 
 TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.tracking)
@@ -126,7 +132,7 @@ TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.
     "MODEL_DB_PROJECT_USER": "credit-risk-analytics",
     "MODEL_DB_PROJECT_DESC": "Credit-limit-increase batch scoring: scorecard on bank applications",
     "MODEL_DB_MODEL_NAME": "credit-scorecard",
-    "MODEL_DB_MODEL_TYPE": "torch-logistic-regression",
+    "MODEL_DB_MODEL_TYPE": "torch-points-scorecard",
 }
 
 
@@ -134,12 +140,14 @@ TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.
           freshness_policy=freshness.training_cadence())
 def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, sagemaker: SageMakerJobs,
                  artifacts: ArtifactStore, registry: ModelRegistry) -> dg.MaterializeResult:
-    """The credit scorecard: a torch logistic regression on the application features, scaled to points.
+    """The credit scorecard: binned characteristics (monotone value bins, special values, missing) and a
+    torch logistic regression with one weight per attribute, scaled to points per attribute.
 
     Trained as a SageMaker script-mode job (`credit_assets/model_code/train.py`; locally by default) and
-    published as a version under `credit/models/<version>/`: state_dict weights, preprocessing and
-    scaling as JSON, the SageMaker `model.tar.gz`, and a manifest with checksums, metrics and the
-    training-data fingerprint. Registered in the model registry as PendingManualApproval.
+    published as a version under `credit/models/<version>/`: state_dict weights, bins and scaling as JSON,
+    the points per attribute for people (`points.md`, `points.csv`), the SageMaker `model.tar.gz`, and a
+    manifest with checksums, metrics and the training-data fingerprint. Registered in the model registry as
+    PendingManualApproval.
     """
     data = artifacts.read_json(TRAINING_DATA_POINTER)
     version = new_version(context.run.run_id)
@@ -199,6 +207,7 @@ def credit_model(context: dg.AssetExecutionContext, config: CreditModelConfig, s
             "training_job": job.name,
             "training_data_fingerprint": data["fingerprint"],
             "model_uri": artifact_link(artifacts.uri(join_key(MODEL_PREFIX, version)), folder=True),
+            "points_table": artifact_link(artifacts.uri(join_key(MODEL_PREFIX, version, scorecard.POINTS_MARKDOWN_FILE))),
             "files": len(manifest["files"]),
         })
     )

@@ -1,10 +1,11 @@
 """SageMaker script-mode training entry point for the credit scorecard.
 
-Reads every CSV in the `train` channel (`SM_CHANNEL_TRAIN`), fits preprocessing and a logistic
-regression on the Development split, evaluates on Validation, and writes the model bundle to
-`SM_MODEL_DIR` (weights as a state_dict, preprocessing and scaling as JSON). Metrics are printed as
-`metric <name>=<value>` lines, which the job's metric definitions scrape. On bad input it writes the
-reason to `<SM_OUTPUT_DIR>/failure` and exits non-zero, as SageMaker expects.
+Reads every CSV in the `train` channel (`SM_CHANNEL_TRAIN`), bins the characteristics and fits the
+points scorecard on the Development split (`scorecard.py`), evaluates on Validation, and writes the model
+bundle to `SM_MODEL_DIR`: weights as a state_dict, bins and scaling as JSON, and the points per attribute
+for people (`points.csv`, `points.md`). Metrics are printed as `metric <name>=<value>` lines, which the
+job's metric definitions scrape. On bad input it writes the reason to `<SM_OUTPUT_DIR>/failure` and exits
+non-zero, as SageMaker expects.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=scorecard.DEFAULT_TARGET_SCORE)
     parser.add_argument("--target-odds", "--target_odds", dest="target_odds", type=float,
                         default=scorecard.DEFAULT_TARGET_ODDS)
-    parser.add_argument("--l2", type=float, default=1e-3)
-    parser.add_argument("--max-iter", "--max_iter", dest="max_iter", type=int, default=200)
+    parser.add_argument("--l2", type=float, default=scorecard.DEFAULT_L2)
+    parser.add_argument("--max-iter", "--max_iter", dest="max_iter", type=int, default=scorecard.DEFAULT_MAX_ITER)
+    parser.add_argument("--prebins", type=int, default=scorecard.DEFAULT_PREBINS)
+    parser.add_argument("--min-bin-share", "--min_bin_share", dest="min_bin_share", type=float,
+                        default=scorecard.DEFAULT_MIN_BIN_SHARE)
+    parser.add_argument("--min-special-share", "--min_special_share", dest="min_special_share", type=float,
+                        default=scorecard.DEFAULT_MIN_SPECIAL_SHARE)
+    parser.add_argument("--special-z", "--special_z", dest="special_z", type=float,
+                        default=scorecard.DEFAULT_SPECIAL_Z)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "data"))
@@ -76,13 +84,12 @@ def main(argv=None) -> int:
         print(f"training input error: {exc}", file=sys.stderr)
         return 1
 
-    preprocessing = scorecard.fit_preprocessing(development)
-    x_dev = scorecard.transform(development, preprocessing)
-    x_val = scorecard.transform(validation, preprocessing)
-    model = scorecard.train_logistic(x_dev, y_dev, l2=args.l2, max_iter=args.max_iter, seed=args.seed)
+    preprocessing, model = scorecard.fit(
+        development, l2=args.l2, max_iter=args.max_iter, prebins=args.prebins,
+        min_bin_share=args.min_bin_share, min_special_share=args.min_special_share, special_z=args.special_z)
     scale = scorecard.scaling(args.pdo, args.target_score, args.target_odds)
-    val_log_odds = scorecard.log_odds(model, x_val)
-    dev_log_odds = scorecard.log_odds(model, x_dev)
+    val_log_odds = scorecard.attribute_log_odds(model, scorecard.attribute_codes(validation, preprocessing))
+    dev_log_odds = scorecard.attribute_log_odds(model, scorecard.attribute_codes(development, preprocessing))
     val_auc = scorecard.roc_auc(y_val, val_log_odds)
     val_scores = scorecard.scores_from_log_odds(val_log_odds, scale)
     metrics = {
@@ -92,6 +99,8 @@ def main(argv=None) -> int:
         "development_rows": int(len(development)),
         "validation_rows": int(len(validation)),
         "decline_rate": float(np.mean(np.concatenate([y_dev, y_val]))),
+        "characteristics": len(preprocessing["characteristics"]),
+        "attributes": len(preprocessing["feature_names"]),
         "validation_score_distribution": scorecard.score_distribution(val_scores),
     }
     scorecard.save_bundle(Path(args.model_dir), model, preprocessing, scale, metrics)
@@ -101,6 +110,7 @@ def main(argv=None) -> int:
     print(f"metric validation:auc={metrics['validation_auc']:.6f}")
     print(f"metric validation:gini={metrics['validation_gini']:.6f}")
     print(f"metric train:auc={metrics['development_auc']:.6f}")
+    print(f"points per attribute: {Path(args.model_dir) / scorecard.POINTS_MARKDOWN_FILE}")
     return 0
 
 
