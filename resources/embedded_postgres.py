@@ -294,13 +294,26 @@ def _stop(pgdata: Path) -> bool:
     for sig, wait in ((signal.SIGINT, STOP_TIMEOUT_SECONDS), (signal.SIGQUIT, 10)):
         try:
             postmaster.send_signal(sig)
-            postmaster.wait(timeout=wait)
-            return True
         except psutil.NoSuchProcess:
             return True
-        except psutil.TimeoutExpired:
-            continue
+        if _ended(postmaster, wait):
+            return True
     return True
+
+
+def _ended(process: psutil.Process, timeout: float) -> bool:
+    """Whether `process` ended within `timeout` seconds. Not our child, it is reaped by whoever adopted it, maybe
+    late: a zombie has ended (psutil's wait would count it as running until it is reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _apply_settings(uri: str) -> None:

@@ -58,6 +58,16 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     return payload["data"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_reaches_the_processes_tests_start():
+    """Tests stop the programs they start as a person does, with Ctrl-C (SIGINT). A shell that starts the suite
+    in the background without job control ignores SIGINT in it, and every child would inherit that: the
+    suite's own process takes Ctrl-C back, as Python does in a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     """The real reference data sets when present (tests that need them skip, saying why, otherwise)."""
