@@ -169,7 +169,10 @@ def test_a_new_live_version_is_followed_without_a_restart_and_versions_are_never
         try:
             publish_and_load(world["frame"], world["artifacts"], world["store"], "v2", epochs=40, seed=11)
             wait_for_version(port, "v2")
-            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while not any(version == "v2" for _status, version, _ids in answers):  # the clients reached v2
+                assert time.monotonic() < deadline, answers[-3:]
+                time.sleep(0.05)
         finally:
             stop.set()
             for client in clients:
