@@ -13,20 +13,25 @@ No Dagster, pandas or torch: the Firehose Lambda, the recommendations API and th
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import threadpoolctl
 
 from resources.vector_queries import EmbeddingsMismatchError, NearestItems
 
 DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process (plus the answers remembered, below)
 _BLOCK = 64  # items per block when pruning (see ItemIndex._top)
 _DIRECT_BELOW = 8_192  # catalogues this small are ranked whole
-_QUERY_CHUNK = 64  # queries scored at a time (a 100,000-item catalogue's scores: 25 MB)
+_QUERY_CHUNK = 256  # queries scored at a time (their block maxima for 500,000 items: 8 MB)
+_TILE_SCORES = 1 << 19  # scores computed at a time (2 MB, within a core's cache), items x queries
+_GATHER_LIMIT = 1 << 22  # floats of candidate item vectors copied at a time (16 MB)
 _CACHED_ANSWERS = 50_000  # rankings kept per version, of `_CACHED_DEPTH` items each: about 30 MB at most
-_CACHED_DEPTH = 32  # items kept per ranking: enough for k plus a browse history's exclusions
+_CACHED_DEPTH = 32  # items ranked per customer: enough for k plus a browse history's exclusions
 
 
 class _Answers:
@@ -90,38 +95,66 @@ class ItemIndex:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
         rows = np.empty((len(queries), want), dtype=np.int64)
         scores = np.empty((len(queries), want), dtype=np.float32)
-        for start in range(0, len(queries), _QUERY_CHUNK):
-            part = slice(start, start + _QUERY_CHUNK)
-            rows[part], scores[part] = self._top(queries[part], want)
+        with single_threaded_blas():
+            for start in range(0, len(queries), _QUERY_CHUNK):
+                part = slice(start, start + _QUERY_CHUNK)
+                rows[part], scores[part] = self._top(np.ascontiguousarray(queries[part]), want)
         return rows, scores
 
     def _top(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-        # items down, queries across: the block maxima below reduce whole rows at a time (SIMD-wide), several
-        # times faster than reducing each query's row of scores block by block
-        similarity = self.matrix @ queries.T
-        n, m = similarity.shape
+        n, m = len(self), len(queries)
         if n < _DIRECT_BELOW or want * _BLOCK >= n:
-            return _best(np.broadcast_to(np.arange(n), (m, n)), similarity.T, want)
-        # Exact pruning: every one of the `want` best items lies in a block whose best item is at least as good,
-        # and at most `want` blocks can hold such a best item, so the `want` blocks with the highest maxima hold
-        # all of them. One pass for the maxima, then a small ranking instead of one over all the items.
-        whole = n - n % _BLOCK
-        maxima = similarity[:whole].reshape(-1, _BLOCK, m).max(axis=1)
-        blocks = np.argpartition(-maxima, want - 1, axis=0)[:want]
-        candidates = (blocks[:, None, :] * _BLOCK + np.arange(_BLOCK)[None, :, None]).reshape(-1, m)
-        if whole < n:  # the last, partial block is always a candidate
-            candidates = np.concatenate([candidates, np.broadcast_to(np.arange(whole, n)[:, None], (n - whole, m))])
-        rows, values = _best(candidates.T, np.take_along_axis(similarity, candidates, axis=0).T, want)
-        # Ties: when more than `want` blocks reach the `want`-th best score, the blocks chosen among them were
-        # chosen arbitrarily, and an item tied with the last one kept may lie in another: rank those queries whole
-        tied = np.flatnonzero((maxima >= values[:, -1]).sum(axis=0) > want)
-        for query in tied:
-            rows[query], values[query] = (a[0] for a in _best(np.arange(n)[None, :], similarity[:, query][None, :], want))
+            return _best(np.broadcast_to(np.arange(n), (m, n)), (queries @ self.matrix.T), want)
+        # Exact pruning in two passes. 1: every item's score, kept only as its block's maximum (items down,
+        # queries across, a cache-sized tile at a time: the maxima reduce whole rows at a time, SIMD-wide).
+        # 2: the `want` best items all lie in blocks whose maximum reaches the `want`-th highest block maximum
+        # (`want` blocks each hold an item that good, so the `want`-th best score is at least that), usually
+        # exactly `want` blocks: only their items are scored again and ranked.
+        maxima = self._block_maxima(queries)
+        floor = -np.partition(-maxima, want - 1, axis=1)[:, want - 1]
+        reached = maxima >= floor[:, None]
+        counts = reached.sum(axis=1)
+        rows = np.empty((m, want), dtype=np.int64)
+        values = np.empty((m, want), dtype=np.float32)
+        # Ties: a query whose floor is reached by many blocks (many equal scores) is ranked whole
+        whole = counts > 4 * want
+        for query in np.flatnonzero(whole):
+            rows[query], values[query] = (a[0] for a in _best(np.arange(n)[None, :],
+                                                              (self.matrix @ queries[query])[None, :], want))
+        for width in np.unique(counts[~whole]):  # one pass per number of blocks reached (almost always `want`)
+            group = np.flatnonzero(counts == width)
+            for start in range(0, len(group), max(1, _GATHER_LIMIT // (width * _BLOCK * self.dimension))):
+                chosen = group[start:start + max(1, _GATHER_LIMIT // (width * _BLOCK * self.dimension))]
+                blocks = np.nonzero(reached[chosen])[1].reshape(len(chosen), width)
+                candidates = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(len(chosen), -1)
+                inside = candidates < n  # the last block may be partial
+                vectors = self.matrix[np.minimum(candidates, n - 1)]  # (queries, candidates, dimension)
+                scores = np.matmul(vectors, queries[chosen][:, :, None])[:, :, 0]
+                scores[~inside] = -np.inf
+                rows[chosen], values[chosen] = _best(candidates, scores, want)
         return rows, values
 
-    def rankings(self, keys: list, queries: np.ndarray, want: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _block_maxima(self, queries: np.ndarray) -> np.ndarray:
+        """(queries, blocks): the best score in each block of `_BLOCK` items, for each query; the blocks
+        are shared out between our threads (BLAS is single-threaded meanwhile: see `top`)."""
+        n, m = len(self), len(queries)
+        blocks = -(-n // _BLOCK)
+        maxima = np.empty((blocks, m), dtype=np.float32)
+        across = np.ascontiguousarray(queries.T)
+        tile = max(_BLOCK, min(n, _TILE_SCORES // m) // _BLOCK * _BLOCK)
+        share = -(-blocks // _WORKERS)
+        parts = [_pool().submit(_maxima_of, self.matrix, across, maxima, first, min(blocks, first + share), tile)
+                 for first in range(share, blocks, share)]
+        _maxima_of(self.matrix, across, maxima, 0, min(blocks, share), tile)  # the first share on this thread
+        for part in parts:
+            part.result()
+        return np.ascontiguousarray(maxima.T)
+
+    def rankings(self, keys: list, queries: np.ndarray, want: int,
+                 depth: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """(rows, similarities) of at least the `want` best items for each query, best first; each distinct
-        query computed once, and at most once per version while its answer is remembered."""
+        query computed once (`depth` items deep, when deeper than `want`), and at most once per version while
+        its answer is remembered."""
         found: dict = {}
         missing: dict = {}
         for position, key in enumerate(keys):
@@ -133,11 +166,11 @@ class ItemIndex:
             else:
                 missing[key] = position
         if missing:
-            depth = max(want, _CACHED_DEPTH)
+            depth = max(want, depth)
             rows, scores = self.top(queries[list(missing.values())], depth)
             for key, row_ids, row_scores in zip(missing, rows, scores):
                 found[key] = (row_ids, row_scores)
-                if depth == _CACHED_DEPTH:  # deeper rankings (a limit of 100) are not kept
+                if depth <= _CACHED_DEPTH:  # deeper rankings (a limit of 100) are not kept
                     self.answers.put(key, (row_ids, row_scores))
         return [found[key] for key in keys]
 
@@ -152,7 +185,8 @@ class ItemIndex:
         want = k + max((len(e) for e in exclude), default=0)
         results = []
         keys = [b"u" + query.tobytes() for query in queries]
-        for (row_ids, row_scores), excluded in zip(self.rankings(keys, queries, want), exclude):
+        # a customer's ranking is kept deeper than asked: the next event's browse history may exclude more
+        for (row_ids, row_scores), excluded in zip(self.rankings(keys, queries, want, _CACHED_DEPTH), exclude):
             found = [(self.ids[r], float(s)) for r, s in zip(row_ids[:want], row_scores) if self.ids[r] not in excluded]
             results.append(found[:k])
         return results
@@ -193,6 +227,44 @@ def _best(rows: np.ndarray, values: np.ndarray, want: int) -> tuple[np.ndarray, 
             return chosen_rows, chosen_values
     order = np.lexsort((rows, -values), axis=1)  # best first; equal scores by row, as a stable sort
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def _maxima_of(matrix: np.ndarray, across: np.ndarray, maxima: np.ndarray, first: int, last: int, tile: int) -> None:
+    """`maxima[first:last]`: block maxima of the scores of blocks `first` to `last` against the queries
+    `across` (dimension x queries), a tile of items at a time."""
+    n, m = len(matrix), across.shape[1]
+    scores = np.empty((tile, m), dtype=np.float32)
+    start, stop = first * _BLOCK, min(n, last * _BLOCK)
+    for begin in range(start, stop, tile):
+        end = min(stop, begin + tile)
+        part = np.matmul(matrix[begin:end], across, out=scores[:end - begin])
+        whole = (end - begin) // _BLOCK * _BLOCK
+        block = begin // _BLOCK
+        if whole:
+            np.max(part[:whole].reshape(-1, _BLOCK, m), axis=1, out=maxima[block:block + whole // _BLOCK])
+        if whole < end - begin:  # the catalogue's last, partial block
+            maxima[block + whole // _BLOCK] = part[whole:].max(axis=0)
+
+
+_WORKERS = min(2, os.cpu_count() or 1)  # threads scoring one batch of queries (the calling one included)
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+_blas = threadpoolctl.ThreadpoolController()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix="item-index")
+        return _executor
+
+
+def single_threaded_blas():
+    """BLAS's own threads off for a while: while we rank (our threads share the tiles), and around work that
+    ranks between other matrix products (a micro-batch's enrichment): BLAS's threads keep spinning for a while
+    after each product they share, and would take the cores from ours (ranking ran twice as slow)."""
+    return _blas.limit(limits=1, user_api="blas")
 
 
 class LiveItems:
