@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -250,6 +251,9 @@ _WORKERS = min(2, os.cpu_count() or 1)  # threads scoring one batch of queries (
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 _blas = threadpoolctl.ThreadpoolController()
+_blas_lock = threading.Lock()
+_blas_holders = 0  # callers inside `single_threaded_blas`, all threads
+_blas_limiter: threadpoolctl.ThreadpoolLimiter | None = None
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -260,12 +264,27 @@ def _pool() -> ThreadPoolExecutor:
         return _executor
 
 
+@contextmanager
 def single_threaded_blas():
     """BLAS's own threads off for a while: while we rank (our threads share the tiles), and around work that
     ranks between other matrix products (a micro-batch's enrichment): BLAS's threads keep spinning for a while
-    after each product they share, and would take the cores from ours (ranking ran twice as slow)."""
-    return _blas.limit(limits=1, user_api="blas")
+    after each product they share, and would take the cores from ours (ranking ran twice as slow).
 
+    The limit is process-wide, so it is counted: the first caller in sets it, the last one out restores what
+    was there (callers on several threads at once, as in the API, never leave it set)."""
+    global _blas_holders, _blas_limiter
+    with _blas_lock:
+        if _blas_holders == 0:
+            _blas_limiter = _blas.limit(limits=1, user_api="blas")
+        _blas_holders += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_holders -= 1
+            if _blas_holders == 0 and _blas_limiter is not None:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 class LiveItems:
     """`NearestItems` queries answered from the item vectors of the version asked about, held in memory
