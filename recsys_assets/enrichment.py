@@ -34,8 +34,6 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from resources.item_index import single_threaded_blas
-
 DEFAULT_K = 5
 MAX_TEXT_LENGTH = 1_000  # session ids, cities, countries, product codes
 MAX_CREDIT_LIMIT = 1e12
@@ -254,8 +252,7 @@ def enrich_batch(items: Sequence[tuple[Any, bytes]], embedder: UserEmbedder, sto
             events.append((key, parse_event(payload, max_bytes)))
         except EventRejected as exc:
             result.rejected.append((key, str(exc)))
-    with single_threaded_blas():  # the in-memory ranking shares the cores itself (see there)
-        _enrich_isolating(events, embedder, store, k, result)
+    _enrich_isolating(events, embedder, store, k, result)
     return result
 
 

@@ -13,10 +13,10 @@ No Dagster, pandas or torch: the Firehose Lambda, the recommendations API and th
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,6 +24,8 @@ import numpy as np
 import threadpoolctl
 
 from resources.vector_queries import EmbeddingsMismatchError, NearestItems
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process (plus the answers remembered, below)
 _BLOCK = 64  # items per block when pruning (see ItemIndex._top)
@@ -96,10 +98,9 @@ class ItemIndex:
             return np.empty((len(queries), 0), dtype=np.int64), np.empty((len(queries), 0), dtype=np.float32)
         rows = np.empty((len(queries), want), dtype=np.int64)
         scores = np.empty((len(queries), want), dtype=np.float32)
-        with single_threaded_blas():
-            for start in range(0, len(queries), _QUERY_CHUNK):
-                part = slice(start, start + _QUERY_CHUNK)
-                rows[part], scores[part] = self._top(np.ascontiguousarray(queries[part]), want)
+        for start in range(0, len(queries), _QUERY_CHUNK):
+            part = slice(start, start + _QUERY_CHUNK)
+            rows[part], scores[part] = self._top(np.ascontiguousarray(queries[part]), want)
         return rows, scores
 
     def _top(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +112,7 @@ class ItemIndex:
         # 2: the `want` best items all lie in blocks whose maximum reaches the `want`-th highest block maximum
         # (`want` blocks each hold an item that good, so the `want`-th best score is at least that), usually
         # exactly `want` blocks: only their items are scored again and ranked.
+        _single_threaded_blas()
         maxima = self._block_maxima(queries)
         floor = -np.partition(-maxima, want - 1, axis=1)[:, want - 1]
         reached = maxima >= floor[:, None]
@@ -137,7 +139,7 @@ class ItemIndex:
 
     def _block_maxima(self, queries: np.ndarray) -> np.ndarray:
         """(queries, blocks): the best score in each block of `_BLOCK` items, for each query; the blocks
-        are shared out between our threads (BLAS is single-threaded meanwhile: see `top`)."""
+        are shared out between our threads (BLAS single-threaded: see `_single_threaded_blas`)."""
         n, m = len(self), len(queries)
         blocks = -(-n // _BLOCK)
         maxima = np.empty((blocks, m), dtype=np.float32)
@@ -250,10 +252,8 @@ def _maxima_of(matrix: np.ndarray, across: np.ndarray, maxima: np.ndarray, first
 _WORKERS = min(2, os.cpu_count() or 1)  # threads scoring one batch of queries (the calling one included)
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
-_blas = threadpoolctl.ThreadpoolController()
 _blas_lock = threading.Lock()
-_blas_holders = 0  # callers inside `single_threaded_blas`, all threads
-_blas_limiter: threadpoolctl.ThreadpoolLimiter | None = None
+_blas_limited = False
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -264,27 +264,20 @@ def _pool() -> ThreadPoolExecutor:
         return _executor
 
 
-@contextmanager
-def single_threaded_blas():
-    """BLAS's own threads off for a while: while we rank (our threads share the tiles), and around work that
-    ranks between other matrix products (a micro-batch's enrichment): BLAS's threads keep spinning for a while
-    after each product they share, and would take the cores from ours (ranking ran twice as slow).
-
-    The limit is process-wide, so it is counted: the first caller in sets it, the last one out restores what
-    was there (callers on several threads at once, as in the API, never leave it set)."""
-    global _blas_holders, _blas_limiter
+def _single_threaded_blas() -> None:
+    """From a process's first ranking of a large catalogue on, BLAS runs single-threaded in that process (the
+    hourly enrichment's step, the Lambda, the API): the ranking shares the cores itself, and BLAS's own
+    threads, which keep spinning for a while after each product they share out (the user tower's, say),
+    would take the cores from it (it ran twice as slow). Process-wide and never undone: limiting BLAS for a
+    while and restoring it is not safe with callers on several threads."""
+    global _blas_limited
+    if _blas_limited:
+        return
     with _blas_lock:
-        if _blas_holders == 0:
-            _blas_limiter = _blas.limit(limits=1, user_api="blas")
-        _blas_holders += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_holders -= 1
-            if _blas_holders == 0 and _blas_limiter is not None:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+        if not _blas_limited:
+            threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+            _blas_limited = True
+            logger.info("BLAS set to one thread in this process: the in-memory item ranking shares the cores itself")
 
 class LiveItems:
     """`NearestItems` queries answered from the item vectors of the version asked about, held in memory

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,43 +117,24 @@ def test_live_items_answer_from_memory_for_the_live_version_and_from_pgvector_be
         store.close()
 
 
-def test_blas_is_single_threaded_while_ranking_and_restored_after_overlapping_callers():
-    """The limit is process-wide: callers on several threads that enter and leave in any order (the API's
-    request threads) leave BLAS as they found it, and it stays limited while any of them is inside."""
-    import threading
-
-    import threadpoolctl
-
-    from resources.item_index import single_threaded_blas
-
-    def blas_threads() -> set[int]:
-        return {info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"}
-
-    before = blas_threads()
-    assert before and max(before) > 1 or (os.cpu_count() or 1) == 1
-    first_in, second_in, first_may_leave = threading.Event(), threading.Event(), threading.Event()
-    seen = []
-
-    def first():
-        with single_threaded_blas():
-            seen.append(("first inside", blas_threads()))
-            first_in.set()
-            second_in.wait(10)
-            first_may_leave.wait(10)
-        seen.append(("first left", blas_threads()))
-
-    def second():
-        first_in.wait(10)
-        with single_threaded_blas():  # enters after the first, leaves after it
-            second_in.set()
-            first_may_leave.set()
-            worker.join(10)
-            seen.append(("second inside", blas_threads()))
-
-    worker = threading.Thread(target=first)
-    other = threading.Thread(target=second)
-    worker.start()
-    other.start()
-    other.join(10)
-    assert seen == [("first inside", {1}), ("first left", {1}), ("second inside", {1})]
-    assert blas_threads() == before
+def test_a_process_that_ranks_a_large_catalogue_runs_blas_single_threaded_from_then_on():
+    """BLAS's spinning threads would take the cores from the ranking's own: the first ranking of a catalogue
+    large enough to be shared out sets BLAS to one thread for the process (a fresh one here); a small
+    catalogue leaves it alone."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: BLAS has one thread anyway")
+    script = """
+import numpy as np, threadpoolctl
+from resources.item_index import ItemIndex
+def threads():
+    return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+rng = np.random.default_rng(0)
+before = threads()
+ItemIndex.build("v", [str(i) for i in range(500)], rng.normal(size=(500, 32))).top(rng.normal(size=(3, 32)), 5)
+small = threads()
+ItemIndex.build("v", [str(i) for i in range(20_000)], rng.normal(size=(20_000, 32))).top(rng.normal(size=(3, 32)), 5)
+print(sorted(before), sorted(small), sorted(threads()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}).stdout.split("]")
+    assert [part.strip(" [\n") for part in out[:3]] == ["2", "2", "1"]
