@@ -58,17 +58,23 @@ def generate(database: str, ratings: int, customers: int) -> None:
         )
 
 
-def child_project(url: str, out: Path) -> dict:
+def child_project(url: str, out: Path, engine: str = "inprocess") -> dict:
     import dagster as dg
 
     import recsys_assets as recsys
     from resources.artifacts import LocalArtifactStore
+    from resources.etl_engine import RatingsEtlEngine
+    from resources.settings import PlatformSettings
     from resources.source_db import SqlSourceDatabase
 
+    settings = PlatformSettings.from_env()
     started = time.perf_counter()
     result = dg.materialize(
         [recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data],
-        resources={"source_db": SqlSourceDatabase(source_url=url), "artifacts": LocalArtifactStore(root=str(out))},
+        resources={"source_db": SqlSourceDatabase(source_url=url), "artifacts": LocalArtifactStore(root=str(out)),
+                   "ratings_etl_engine": RatingsEtlEngine(engine=engine, spark_master=settings.spark_master,
+                                                          spark_driver_memory=settings.spark_driver_memory,
+                                                          spark_jdbc_jars=settings.spark_jdbc_jars)},
         selection=dg.AssetSelection.assets(recsys.ratings_training_data),
     )
     seconds = time.perf_counter() - started

@@ -20,7 +20,8 @@ import dagster as dg
 
 from recsys_assets import embeddings, ratings_etl
 from resources import freshness
-from resources.artifacts import ArtifactStore, join_key
+from resources.artifacts import ArtifactStore, LocalArtifactStore, join_key
+from resources.etl_engine import RatingsEtlEngine, jdbc_source, source_environment
 from resources.metadata import artifact_link, markdown_mapping, metrics_table, tidy
 from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version
@@ -56,21 +57,35 @@ def source_column_names(source_db: SourceDatabase) -> dict[str, dict[str, str]]:
     return ratings_etl.resolve_columns({t: source_db.table_columns(t) for t in ratings_etl.REQUIRED_COLUMNS})
 
 
-@dg.asset(group_name=GROUP, deps=[source_ratings, source_customers, source_products], kinds={"sql", "parquet"})
+@dg.asset(group_name=GROUP, deps=[source_ratings, source_customers, source_products], kinds={"sql", "parquet"},
+          pool="ratings_etl")
 def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlConfig, source_db: SourceDatabase,
-                          artifacts: ArtifactStore) -> dg.MaterializeResult:
+                          artifacts: ArtifactStore, ratings_etl_engine: RatingsEtlEngine) -> dg.MaterializeResult:
     """The lab's ratings join as Parquet under `ratings_ml_training/`, hive-partitioned by customernumber.
 
-    Ratings are streamed through a server-side cursor in chunks and joined to the customers and products
-    tables in memory (memory does not grow with the ratings); a rerun replaces the previous output
-    completely, and `_manifest.json` lists exactly the current files.
+    `ETL_ENGINE=inprocess` (default): ratings are streamed through a server-side cursor in chunks and joined
+    to the customers and products tables in memory (memory does not grow with the ratings). `spark` / `glue`:
+    the same join as a Spark job (local, or AWS Glue) launched through Dagster Pipes, which stages its files;
+    they are then moved into place here. Either way a rerun replaces the previous output completely,
+    `_manifest.json` lists exactly the current files, and a failed run leaves the previous output whole.
     """
-    chunks = ratings_etl.joined_chunks(source_db, source_column_names(source_db), config.chunk_rows)
-    manifest = ratings_etl.write_partitioned(chunks, artifacts, TRAINING_PREFIX, context.run.run_id[:8],
-                                             source_db.describe())
-    context.log.info(f"{manifest['rows']:,} ratings of {manifest['customers']} customers written")
+    names = source_column_names(source_db)
+    run_tag = context.run.run_id[:8]
+    job_metadata: dict = {}
+    if ratings_etl_engine.engine == "inprocess":
+        chunks = ratings_etl.joined_chunks(source_db, names, config.chunk_rows)
+        manifest = ratings_etl.write_partitioned(chunks, artifacts, TRAINING_PREFIX, run_tag, source_db.describe())
+    else:
+        job_metadata = run_etl_job(context, ratings_etl_engine, source_db, artifacts, names, run_tag)
+        manifest = ratings_etl.publish_staged(artifacts, TRAINING_PREFIX, run_tag, job_metadata, source_db.describe(),
+                                              ratings_etl_engine.engine)
+    context.log.info(f"{manifest['rows']:,} ratings of {manifest['customers']} customers written "
+                     f"({ratings_etl_engine.engine} engine)")
     return dg.MaterializeResult(
         metadata={
+            "engine": ratings_etl_engine.engine,
+            **{f"job_{key}": value for key, value in job_metadata.items()
+               if key not in ("rows", "customers", "products", "rating_histogram")},
             "rows": manifest["rows"],
             "customers": manifest["customers"],
             "products": manifest["products"],
@@ -82,6 +97,29 @@ def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlC
             "uri": artifact_link(artifacts.uri(TRAINING_PREFIX), folder=True),
         }
     )
+
+
+def run_etl_job(context: dg.AssetExecutionContext, engine: RatingsEtlEngine, source_db: SourceDatabase,
+                artifacts: ArtifactStore, names: dict, run_tag: str) -> dict:
+    """The Spark or Glue job, staging its output under `_staging/<run>`; what it reported. On failure the
+    staged files are removed."""
+    jdbc, user, password = jdbc_source(source_db.url())
+    staged = ratings_etl.staging_prefix(TRAINING_PREFIX, run_tag)
+    arguments = {"--contract": json.dumps(ratings_etl.job_contract(names)), "--source-url": jdbc}
+    try:
+        if engine.engine == "glue":
+            if engine.glue_source_secret_id:
+                arguments["--source-secret-id"] = engine.glue_source_secret_id
+            return engine.run_glue(context, {**arguments, "--output": artifacts.uri(staged)})
+        if isinstance(artifacts, LocalArtifactStore):
+            output = [str(artifacts.local_path(staged))]
+        else:  # Spark here has no S3 file system: it stages locally and uploads
+            output = [artifacts.uri(staged), "--stage-locally"]
+        command = [part for pair in arguments.items() for part in pair] + ["--output", *output]
+        return engine.run_spark(context, command, source_environment(user, password))
+    except BaseException:
+        artifacts.delete_prefix(staged.rstrip("/") + "/")
+        raise
 
 
 @dg.asset_check(asset=ratings_training_data, blocking=True)

@@ -266,31 +266,101 @@ class PartitionedWrite:
             self._pool = None
 
     def finish(self, source: str) -> dict:
-        """Make the files durable, write the manifest and `_SUCCESS`, then delete what earlier runs wrote.
-
-        Readers follow the manifest, which lists exactly this run's files from the moment it is written.
-        """
+        """Make the files durable, write the manifest and `_SUCCESS`, then delete what earlier runs wrote."""
         self._settle(0)
         self._shutdown()
         self.store.sync()
-        manifest = {
-            "rows": self.rows,
-            "customers": len(self.customers),
-            "products": len(self.products),
-            "rating_histogram": {str(k): self.ratings[k] for k in sorted(self.ratings)},
-            "partition_column": PARTITION_COLUMN,
-            "schema": {f.name: str(f.type) for f in SCHEMA},
-            "files": [key[len(self.prefix.rstrip("/")) + 1:] for key in self.files],
-            "source": source,
-            "run_tag": self.run_tag,
-            "fingerprint": self.content.hexdigest(),
-        }
-        self.store.write_json(join_key(self.prefix, MANIFEST), manifest)
-        self.store.write_bytes(join_key(self.prefix, SUCCESS), b"")
-        keep = set(self.files) | {join_key(self.prefix, MANIFEST), join_key(self.prefix, SUCCESS)}
-        stale = [info.key for info in self.store.list(self.prefix.rstrip("/") + "/") if info.key not in keep]
-        self.store.delete(stale)
-        return {**manifest, "stale_files_removed": len(stale)}
+        counts = {"rows": self.rows, "customers": len(self.customers), "products": len(self.products),
+                  "rating_histogram": {str(k): self.ratings[k] for k in sorted(self.ratings)}}
+        return publish(self.store, self.prefix, self.files, counts, source, self.run_tag, self.content.hexdigest())
+
+
+def publish(store: ArtifactStore, prefix: str, files: list[str], counts: Mapping, source: str, run_tag: str,
+            fingerprint: str, engine: str = "inprocess") -> dict:
+    """Write the manifest of `files` (this run's, already in place under `prefix`) and `_SUCCESS`, then delete
+    every other file under `prefix`. Readers follow the manifest, which lists exactly this run's files from
+    the moment it is written. Shared by every engine."""
+    manifest = {
+        "rows": int(counts["rows"]),
+        "customers": int(counts["customers"]),
+        "products": int(counts["products"]),
+        "rating_histogram": {str(k): int(v) for k, v in counts["rating_histogram"].items()},
+        "partition_column": PARTITION_COLUMN,
+        "schema": {f.name: str(f.type) for f in SCHEMA},
+        "files": [key[len(prefix.rstrip("/")) + 1:] for key in files],
+        "source": source,
+        "run_tag": run_tag,
+        "fingerprint": fingerprint,
+        "engine": engine,
+    }
+    store.write_json(join_key(prefix, MANIFEST), manifest)
+    store.write_bytes(join_key(prefix, SUCCESS), b"")
+    keep = set(files) | {join_key(prefix, MANIFEST), join_key(prefix, SUCCESS)}
+    staging = join_key(prefix, STAGING).rstrip("/") + "/"  # other runs' staged files are theirs to move or remove
+    stale = [info.key for info in store.list(prefix.rstrip("/") + "/")
+             if info.key not in keep and not info.key.startswith(staging)]
+    store.delete(stale)
+    return {**manifest, "stale_files_removed": len(stale)}
+
+
+# --- the Spark and Glue engines (the job: recsys_assets/ratings_etl_spark.py) -------------------------------
+
+STAGING = "_staging"  # under the output prefix; a leading underscore: Spark, Hive and Athena skip it
+_SPARK_KINDS = {pa.int64(): "int64", pa.float64(): "double", pa.string(): "string"}
+
+
+def job_contract(names: Mapping[str, Mapping[str, str]]) -> dict:
+    """What the Spark job needs to produce this engine's output: per table, the source's spelling of each
+    column and its output name; the output columns and types, in order; the partition column."""
+    columns = {"ratings": RATINGS_COLUMNS, "products": PRODUCT_COLUMNS, "customers": CUSTOMER_COLUMNS}
+    return {
+        "columns": {table: {names[table][source]: out for source, out in mapping.items()}
+                    for table, mapping in columns.items()},
+        "schema": [[f.name, _SPARK_KINDS[f.type]] for f in SCHEMA],
+        "partition_column": PARTITION_COLUMN,
+        "partition_source": names["ratings"]["customerNumber"],
+    }
+
+
+def staging_prefix(prefix: str, run_tag: str) -> str:
+    return join_key(prefix, STAGING, run_tag)
+
+
+def publish_staged(store: ArtifactStore, prefix: str, run_tag: str, counts: Mapping, source: str,
+                   engine: str) -> dict:
+    """Move a job's staged files (`<prefix>/_staging/<run_tag>/customernumber=N/*.parquet`) into place under
+    this engine's names, then `publish`. On failure the files moved are removed and the previous output
+    stays whole (its manifest never stopped listing it)."""
+    staged = staging_prefix(prefix, run_tag)
+    found = [info.key for info in store.list(staged.rstrip("/") + "/") if info.key.endswith(".parquet")]
+    by_customer = []
+    for key in found:
+        folder = key[len(staged.rstrip("/")) + 1:].split("/", 1)[0]
+        name, _, value = folder.partition("=")
+        if name != PARTITION_COLUMN or not value.lstrip("-").isdigit():
+            raise SourceSchemaError(f"staged file {key} is not under a {PARTITION_COLUMN}=<number> folder")
+        by_customer.append((int(value), key))
+    by_customer.sort()
+    if len({customer for customer, _key in by_customer}) != int(counts["customers"]):
+        raise SourceSchemaError(f"the job reported {counts['customers']} customers but staged files for "
+                                f"{len({c for c, _k in by_customer})} under {store.uri(staged)}")
+    store.delete([join_key(prefix, SUCCESS)])  # being rewritten until the manifest is
+    moved: list[str] = []
+    content = hashlib.sha256()
+    try:
+        for number, (customer, key) in enumerate(by_customer):
+            target = join_key(prefix, f"{PARTITION_COLUMN}={customer}", f"part-{run_tag}-{number:05d}.parquet")
+            content.update(f"{customer}:{store.move(key, target)}\n".encode())
+            moved.append(target)
+        store.sync()
+        return publish(store, prefix, moved, counts, source, run_tag, content.hexdigest(), engine)
+    except BaseException:
+        store.delete(moved)
+        if store.exists(join_key(prefix, MANIFEST)):
+            store.write_bytes(join_key(prefix, SUCCESS), b"")
+        raise
+    finally:
+        store.delete_prefix(staged.rstrip("/") + "/")
 
 
 def write_partitioned(chunks: Iterable[pd.DataFrame], store: ArtifactStore, prefix: str, run_tag: str,

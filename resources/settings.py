@@ -38,6 +38,12 @@ CRON_DEFAULTS = {
 }
 
 
+# the JDBC drivers Debian installs (libmariadb-java, libpostgresql-jdbc-java; scripts/install_spark_runtime.sh)
+SPARK_JDBC_JARS = "/usr/share/java/mariadb-java-client.jar,/usr/share/java/postgresql.jar"
+ETL_ENGINES = ("inprocess", "spark", "glue")
+GLUE_WORKER_TYPES = ("G.025X", "G.1X", "G.2X", "G.4X", "G.8X", "Z.2X")
+
+
 class ConfigurationError(ValueError):
     """A setting is missing or contradicts another one; the message names the variable."""
 
@@ -75,6 +81,14 @@ class PlatformSettings:
     max_event_bytes: int = 1024 * 1024
     item_index_max_items: int = 500_000
     recommender_refresh_seconds: float = 2.0
+    etl_engine: str = "inprocess"
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "1g"
+    spark_jdbc_jars: str = SPARK_JDBC_JARS
+    glue_etl_job_name: str = "mldp-ratings-etl"
+    glue_worker_type: str = "G.1X"
+    glue_workers: int = 2
+    glue_source_secret_id: str | None = None
     artifacts_uri: str = ""
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
@@ -215,6 +229,18 @@ class PlatformSettings:
         if not 0.1 <= refresh_seconds <= 3600:
             raise ConfigurationError(f"RECOMMENDER_REFRESH_SECONDS must be a number of seconds from 0.1 to 3600, not "
                                      f"{refresh!r}")
+        etl_engine = (get("ETL_ENGINE") or "inprocess").lower()
+        if etl_engine not in ETL_ENGINES:
+            raise ConfigurationError(f"ETL_ENGINE must be one of {', '.join(ETL_ENGINES)}, not {etl_engine!r}")
+        if etl_engine == "glue" and not artifacts_uri.startswith("s3://"):
+            raise ConfigurationError("ETL_ENGINE=glue needs ARTIFACTS_URI=s3://bucket/prefix: the Glue job writes the "
+                                     f"training data there (ARTIFACTS_URI is {artifacts_uri!r})")
+        worker_type = get("GLUE_WORKER_TYPE") or "G.1X"
+        if worker_type not in GLUE_WORKER_TYPES:
+            raise ConfigurationError(f"GLUE_WORKER_TYPE must be one of {', '.join(GLUE_WORKER_TYPES)}, not {worker_type!r}")
+        glue_workers = get("GLUE_WORKERS") or "2"
+        if not glue_workers.isdigit() or not 2 <= int(glue_workers) <= 299:
+            raise ConfigurationError(f"GLUE_WORKERS must be a whole number of workers from 2 to 299, not {glue_workers!r}")
         drift = {key: _drift_thresholds(get, *spec) for key, spec in DRIFT_THRESHOLDS.items()}
         min_sample = get("DRIFT_MIN_SAMPLE") or "50"
         if not min_sample.isdigit() or not 1 <= int(min_sample) <= 1_000_000:
@@ -242,6 +268,14 @@ class PlatformSettings:
             max_event_bytes=int(max_event_bytes),
             item_index_max_items=int(max_items),
             recommender_refresh_seconds=refresh_seconds,
+            etl_engine=etl_engine,
+            spark_master=get("SPARK_MASTER") or "local[2]",
+            spark_driver_memory=get("SPARK_DRIVER_MEMORY") or "1g",
+            spark_jdbc_jars=get("SPARK_JDBC_JARS") or SPARK_JDBC_JARS,
+            glue_etl_job_name=get("GLUE_ETL_JOB_NAME") or "mldp-ratings-etl",
+            glue_worker_type=worker_type,
+            glue_workers=int(glue_workers),
+            glue_source_secret_id=get("GLUE_SOURCE_SECRET_ID"),
             artifacts_uri=artifacts_uri,
             aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
@@ -359,6 +393,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 
     from resources.artifacts import LocalArtifactStore, S3ArtifactStore, parse_artifacts_uri
     from resources.datasets import ReferenceDatasets
+    from resources.etl_engine import RatingsEtlEngine
     from resources.model_registry import LocalModelRegistry, SageMakerModelRegistry
     from resources.notifier import LocalNotifier, SnsNotifier
     from resources.pgvector import PgVectorStore
@@ -422,6 +457,12 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
             data_dir=str(settings.embedded_postgres_dir))
         source_db = EmbeddedClassicModels(primary=embedded)
 
+    ratings_etl_engine = RatingsEtlEngine(
+        engine=settings.etl_engine, spark_master=settings.spark_master, spark_driver_memory=settings.spark_driver_memory,
+        spark_jdbc_jars=settings.spark_jdbc_jars, glue_job_name=settings.glue_etl_job_name,
+        glue_worker_type=settings.glue_worker_type, glue_workers=settings.glue_workers,
+        glue_source_secret_id=settings.glue_source_secret_id, pipes_bucket=location if kind == "s3" else None, **aws)
+
     if settings.stream_backend == "kinesis":
         events = KinesisEventStream(stream_name=settings.kinesis_stream_name, max_record_bytes=settings.max_event_bytes,
                                     **aws)
@@ -451,6 +492,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         "sagemaker": sagemaker,
         "datasets": ReferenceDatasets(root=str(settings.datasets_dir)),
         "source_db": source_db,
+        "ratings_etl_engine": ratings_etl_engine,
         # a load keeps trying to swap for longer than a read-only query may hold the tables
         "pgvector": PgVectorStore(db=app_db, retention=settings.embeddings_retention,
                                   swap_wait_seconds=settings.readonly_statement_timeout_seconds + 300,

@@ -70,6 +70,20 @@ def test_directories_upload_and_download(store, tmp_path):
         store.key_from_uri("s3://elsewhere/x")
 
 
+def test_move_replaces_the_target_removes_the_source_and_digests_the_content(store):
+    store.write_bytes("stage/a.parquet", b"first")
+    store.write_bytes("stage/b.parquet", b"first")
+    store.write_bytes("final/x.parquet", b"older content")
+    digest = store.move("stage/a.parquet", "final/x.parquet")
+    assert store.read_bytes("final/x.parquet") == b"first" and not store.exists("stage/a.parquet")
+    assert store.move("stage/b.parquet", "final/y.parquet") == digest  # the same bytes, the same digest
+    store.write_bytes("stage/c.parquet", b"other")
+    assert store.move("stage/c.parquet", "final/z.parquet") != digest
+    with pytest.raises(ArtifactNotFoundError, match="stage/a.parquet"):
+        store.move("stage/a.parquet", "final/w.parquet")
+    assert not store.exists("final/w.parquet")
+
+
 @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "./a", "a\\b"])
 def test_unsafe_keys_are_rejected(local_artifacts, key):
     with pytest.raises(ValueError, match="invalid artifact key"):

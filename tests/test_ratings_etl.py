@@ -8,6 +8,7 @@ import sqlalchemy as sa
 import recsys_assets as recsys
 from recsys_assets import ratings_etl
 from recsys_assets.assets import TRAINING_PREFIX
+from resources.etl_engine import RatingsEtlEngine
 from resources.source_db import SourceDatabaseError, SqlSourceDatabase
 from tests.mysql_support import mysql_connection
 
@@ -17,7 +18,8 @@ ETL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, r
 
 def run_etl(source, artifacts, chunk_rows=50_000, raise_on_error=True, selection=None):
     return dg.materialize(
-        ETL, resources={"source_db": source, "artifacts": artifacts, "sagemaker": None, "registry": None},
+        ETL, resources={"source_db": source, "artifacts": artifacts, "sagemaker": None, "registry": None,
+                        "ratings_etl_engine": RatingsEtlEngine()},
         selection=selection or dg.AssetSelection.assets(recsys.ratings_training_data),
         run_config=dg.RunConfig({"ratings_training_data": recsys.assets.RatingsEtlConfig(chunk_rows=chunk_rows)}),
         raise_on_error=raise_on_error,

@@ -12,6 +12,7 @@ from resources.artifacts import LocalArtifactStore
 from resources.model_registry import LocalModelRegistry
 from resources.pgvector import PgVectorStore
 from resources.sagemaker import LocalSageMakerJobs
+from resources.etl_engine import RatingsEtlEngine
 from resources.source_db import EmbeddedClassicModels, SqlSourceDatabase
 
 ALL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data,
@@ -23,6 +24,7 @@ def resources_for(app_db, root, source, policy="newest"):
     return {
         "registry": LocalModelRegistry(db=app_db, version_policy=policy, env=root.name.lower().replace("_", "-")[:20]),
         "source_db": source,
+        "ratings_etl_engine": RatingsEtlEngine(),
         "artifacts": artifacts,
         "sagemaker": LocalSageMakerJobs(artifacts=artifacts, work_dir=str(root / "sagemaker")),
         "pgvector": PgVectorStore(db=app_db),

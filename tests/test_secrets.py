@@ -117,6 +117,7 @@ import recsys_assets as recsys
 from resources.artifacts import LocalArtifactStore
 from resources.postgres import ExternalPostgresDatabase
 from resources.readonly import ReadOnlyUrlDatabase
+from resources.etl_engine import RatingsEtlEngine
 from resources.source_db import SqlSourceDatabase
 
 value = {value!r}
@@ -129,7 +130,8 @@ with dg.DagsterInstance.get() as instance:
          {{"readonly_db": ReadOnlyUrlDatabase(url="postgresql://ro:{PASSWORD}@127.0.0.1:{free_port()}/b"),
            "artifacts": artifacts}}),
         ([recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data],
-         {{"source_db": SqlSourceDatabase(source_url=value), "artifacts": artifacts}}),
+         {{"source_db": SqlSourceDatabase(source_url=value), "artifacts": artifacts,
+           "ratings_etl_engine": RatingsEtlEngine()}}),
     ):
         result = dg.materialize(assets, resources=resources, instance=instance, raise_on_error=False)
         assert not result.success
