@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import PrivateAttr
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -271,12 +273,19 @@ class S3ArtifactStore(ArtifactStore):
     bucket: str
     prefix: str = ""
     s3: S3Resource
+    _s3_client: Any = PrivateAttr(default=None)
+    _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def _key(self, key: str) -> str:
         return join_key(self.prefix, clean_key(key)) if self.prefix else clean_key(key)
 
     def _client(self):
-        return self.s3.get_client()
+        """One boto3 client per store (thread-safe; building one takes a fifth of a second, which a
+        hundred-file listing or move would otherwise pay per file)."""
+        with self._client_lock:
+            if self._s3_client is None:
+                self._s3_client = self.s3.get_client()
+            return self._s3_client
 
     def uri(self, key: str = "") -> str:
         base = f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")

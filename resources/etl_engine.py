@@ -46,6 +46,7 @@ class RatingsEtlEngine(dg.ConfigurableResource):
     glue_workers: int = 2
     glue_source_secret_id: str | None = None
     pipes_bucket: str | None = None  # the artifacts bucket (glue)
+    pipes_prefix: str = PIPES_PREFIX  # under it: Pipes' context objects and message chunks (glue)
     region_name: str = "us-east-1"
     endpoint_url: str | None = None
 
@@ -75,7 +76,7 @@ class RatingsEtlEngine(dg.ConfigurableResource):
 
     def run_glue(self, context: dg.AssetExecutionContext, arguments: dict[str, str]) -> dict[str, Any]:
         """The job as a Glue job run, through Pipes; returns the metadata it reported (and Glue's run id)."""
-        from dagster_aws.pipes import PipesGlueClient, PipesS3ContextInjector, PipesS3MessageReader
+        from dagster_aws.pipes import PipesGlueClient, PipesS3ContextInjector
 
         if not self.pipes_bucket:
             raise EtlJobFailed(description="ETL_ENGINE=glue needs ARTIFACTS_URI=s3://bucket/prefix")
@@ -84,8 +85,8 @@ class RatingsEtlEngine(dg.ConfigurableResource):
         # a new client per run: the S3 message reader counts its chunks across runs
         client = PipesGlueClient(
             client=glue,
-            context_injector=PipesS3ContextInjector(bucket=self.pipes_bucket, client=s3, key_prefix=PIPES_PREFIX),
-            message_reader=PipesS3MessageReader(bucket=self.pipes_bucket, client=s3, interval=1),
+            context_injector=PipesS3ContextInjector(bucket=self.pipes_bucket, client=s3, key_prefix=self.pipes_prefix),
+            message_reader=_prefixed_message_reader(self.pipes_bucket, s3, self.pipes_prefix),
             forward_termination=True,
         )
         parameters = {"JobName": self.glue_job_name, "Arguments": dict(arguments),
@@ -113,6 +114,30 @@ class RatingsEtlEngine(dg.ConfigurableResource):
 
     def s3_client(self):
         return aws_client("s3", region_name=self.region_name, endpoint_url=self.endpoint_url, **JOB_TIMEOUTS)
+
+
+def _prefixed_message_reader(bucket: str, s3, prefix: str):
+    """dagster-aws's S3 message reader with its chunks under `prefix` (it puts them at the bucket's root), so
+    the job's role may write there only; the chunks are deleted once read."""
+    import random
+    import string
+    from contextlib import contextmanager
+
+    from dagster_aws.pipes import PipesS3MessageReader
+
+    class PrefixedS3MessageReader(PipesS3MessageReader):
+        @contextmanager
+        def get_params(self):
+            with super().get_params() as params:
+                key_prefix = f"{prefix}messages/{''.join(random.choices(string.ascii_letters, k=30))}"
+                try:
+                    yield {**params, "key_prefix": key_prefix}
+                finally:
+                    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{key_prefix}/").get("Contents") or []
+                    if listed:
+                        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": o["Key"]} for o in listed]})
+
+    return PrefixedS3MessageReader(bucket=bucket, client=s3, interval=1)
 
 
 def _reported(completed) -> dict[str, Any]:

@@ -461,7 +461,8 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         engine=settings.etl_engine, spark_master=settings.spark_master, spark_driver_memory=settings.spark_driver_memory,
         spark_jdbc_jars=settings.spark_jdbc_jars, glue_job_name=settings.glue_etl_job_name,
         glue_worker_type=settings.glue_worker_type, glue_workers=settings.glue_workers,
-        glue_source_secret_id=settings.glue_source_secret_id, pipes_bucket=location if kind == "s3" else None, **aws)
+        glue_source_secret_id=settings.glue_source_secret_id, pipes_bucket=location if kind == "s3" else None,
+        pipes_prefix=f"{prefix.strip('/')}/pipes/".lstrip("/") if kind == "s3" else "pipes/", **aws)
 
     if settings.stream_backend == "kinesis":
         events = KinesisEventStream(stream_name=settings.kinesis_stream_name, max_record_bytes=settings.max_event_bytes,

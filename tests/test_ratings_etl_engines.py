@@ -4,6 +4,7 @@ the same output as the lab's CSV and as the in-process engine, and failures that
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -110,3 +111,99 @@ def test_missing_jdbc_drivers_and_a_socket_source_are_named(classicmodels_mysql,
     result = materialize(socket_url, local_artifacts, spark_engine(), raise_on_error=False)
     assert not result.success
     assert not local_artifacts.list(TRAINING_PREFIX + "/")
+
+
+# --- the glue engine: PipesGlueClient against moto, the job run by local Spark --------------------------------
+
+
+class LocalGlueEngine(RatingsEtlEngine):
+    """The `glue` engine with Glue played locally (tests/glue_support.py)."""
+
+    workdir: str
+
+    def glue_client(self):
+        from tests.glue_support import LocalGlue
+
+        return LocalGlue(super().glue_client(), self.s3_client(), self.endpoint_url, Path(self.workdir))
+
+
+@pytest.fixture
+def glue_setup(moto, boto_client, s3_artifacts, tmp_path):
+    from tests.conftest import REGION
+    from tests.glue_support import create_job
+
+    location = create_job(boto_client("glue"), boto_client("s3"), s3_artifacts.bucket, s3_artifacts.prefix)
+    engine = LocalGlueEngine(engine="glue", pipes_bucket=s3_artifacts.bucket,
+                             pipes_prefix=f"{s3_artifacts.prefix}/pipes/", region_name=REGION, endpoint_url=moto,
+                             glue_worker_type="G.2X", glue_workers=3, workdir=str(tmp_path))
+    return engine, location
+
+
+def test_glue_runs_the_job_through_pipes_and_writes_what_spark_writes(classicmodels_mysql, s3_artifacts, glue_setup,
+                                                                     boto_client, tmp_path):
+    engine, location = glue_setup
+    result = materialize(classicmodels_mysql, s3_artifacts, engine)
+    meta = {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node("ratings_training_data")[0]
+            .metadata.items()}
+    assert (meta["rows"], meta["customers"], meta["engine"]) == (2532, 98, "glue")
+    assert meta["job_AWS Glue Job Run ID"].startswith("jr_") and meta["job_AWS Glue Job Name"] == "mldp-ratings-etl"
+    # the script Glue ran is this code's, uploaded to the job's script location before the run
+    bucket, _, key = location.removeprefix("s3://").partition("/")
+    uploaded = boto_client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert uploaded == (Path(recsys.__file__).parent / "ratings_etl_spark.py").read_bytes()
+    from tests.glue_support import started_runs
+
+    started = started_runs(Path(engine.workdir))[-1]
+    assert (started["WorkerType"], started["NumberOfWorkers"]) == ("G.2X", 3)
+    assert "--dagster-pipes-context" in started["Arguments"] and "--dagster-pipes-messages" in started["Arguments"]
+    assert not any("password" in value.lower() for value in started["Arguments"].values())
+
+    glue_rows = canonical(ratings_etl.read_partitioned(s3_artifacts, TRAINING_PREFIX))
+    spark = type_local(tmp_path)
+    materialize(classicmodels_mysql, spark, spark_engine())
+    assert glue_rows.equals(canonical(ratings_etl.read_partitioned(spark, TRAINING_PREFIX)))
+    manifest = s3_artifacts.read_json(f"{TRAINING_PREFIX}/_manifest.json")
+    assert manifest["engine"] == "glue" and len(manifest["files"]) == 98
+    # nothing left behind: no staging, no Pipes context or message chunks
+    keys = [o["Key"] for o in boto_client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in keys if "/_staging/" in k or "/pipes/" in k]
+
+
+def type_local(tmp_path):
+    from resources.artifacts import LocalArtifactStore
+
+    return LocalArtifactStore(root=str(tmp_path / "spark"))
+
+
+def test_a_failed_glue_run_surfaces_glues_message_and_leaves_the_last_good_output(classicmodels_mysql, s3_artifacts,
+                                                                                 glue_setup):
+    engine, _location = glue_setup
+    materialize(classicmodels_mysql, s3_artifacts, engine)
+    before = files_of(s3_artifacts)
+    database = classicmodels_mysql.rsplit("/", 1)[1]
+    with mysql_connection(database) as conn:
+        conn.cursor().execute("UPDATE customers SET creditLimit = NULL WHERE customerNumber = 103")
+        conn.cursor().execute("ALTER TABLE ratings MODIFY productRating VARCHAR(10)")
+        conn.cursor().execute("UPDATE ratings SET productRating = NULL WHERE customerNumber = 119 LIMIT 1")
+        conn.commit()
+    try:
+        result = materialize(classicmodels_mysql, s3_artifacts, engine, raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = str(failure.step_failure_data.user_failure_data) + failure.step_failure_data.error.message
+        assert "the Glue job failed" in message and "FAILED" in message
+        assert "column productrating: NULL is not a valid integer" in message and "customernumber=119" in message
+        assert files_of(s3_artifacts) == before
+    finally:
+        with mysql_connection(database) as conn:
+            conn.cursor().execute("UPDATE customers SET creditLimit = 21000.00 WHERE customerNumber = 103")
+            conn.cursor().execute("DELETE FROM ratings WHERE productRating IS NULL")
+            conn.commit()
+
+
+def test_a_glue_job_that_does_not_exist_is_named(classicmodels_mysql, s3_artifacts, glue_setup):
+    engine, _location = glue_setup
+    missing = LocalGlueEngine(**{**engine.model_dump(), "glue_job_name": "no-such-job"})
+    result = materialize(classicmodels_mysql, s3_artifacts, missing, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no Glue job 'no-such-job' (GLUE_ETL_JOB_NAME)" in str(failure.step_failure_data.user_failure_data)
