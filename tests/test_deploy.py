@@ -126,6 +126,13 @@ def test_exports_are_refused_for_a_stack_that_is_missing_or_not_complete(aws_env
     (["SubnetIds=subnet-1 subnet-2"], r"SubnetIds='subnet-1 subnet-2': empty, or comma-separated subnet ids"),
     (["Enviroment=dev"], r"Enviroment: the template has no such parameter"),
     (["DagsterUiUrl=javascript:alert(1)"], r"DagsterUiUrl='javascript:alert\(1\)': empty, or the Dagster UI's address"),
+    (["EtlEngine=spark"], r"EtlEngine='spark': inprocess .* or glue"),
+    (["EtlEngine=glue"], r"GlueNeedsSource: EtlEngine=glue needs SourceDatabaseSecretArn"),
+    (["GlueWorkers=1"], r"GlueWorkers='1': a whole number of Glue workers from 2 to 299"),
+    (["EtlEngine=glue", "VpcId=vpc-0123456789abcdef0",
+      "SourceDatabaseSecretArn=arn:aws:secretsmanager:us-east-1:123456789012:secret:src-AbCdEf",
+      "GlueSourceSecretArn=arn:aws:secretsmanager:us-east-1:123456789012:secret:src-login-AbCdEf"],
+     r"GlueNetworkNeedsZone: EtlEngine=glue with VpcId needs GlueAvailabilityZone"),
 ])
 def test_parameters_that_cannot_work_are_refused_before_anything_is_made(params, message, tmp_path, aws_env):
     from platform_cli.main import main
@@ -467,3 +474,153 @@ def test_every_dagster_task_gets_the_ui_address_for_the_alert_links():
         env = {e["Name"]: e["Value"] for c in task["Properties"]["ContainerDefinitions"] for e in c["Environment"]
                if "Name" in e}  # (the others are Fn::If: a variable only some stacks set)
         assert env["DAGSTER_UI_URL"] == {"Ref": "DagsterUiUrl"}, name
+
+
+def _statements(role: dict) -> list[dict]:
+    """A role's inline policy statements, each `Fn::If` taken as the stacks that make the statement have it."""
+    statements = []
+    for policy in role["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in statement:
+                statement = statement["Fn::If"][1]
+            if statement != {"Ref": "AWS::NoValue"}:
+                statements.append(statement)
+    return statements
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_glue_job_runs_the_etl_script_with_a_role_limited_to_what_the_job_uses():
+    """EtlEngine=glue: the job the `glue` engine runs, where the engine uploads its script, with a role that
+    reaches only the script, the Pipes exchange, the staging prefix, the source's secret and Glue's logs;
+    the Dagster task role may run exactly that job."""
+    import importlib.metadata
+
+    from recsys_assets import ratings_etl
+    from recsys_assets.assets import TRAINING_PREFIX
+    from resources.etl_engine import JOB_SCRIPT, PIPES_MESSAGES, RatingsEtlEngine
+
+    template = deploy.load_template()
+    resources = template["Resources"]
+    assert template["Parameters"]["EtlEngine"]["Default"] == "inprocess"
+    assert template["Conditions"]["UseGlue"] == {"Fn::Equals": [{"Ref": "EtlEngine"}, "glue"]}
+    job = resources["RatingsEtlJob"]
+    assert job["Type"] == "AWS::Glue::Job" and job["Condition"] == "UseGlue"
+    props = job["Properties"]
+    assert props["GlueVersion"] == "5.0" and props["Command"]["Name"] == "glueetl"
+    assert props["Command"]["PythonVersion"] == "3"
+    assert props["ExecutionProperty"]["MaxConcurrentRuns"] == 1 and 0 < props["Timeout"] <= 24 * 60
+    assert props["WorkerType"] == {"Ref": "GlueWorkerType"} and props["NumberOfWorkers"] == {"Ref": "GlueWorkers"}
+    assert props["Role"] == {"Fn::GetAtt": ["GlueEtlRole", "Arn"]}
+    # the script where the engine uploads it: <ARTIFACTS_URI>/glue/<the script's file name>
+    artifacts_uri = template["Outputs"]["ArtifactsUri"]["Value"]["Fn::Sub"]
+    assert artifacts_uri == "s3://${ArtifactsBucket}/platform"
+    assert props["Command"]["ScriptLocation"] == {"Fn::Sub": f"{artifacts_uri}/glue/{JOB_SCRIPT.name}"}
+    arguments = props["DefaultArguments"]
+    assert arguments["--additional-python-modules"] == f"dagster-pipes=={importlib.metadata.version('dagster')}"
+    assert arguments["--enable-metrics"] == "true" and arguments["--enable-continuous-cloudwatch-log"] == "true"
+    assert arguments["--continuous-log-logGroup"] == {"Ref": "GlueEtlLogGroup"}
+    assert props["Connections"]["Fn::If"][0] == "GlueInVpc"
+    name = props["Name"]
+    assert name == {"Fn::Sub": "${ProjectName}-${Environment}-ratings-etl"}
+
+    # the job's role: S3 on exactly the script, the Pipes exchange and the staging prefix
+    bucket = "${ArtifactsBucket.Arn}/"
+    staging = "platform/" + ratings_etl.staging_prefix(TRAINING_PREFIX, "run").removesuffix("run")
+    assert staging == "platform/ratings_ml_training/_staging/"
+    pipes = RatingsEtlEngine(pipes_bucket="b", pipes_prefix="platform").pipes_key_prefix()
+    assert pipes == "platform/pipes/"
+    allowed_objects = {"s3:GetObject": {f"{bucket}platform/glue/*", f"{bucket}{pipes}*", f"{bucket}{staging}*"},
+                       "s3:PutObject": {f"{bucket}{pipes}{PIPES_MESSAGES}*", f"{bucket}{staging}*"},
+                       "s3:DeleteObject": {f"{bucket}{staging}*"}, "s3:AbortMultipartUpload": {f"{bucket}{staging}*"}}
+    granted: dict[str, set] = {}
+    role = resources["GlueEtlRole"]
+    assert role["Condition"] == "UseGlue"
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "glue.amazonaws.com"}
+    for statement in _statements(role):
+        assert statement["Effect"] == "Allow"
+        actions = _listed(statement["Action"])
+        assert not any(a.endswith("*") for a in actions), statement  # no wildcard actions
+        for action in actions:
+            service = action.split(":")[0]
+            resources_ = _listed(statement["Resource"])
+            if action == "s3:ListBucket":
+                assert resources_ == [{"Fn::GetAtt": ["ArtifactsBucket", "Arn"]}]
+                assert set(statement["Condition"]["StringLike"]["s3:prefix"]) == {staging.rstrip("/"), staging + "*"}
+            elif action == "s3:GetBucketLocation":
+                assert resources_ == [{"Fn::GetAtt": ["ArtifactsBucket", "Arn"]}]
+            elif service == "s3":
+                granted.setdefault(action, set()).update(r["Fn::Sub"] for r in resources_)
+            elif service == "secretsmanager":
+                assert action == "secretsmanager:GetSecretValue" and resources_ == [{"Ref": "GlueSourceSecretArn"}]
+            elif service == "logs":
+                assert all(str(r).find("/aws-glue/") >= 0 or r == {"Fn::GetAtt": ["GlueEtlLogGroup", "Arn"]}
+                           for r in resources_), statement
+            elif service == "cloudwatch":
+                assert action == "cloudwatch:PutMetricData"
+                assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Glue"}}
+            elif service == "glue":
+                assert action == "glue:GetConnection"
+                assert resources_[1] == {"Fn::Sub": "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:"
+                                                    "connection/${ProjectName}-${Environment}-ratings-etl"}
+            else:  # the network connection's interfaces, only with the stack's network
+                assert service == "ec2", statement
+        if any(a.startswith("ec2:") or a == "glue:GetConnection" for a in actions):
+            assert statement in [s["Fn::If"][1] for p in role["Properties"]["Policies"]
+                                 for s in p["PolicyDocument"]["Statement"] if "Fn::If" in s
+                                 and s["Fn::If"][0] == "GlueInVpc"], statement
+    assert granted == allowed_objects
+    # with the network: a NETWORK connection in the first private subnet, its workers' security group
+    connection = resources["GlueNetworkConnection"]
+    assert connection["Condition"] == "GlueInVpc" and connection["Properties"]["ConnectionInput"]["ConnectionType"] == "NETWORK"
+    physical = connection["Properties"]["ConnectionInput"]["PhysicalConnectionRequirements"]
+    assert physical["SubnetId"] == {"Fn::Select": [0, {"Fn::Split": [",", {"Ref": "SubnetIds"}]}]}
+    assert physical["SecurityGroupIdList"] == [{"Ref": "GlueSecurityGroup"}]
+    assert resources["GlueSecurityGroupSelfIngress"]["Properties"]["SourceSecurityGroupId"] == {"Ref": "GlueSecurityGroup"}
+
+    # the Dagster task role (code server and runs): exactly this job's four actions, on its ARN only
+    task_role = _statements(resources["DagsterTaskRole"])
+    [glue] = [s for s in task_role if any(a.startswith("glue:") for a in _listed(s["Action"]))]
+    assert sorted(glue["Action"]) == ["glue:BatchStopJobRun", "glue:GetJob", "glue:GetJobRun", "glue:StartJobRun"]
+    assert glue["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:glue:${AWS::Region}:${AWS::AccountId}:job/"
+                                           + name["Fn::Sub"]}
+    # no iam:PassRole of the Glue role (StartJobRun passes none), from any role
+    assert "GlueEtlRole" not in json.dumps([s for r in resources.values() if r["Type"] == "AWS::IAM::Role"
+                                            for s in _statements(r) if "iam:PassRole" in _listed(s["Action"])])
+    # the script upload and the Pipes exchange are within the task role's artifact prefix
+    [objects] = [s for s in task_role if s.get("Sid") == "ArtifactObjects"]
+    assert {"Fn::Sub": "${ArtifactsBucket.Arn}/platform/*"} in objects["Resource"]
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(objects["Action"])
+
+
+def test_every_dagster_task_gets_the_etl_engines_settings():
+    from resources.settings import ETL_ENGINES, GLUE_WORKER_TYPES
+
+    template = deploy.load_template()
+    parameters = template["Parameters"]
+    name = template["Resources"]["RatingsEtlJob"]["Properties"]["Name"]
+    tasks = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::ECS::TaskDefinition"}
+    assert len(tasks) == 4
+    for task_name, task in tasks.items():
+        [container] = task["Properties"]["ContainerDefinitions"]
+        env = {e["Name"]: e["Value"] for e in container["Environment"] if "Name" in e}
+        assert env["ETL_ENGINE"] == {"Ref": "EtlEngine"}, task_name
+        assert env["GLUE_ETL_JOB_NAME"] == name, task_name
+        assert env["GLUE_WORKER_TYPE"] == {"Ref": "GlueWorkerType"}, task_name
+        assert env["GLUE_WORKERS"] == {"Ref": "GlueWorkers"}, task_name
+        [secret_id] = [e["Fn::If"] for e in container["Environment"] if "Fn::If" in e
+                       and e["Fn::If"][1].get("Name") == "GLUE_SOURCE_SECRET_ID"]
+        assert secret_id[0] == "HasGlueSourceSecret" and secret_id[1]["Value"] == {"Ref": "GlueSourceSecretArn"}
+    # every value the template allows is one the settings accept (the image has no Spark: not offered)
+    assert set(parameters["EtlEngine"]["AllowedValues"]) == set(ETL_ENGINES) - {"spark"}
+    assert set(parameters["GlueWorkerType"]["AllowedValues"]) == set(GLUE_WORKER_TYPES)
+    for workers in (parameters["GlueWorkers"]["MinValue"], parameters["GlueWorkers"]["MaxValue"]):
+        settings = PlatformSettings.from_env({"ETL_ENGINE": "glue", "ARTIFACTS_URI": "s3://b/platform",
+                                              "GLUE_ETL_JOB_NAME": "mldp-dev-ratings-etl", "GLUE_WORKERS": str(workers),
+                                              "GLUE_WORKER_TYPE": parameters["GlueWorkerType"]["Default"],
+                                              "GLUE_SOURCE_SECRET_ID": "arn:aws:secretsmanager:us-east-1:"
+                                                                       "123456789012:secret:src-login-AbCdEf"})
+        assert settings.glue_workers == workers and settings.glue_etl_job_name == "mldp-dev-ratings-etl"
