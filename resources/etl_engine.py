@@ -27,7 +27,8 @@ from dagster._core.errors import DagsterPipesExecutionError  # not exported by `
 from resources.aws_clients import JOB_TIMEOUTS, aws_client
 
 JOB_SCRIPT = Path(__file__).resolve().parents[1] / "recsys_assets" / "ratings_etl_spark.py"
-PIPES_PREFIX = "pipes/"
+PIPES_PREFIX = "pipes/"  # under the artifacts prefix
+PIPES_MESSAGES = "messages/"  # under the Pipes prefix: the job's message chunks
 
 
 class EtlJobFailed(dg.Failure):
@@ -129,7 +130,7 @@ def _prefixed_message_reader(bucket: str, s3, prefix: str):
         @contextmanager
         def get_params(self):
             with super().get_params() as params:
-                key_prefix = f"{prefix}messages/{''.join(random.choices(string.ascii_letters, k=30))}"
+                key_prefix = f"{prefix}{PIPES_MESSAGES}{''.join(random.choices(string.ascii_letters, k=30))}"
                 try:
                     yield {**params, "key_prefix": key_prefix}
                 finally:

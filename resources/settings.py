@@ -393,7 +393,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 
     from resources.artifacts import LocalArtifactStore, S3ArtifactStore, parse_artifacts_uri
     from resources.datasets import ReferenceDatasets
-    from resources.etl_engine import RatingsEtlEngine
+    from resources.etl_engine import PIPES_PREFIX, RatingsEtlEngine
     from resources.model_registry import LocalModelRegistry, SageMakerModelRegistry
     from resources.notifier import LocalNotifier, SnsNotifier
     from resources.pgvector import PgVectorStore
@@ -462,7 +462,7 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
         spark_jdbc_jars=settings.spark_jdbc_jars, glue_job_name=settings.glue_etl_job_name,
         glue_worker_type=settings.glue_worker_type, glue_workers=settings.glue_workers,
         glue_source_secret_id=settings.glue_source_secret_id, pipes_bucket=location if kind == "s3" else None,
-        pipes_prefix=f"{prefix.strip('/')}/pipes/".lstrip("/") if kind == "s3" else "pipes/", **aws)
+        pipes_prefix=f"{prefix.strip('/')}/{PIPES_PREFIX}".lstrip("/") if kind == "s3" else PIPES_PREFIX, **aws)
 
     if settings.stream_backend == "kinesis":
         events = KinesisEventStream(stream_name=settings.kinesis_stream_name, max_record_bytes=settings.max_event_bytes,

@@ -500,7 +500,8 @@ def test_the_glue_job_runs_the_etl_script_with_a_role_limited_to_what_the_job_us
 
     from recsys_assets import ratings_etl
     from recsys_assets.assets import TRAINING_PREFIX
-    from resources.etl_engine import JOB_SCRIPT, PIPES_MESSAGES, RatingsEtlEngine
+    from resources.etl_engine import JOB_SCRIPT, PIPES_MESSAGES
+    from resources.settings import PlatformSettings, build_resources
 
     template = deploy.load_template()
     resources = template["Resources"]
@@ -530,7 +531,8 @@ def test_the_glue_job_runs_the_etl_script_with_a_role_limited_to_what_the_job_us
     bucket = "${ArtifactsBucket.Arn}/"
     staging = "platform/" + ratings_etl.staging_prefix(TRAINING_PREFIX, "run").removesuffix("run")
     assert staging == "platform/ratings_ml_training/_staging/"
-    pipes = RatingsEtlEngine(pipes_bucket="b", pipes_prefix="platform").pipes_key_prefix()
+    pipes = build_resources(PlatformSettings.from_env({"ARTIFACTS_URI": "s3://b/platform", "ETL_ENGINE": "glue"}))[
+        "ratings_etl_engine"].pipes_prefix
     assert pipes == "platform/pipes/"
     allowed_objects = {"s3:GetObject": {f"{bucket}platform/glue/*", f"{bucket}{pipes}*", f"{bucket}{staging}*"},
                        "s3:PutObject": {f"{bucket}{pipes}{PIPES_MESSAGES}*", f"{bucket}{staging}*"},
