@@ -4,15 +4,18 @@ Generates N ratings (default 2,000,000 by 2,000 customers over 2,000 products) i
 127.0.0.1:3306, with the classicmodels tables, and runs `ratings_training_data` (the project's asset,
 through `dg.materialize`) at N/4 and N to show that peak memory stays flat as N grows. The naive way is
 measured in the same run: `pandas.read_sql` of the whole join, then `DataFrame.to_parquet` partitioned by
-customer. Each measurement runs in its own process so its peak RSS is its own. One JSON line.
+customer. The Spark engine (`ETL_ENGINE=spark`: local[2], the job in a subprocess through Pipes) runs the
+same N in the same run, with the Dagster process's peak RSS and Spark's JVM's (reported by the job) apart.
+Each measurement runs in its own process so its peak RSS is its own. One JSON line.
 
-    .venv/bin/python benchmarks/ratings_etl.py [--ratings 2000000]
+    .venv/bin/python benchmarks/ratings_etl.py [--ratings 2000000] [--engines inprocess,spark]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -78,8 +81,10 @@ def child_project(url: str, out: Path, engine: str = "inprocess") -> dict:
         selection=dg.AssetSelection.assets(recsys.ratings_training_data),
     )
     seconds = time.perf_counter() - started
-    rows = result.asset_materializations_for_node("ratings_training_data")[0].metadata["rows"].value
-    return {"rows": rows, "seconds": seconds}
+    metadata = {k: getattr(v, "value", v)
+                for k, v in result.asset_materializations_for_node("ratings_training_data")[0].metadata.items()}
+    job = {k[len("job_"):]: v for k, v in metadata.items() if k.startswith("job_") and isinstance(v, (int, float))}
+    return {"rows": metadata["rows"], "seconds": seconds, **({"job": job} if job else {})}
 
 
 def child_baseline(url: str, out: Path) -> dict:
@@ -98,24 +103,45 @@ def child_baseline(url: str, out: Path) -> dict:
     return {"rows": len(frame), "seconds": time.perf_counter() - started}
 
 
-def run_child(kind: str, url: str) -> dict:
+def run_child(kind: str, url: str, engine: str = "inprocess") -> dict:
     with scratch_folder(f"etl-{kind}") as out:
-        completed = subprocess.run([sys.executable, __file__, "--child", kind, "--url", url, "--out", str(out / "data")],
-                                   capture_output=True, text=True, check=True)
+        completed = subprocess.run([sys.executable, __file__, "--child", kind, "--url", url, "--out", str(out / "data"),
+                                    "--engine", engine], capture_output=True, text=True)
+        if completed.returncode != 0:
+            raise SystemExit(f"the {kind} ({engine}) measurement failed:\n{completed.stderr[-3000:]}")
         return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def spark_missing() -> str | None:
+    """Why the spark engine cannot run here, or None."""
+    from resources.settings import SPARK_JDBC_JARS
+
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        return "PySpark is not installed (scripts/install_spark_runtime.sh)"
+    missing = [jar for jar in SPARK_JDBC_JARS.split(",") if not Path(jar).is_file()]
+    if missing or not shutil.which("java"):
+        return f"Java or the JDBC drivers are missing ({', '.join(missing) or 'java'}): scripts/install_spark_runtime.sh"
+    return None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratings", type=int, default=2_000_000)
     parser.add_argument("--customers", type=int, default=2_000, help="customers, hence Parquet partitions")
+    parser.add_argument("--engines", default="inprocess,spark",
+                        help="the project's engines to measure (spark needs scripts/install_spark_runtime.sh)")
     parser.add_argument("--child", choices=["project", "baseline"])
+    parser.add_argument("--engine", default="inprocess")
     parser.add_argument("--url")
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.child:
-        measure = child_project if args.child == "project" else child_baseline
-        outcome = measure(args.url, Path(args.out))
+        if args.child == "project":
+            outcome = child_project(args.url, Path(args.out), args.engine)
+        else:
+            outcome = child_baseline(args.url, Path(args.out))
         outcome["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(outcome))
         return 0
@@ -130,6 +156,9 @@ def main() -> int:
         url = {n: f"mysql+pymysql://root@127.0.0.1:3306/{name}" for n, name in databases.items()}
         project = {n: run_child("project", url[n]) for n in sizes}
         baseline = run_child("baseline", url[args.ratings])
+        engines = [e.strip() for e in args.engines.split(",") if e.strip() and e.strip() != "inprocess"]
+        spark_reason = spark_missing() if "spark" in engines else None
+        spark = run_child("project", url[args.ratings], "spark") if "spark" in engines and not spark_reason else None
     finally:
         with mysql_connection() as conn:
             for name in databases.values():
@@ -146,6 +175,14 @@ def main() -> int:
         "baseline_read_sql_to_parquet": {"rows_per_second": round(baseline_rate), "seconds": round(baseline["seconds"], 2),
                                          "peak_rss_mb": baseline["peak_rss_mb"]},
         "speedup_vs_baseline": round(rate / baseline_rate, 2),
+        "spark_local": ({"master": "local[2]", "rows_per_second": round(spark["rows"] / spark["seconds"]),
+                         "seconds": round(spark["seconds"], 2), "dagster_process_peak_rss_mb": spark["peak_rss_mb"],
+                         "spark_jvm_peak_rss_mb": spark["job"].get("spark_jvm_peak_rss_mb"),
+                         "job_python_peak_rss_mb": spark["job"].get("job_python_peak_rss_mb"),
+                         "spark_session_seconds": spark["job"].get("spark_session_seconds"),
+                         "join_and_write_seconds": spark["job"].get("join_and_write_seconds"),
+                         "inprocess_speedup_vs_spark": round(rate / (spark["rows"] / spark["seconds"]), 2)}
+                        if spark else {"skipped": spark_reason or "not asked (--engines)"}),
         "rss_growth_mb_from_quarter_to_full": project[args.ratings]["peak_rss_mb"] - project[sizes[0]]["peak_rss_mb"],
         "targets_met": {
             "rows_per_second>=100000": rate >= 100_000,

@@ -207,6 +207,22 @@ def counts(frame, partition_column: str) -> dict:
             "rating_histogram": histogram}
 
 
+def memory(spark) -> dict:
+    """Peak resident memory of Spark's JVM (the driver; in local mode, the executors too) and of this Python
+    process, in MB, where /proc tells (Linux)."""
+    import resource
+
+    figures = {"job_python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    try:
+        pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                figures["spark_jvm_peak_rss_mb"] = round(int(line.split()[1]) / 1024)
+    except Exception:  # not Linux, or no access to the JVM's /proc entry: the figure is left out
+        pass
+    return figures
+
+
 def summary(exc: BaseException) -> str:
     """One line for people: a Java exception's own message rather than py4j's stack trace."""
     java = getattr(exc, "java_exception", None)
@@ -250,6 +266,7 @@ def run(pipes, args: argparse.Namespace) -> None:
             "spark_session_seconds": round(session_seconds, 2),
             "join_and_write_seconds": round(written, 2),
             "job_seconds": round(time.perf_counter() - started, 2),
+            **memory(spark),
         })
     finally:
         if args.master:

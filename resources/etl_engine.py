@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -64,8 +65,10 @@ class RatingsEtlEngine(dg.ConfigurableResource):
                                            "(scripts/install_spark_runtime.sh installs it with Java and the drivers)") from None
         with tempfile.TemporaryDirectory(prefix="ratings-etl-") as work:
             error_file = Path(work) / "error.txt"
+            cores = re.fullmatch(r"local\[(\d+)\]", self.spark_master)
             command = [sys.executable, str(JOB_SCRIPT), *arguments, "--master", self.spark_master,
-                       "--driver-memory", self.spark_driver_memory, "--jars", self.spark_jdbc_jars]
+                       "--driver-memory", self.spark_driver_memory, "--jars", self.spark_jdbc_jars,
+                       "--read-partitions", cores.group(1) if cores else "2"]
             client = dg.PipesSubprocessClient(env={"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable})
             try:
                 completed = client.run(context=context, command=command, env=env,
@@ -90,6 +93,8 @@ class RatingsEtlEngine(dg.ConfigurableResource):
             message_reader=_prefixed_message_reader(self.pipes_bucket, s3, self.pipes_prefix),
             forward_termination=True,
         )
+        # ratings read over as many JDBC connections as the workers have cores (4 per G.1X worker)
+        arguments = {**arguments, "--read-partitions": str(4 * self.glue_workers)}
         parameters = {"JobName": self.glue_job_name, "Arguments": dict(arguments),
                       "WorkerType": self.glue_worker_type, "NumberOfWorkers": self.glue_workers}
         try:

@@ -37,7 +37,7 @@ TINY = {
                            "generated_data.scorecard_validation_auc"]),
     "ratings_etl": (["--ratings", "20000", "--customers", "40"],
                     ["project.20000.rows_per_second", "baseline_read_sql_to_parquet.rows_per_second",
-                     "speedup_vs_baseline"]),
+                     "speedup_vs_baseline", "spark_local.rows_per_second", "spark_local.spark_jvm_peak_rss_mb"]),
 }
 
 
