@@ -207,3 +207,51 @@ def test_a_glue_job_that_does_not_exist_is_named(classicmodels_mysql, s3_artifac
     result = materialize(classicmodels_mysql, s3_artifacts, missing, raise_on_error=False)
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "no Glue job 'no-such-job' (GLUE_ETL_JOB_NAME)" in str(failure.step_failure_data.user_failure_data)
+
+
+@pytest.fixture
+def postgres_source():
+    """The demo classicmodels tables in a database of their own on a PostgreSQL server reached over TCP (the
+    machine's, 127.0.0.1:5432: JDBC cannot use the embedded server's socket); its URL."""
+    import uuid
+
+    import psycopg
+    import sqlalchemy as sa
+
+    from resources import classicmodels_demo
+
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        psycopg.connect(admin, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432: {exc}")
+    name = f"classicmodels_spark_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    engine = sa.create_engine(url)
+    classicmodels_demo.ensure_loaded(engine, 7)
+    engine.dispose()
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_spark_reads_a_postgresql_source_as_the_in_process_engine_does(postgres_source, local_artifacts, tmp_path):
+    materialize(postgres_source, local_artifacts, spark_engine())
+    inprocess = type_local(tmp_path)
+    materialize(postgres_source, inprocess, RatingsEtlEngine())
+    spark_rows, inprocess_rows = (canonical(ratings_etl.read_partitioned(store, TRAINING_PREFIX))
+                                  for store in (local_artifacts, inprocess))
+    assert len(spark_rows) > 1000 and spark_rows.equals(inprocess_rows)
+
+
+def test_a_glue_run_whose_source_secret_is_missing_fails_with_the_jobs_message(classicmodels_mysql, s3_artifacts,
+                                                                              glue_setup, boto_client):
+    engine, _location = glue_setup
+    secretless = LocalGlueEngine(**{**engine.model_dump(), "glue_source_secret_id": "mldp/no-such-secret"})
+    result = materialize(classicmodels_mysql, s3_artifacts, secretless, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.user_failure_data)
+    assert "the Glue job failed" in message and "ResourceNotFoundException" in message, message
+    assert not s3_artifacts.list(TRAINING_PREFIX + "/")  # nothing published, nothing staged left
