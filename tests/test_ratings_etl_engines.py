@@ -4,6 +4,7 @@ the same output as the lab's CSV and as the in-process engine, and failures that
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -82,23 +83,37 @@ def theirs_schema_names(store, manifest) -> list[str]:
 def test_a_failed_spark_run_names_the_cause_and_leaves_the_last_good_output(classicmodels_mysql, local_artifacts):
     materialize(classicmodels_mysql, local_artifacts, spark_engine())
     before = files_of(local_artifacts)
-    database = classicmodels_mysql.rsplit("/", 1)[1]
-    with mysql_connection(database) as conn:  # a rating that is not a number, in a batch of good ones
-        conn.cursor().execute("ALTER TABLE ratings MODIFY productRating VARCHAR(10)")
-        conn.cursor().execute("UPDATE ratings SET productRating = 'five' WHERE customerNumber = 112 LIMIT 1")
+    with a_bad_rating(classicmodels_mysql, customer=112, value="five"):  # one poison value among 2,532 good ones
+        result = materialize(classicmodels_mysql, local_artifacts, spark_engine(), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
+    assert "the Spark job failed" in message and "column productrating" in message and "'five'" in message
+    assert "customernumber=112" in message
+    assert files_of(local_artifacts) == before  # nothing staged left, nothing replaced
+
+
+@contextmanager
+def a_bad_rating(source_url: str, customer: int, value: str | None):
+    """One of `customer`'s ratings set to `value` (the column made text for it), put back as it was after."""
+    database = source_url.rsplit("/", 1)[1]
+    with mysql_connection(database) as conn:
+        cursor = conn.cursor()
+        cursor.execute("SELECT productCode, productRating FROM ratings WHERE customerNumber = %s "
+                       "ORDER BY productCode LIMIT 1", (customer,))
+        product, original = cursor.fetchone()
+        cursor.execute("ALTER TABLE ratings MODIFY productRating VARCHAR(10)")
+        cursor.execute("UPDATE ratings SET productRating = %s WHERE customerNumber = %s AND productCode = %s",
+                       (value, customer, product))
         conn.commit()
     try:
-        result = materialize(classicmodels_mysql, local_artifacts, spark_engine(), raise_on_error=False)
-        assert not result.success
-        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-        message = failure.step_failure_data.error.message + str(failure.step_failure_data.user_failure_data)
-        assert "the Spark job failed" in message and "column productrating" in message and "'five'" in message
-        assert "customernumber=112" in message
-        assert files_of(local_artifacts) == before  # nothing staged left, nothing replaced
+        yield
     finally:
         with mysql_connection(database) as conn:
-            conn.cursor().execute("UPDATE ratings SET productRating = '5' WHERE productRating = 'five'")
-            conn.cursor().execute("ALTER TABLE ratings MODIFY productRating INT")
+            cursor = conn.cursor()
+            cursor.execute("UPDATE ratings SET productRating = %s WHERE customerNumber = %s AND productCode = %s",
+                           (original, customer, product))
+            cursor.execute("ALTER TABLE ratings MODIFY productRating INT")
             conn.commit()
 
 
@@ -180,25 +195,14 @@ def test_a_failed_glue_run_surfaces_glues_message_and_leaves_the_last_good_outpu
     engine, _location = glue_setup
     materialize(classicmodels_mysql, s3_artifacts, engine)
     before = files_of(s3_artifacts)
-    database = classicmodels_mysql.rsplit("/", 1)[1]
-    with mysql_connection(database) as conn:
-        conn.cursor().execute("UPDATE customers SET creditLimit = NULL WHERE customerNumber = 103")
-        conn.cursor().execute("ALTER TABLE ratings MODIFY productRating VARCHAR(10)")
-        conn.cursor().execute("UPDATE ratings SET productRating = NULL WHERE customerNumber = 119 LIMIT 1")
-        conn.commit()
-    try:
+    with a_bad_rating(classicmodels_mysql, customer=119, value=None):
         result = materialize(classicmodels_mysql, s3_artifacts, engine, raise_on_error=False)
-        assert not result.success
-        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-        message = str(failure.step_failure_data.user_failure_data) + failure.step_failure_data.error.message
-        assert "the Glue job failed" in message and "FAILED" in message
-        assert "column productrating: NULL is not a valid integer" in message and "customernumber=119" in message
-        assert files_of(s3_artifacts) == before
-    finally:
-        with mysql_connection(database) as conn:
-            conn.cursor().execute("UPDATE customers SET creditLimit = 21000.00 WHERE customerNumber = 103")
-            conn.cursor().execute("DELETE FROM ratings WHERE productRating IS NULL")
-            conn.commit()
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.user_failure_data) + failure.step_failure_data.error.message
+    assert "the Glue job failed" in message and "FAILED" in message
+    assert "column productrating: NULL is not a valid integer" in message and "customernumber=119" in message
+    assert files_of(s3_artifacts) == before
 
 
 def test_a_glue_job_that_does_not_exist_is_named(classicmodels_mysql, s3_artifacts, glue_setup):
