@@ -23,6 +23,7 @@ lives in the folder name (`customernumber=103/`), not inside the files, as Spark
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta, timezone
 import io
 import threading
 from collections import Counter, deque
@@ -254,8 +255,10 @@ class PartitionedWrite:
 
     def abort(self) -> None:
         """Remove what this run wrote; the previous run's files and manifest stay as they were (and are
-        marked complete again)."""
+        marked complete again). Nothing is removed once this run's manifest is written."""
         self._shutdown()
+        if published_by(self.store, self.prefix, self.run_tag):
+            return
         self.store.delete(self.files)
         if self.store.exists(join_key(self.prefix, MANIFEST)):
             self.store.write_bytes(join_key(self.prefix, SUCCESS), b"")
@@ -277,9 +280,15 @@ class PartitionedWrite:
 
 def publish(store: ArtifactStore, prefix: str, files: list[str], counts: Mapping, source: str, run_tag: str,
             fingerprint: str, engine: str = "inprocess") -> dict:
-    """Write the manifest of `files` (this run's, already in place under `prefix`) and `_SUCCESS`, then delete
-    every other file under `prefix`. Readers follow the manifest, which lists exactly this run's files from
-    the moment it is written. Shared by every engine."""
+    """Write the manifest of `files` (this run's, already in place under `prefix`) and `_SUCCESS`, then remove
+    what the manifest replaced. Readers follow the manifest, which lists exactly this run's files from the
+    moment it is written. Shared by every engine.
+
+    Removed: the files of the manifest replaced, and files no manifest lists (a killed run's, staged or moved)
+    once they are `ORPHAN_AGE` old; never a file a run still in progress may be about to publish. Once the
+    manifest is written the run has succeeded: a failure to remove is logged in the result, not raised."""
+    manifest_key, success_key = join_key(prefix, MANIFEST), join_key(prefix, SUCCESS)
+    previous = _listed_files(store, prefix)
     manifest = {
         "rows": int(counts["rows"]),
         "customers": int(counts["customers"]),
@@ -293,14 +302,33 @@ def publish(store: ArtifactStore, prefix: str, files: list[str], counts: Mapping
         "fingerprint": fingerprint,
         "engine": engine,
     }
-    store.write_json(join_key(prefix, MANIFEST), manifest)
-    store.write_bytes(join_key(prefix, SUCCESS), b"")
-    keep = set(files) | {join_key(prefix, MANIFEST), join_key(prefix, SUCCESS)}
-    staging = join_key(prefix, STAGING).rstrip("/") + "/"  # other runs' staged files are theirs to move or remove
+    store.write_json(manifest_key, manifest)
+    store.write_bytes(success_key, b"")
+    keep = set(files) | {manifest_key, success_key}
+    cutoff = datetime.now(timezone.utc) - ORPHAN_AGE
     stale = [info.key for info in store.list(prefix.rstrip("/") + "/")
-             if info.key not in keep and not info.key.startswith(staging)]
-    store.delete(stale)
+             if info.key not in keep and (info.key in previous or info.last_modified < cutoff)]
+    try:
+        store.delete(stale)
+    except Exception as exc:  # the next run removes them: they are listed by no manifest
+        return {**manifest, "stale_files_removed": 0, "stale_files_left": f"{len(stale)} ({type(exc).__name__}: {exc})"}
     return {**manifest, "stale_files_removed": len(stale)}
+
+
+ORPHAN_AGE = timedelta(hours=24)  # a file no manifest lists is a killed run's once this old (no run lasts a day)
+
+
+def _listed_files(store: ArtifactStore, prefix: str) -> set[str]:
+    """The keys the current manifest lists (none when there is none)."""
+    if not store.exists(join_key(prefix, MANIFEST)):
+        return set()
+    return {join_key(prefix, relative) for relative in store.read_json(join_key(prefix, MANIFEST))["files"]}
+
+
+def published_by(store: ArtifactStore, prefix: str, run_tag: str) -> bool:
+    """Whether the current manifest is `run_tag`'s: its files must then never be rolled back."""
+    key = join_key(prefix, MANIFEST)
+    return store.exists(key) and store.read_json(key).get("run_tag") == run_tag
 
 
 # --- the Spark and Glue engines (the job: recsys_assets/ratings_etl_spark.py) -------------------------------
@@ -329,38 +357,42 @@ def staging_prefix(prefix: str, run_tag: str) -> str:
 def publish_staged(store: ArtifactStore, prefix: str, run_tag: str, counts: Mapping, source: str,
                    engine: str) -> dict:
     """Move a job's staged files (`<prefix>/_staging/<run_tag>/customernumber=N/*.parquet`) into place under
-    this engine's names, then `publish`. On failure the files moved are removed and the previous output
-    stays whole (its manifest never stopped listing it)."""
-    staged = staging_prefix(prefix, run_tag)
-    found = [info.key for info in store.list(staged.rstrip("/") + "/") if info.key.endswith(".parquet")]
-    by_customer = []
-    for key in found:
-        folder = key[len(staged.rstrip("/")) + 1:].split("/", 1)[0]
-        name, _, value = folder.partition("=")
-        if name != PARTITION_COLUMN or not value.lstrip("-").isdigit():
-            raise SourceSchemaError(f"staged file {key} is not under a {PARTITION_COLUMN}=<number> folder")
-        by_customer.append((int(value), key))
-    by_customer.sort()
-    if len({customer for customer, _key in by_customer}) != int(counts["customers"]):
-        raise SourceSchemaError(f"the job reported {counts['customers']} customers but staged files for "
-                                f"{len({c for c, _k in by_customer})} under {store.uri(staged)}")
-    store.delete([join_key(prefix, SUCCESS)])  # being rewritten until the manifest is
+    this engine's names, then `publish`. On failure before the manifest is written, the files moved are
+    removed and the previous output stays whole (its manifest never stopped listing it); the staged files
+    are removed either way."""
+    staged = staging_prefix(prefix, run_tag).rstrip("/") + "/"
     moved: list[str] = []
-    content = hashlib.sha256()
     try:
-        for number, (customer, key) in enumerate(by_customer):
-            target = join_key(prefix, f"{PARTITION_COLUMN}={customer}", f"part-{run_tag}-{number:05d}.parquet")
-            content.update(f"{customer}:{store.move(key, target)}\n".encode())
-            moved.append(target)
+        by_customer = []
+        for key in (info.key for info in store.list(staged) if info.key.endswith(".parquet")):
+            folder = key[len(staged):].split("/", 1)[0]
+            name, _, value = folder.partition("=")
+            if name != PARTITION_COLUMN or not value.lstrip("-").isdigit():
+                raise SourceSchemaError(f"staged file {key} is not under a {PARTITION_COLUMN}=<number> folder")
+            by_customer.append((int(value), key))
+        by_customer.sort()
+        if len({customer for customer, _key in by_customer}) != int(counts["customers"]):
+            raise SourceSchemaError(f"the job reported {counts['customers']} customers but staged files for "
+                                    f"{len({c for c, _k in by_customer})} under {store.uri(staged)}")
+        store.delete([join_key(prefix, SUCCESS)])  # being rewritten until the manifest is
+        targets = [join_key(prefix, f"{PARTITION_COLUMN}={customer}", f"part-{run_tag}-{number:05d}.parquet")
+                   for number, (customer, _key) in enumerate(by_customer)]
+        moved = targets
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="publish") as pool:  # S3: a copy per file
+            digests = list(pool.map(store.move, [key for _customer, key in by_customer], targets))
+        content = hashlib.sha256()
+        for (customer, _key), digest in zip(by_customer, digests):
+            content.update(f"{customer}:{digest}\n".encode())
         store.sync()
-        return publish(store, prefix, moved, counts, source, run_tag, content.hexdigest(), engine)
+        return publish(store, prefix, targets, counts, source, run_tag, content.hexdigest(), engine)
     except BaseException:
-        store.delete(moved)
-        if store.exists(join_key(prefix, MANIFEST)):
-            store.write_bytes(join_key(prefix, SUCCESS), b"")
+        if not published_by(store, prefix, run_tag):
+            store.delete(moved)
+            if store.exists(join_key(prefix, MANIFEST)):
+                store.write_bytes(join_key(prefix, SUCCESS), b"")
         raise
     finally:
-        store.delete_prefix(staged.rstrip("/") + "/")
+        store.delete_prefix(staged)
 
 
 def write_partitioned(chunks: Iterable[pd.DataFrame], store: ArtifactStore, prefix: str, run_tag: str,

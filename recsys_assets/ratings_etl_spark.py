@@ -37,7 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SPARK_TYPES = {"int64": "long", "double": "double", "string": "string"}
-DRIVERS = {"mysql": "org.mariadb.jdbc.Driver", "postgresql": "org.postgresql.Driver"}
+# JDBC driver classes: Glue 5 carries MySQL Connector/J and PostgreSQL's driver; a local run passes Debian's MariaDB
+# driver for MySQL sources (`--mysql-driver`), which reads MySQL and MariaDB under jdbc:mysql: URLs
+DRIVERS = {"mysql": "com.mysql.cj.jdbc.Driver", "postgresql": "org.postgresql.Driver"}
 
 
 class EtlJobError(RuntimeError):
@@ -54,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--jars", default="", help="comma-separated JDBC driver jars (local runs)")
     parser.add_argument("--driver-memory", default="1g")
     parser.add_argument("--read-partitions", type=int, default=1, help="parallel JDBC reads of ratings")
+    parser.add_argument("--mysql-driver", default=DRIVERS["mysql"], help="JDBC driver class for jdbc:mysql: sources")
     parser.add_argument("--stage-locally", action="store_true",
                         help="write to a local folder, then upload to --output (Spark without an S3 filesystem)")
     args, _ignored = parser.parse_known_args(argv)  # Glue's and Dagster Pipes' own arguments
@@ -113,15 +116,16 @@ def jdbc_reader(spark, args: argparse.Namespace, login: dict[str, str]):
     kind = args.source_url.split(":", 2)[1] if args.source_url.startswith("jdbc:") else ""
     if kind not in DRIVERS:
         raise EtlJobError(f"--source-url must be a jdbc:mysql:// or jdbc:postgresql:// URL, not {args.source_url!r}")
+    drivers = {**DRIVERS, "mysql": args.mysql_driver}
 
     def read(table: str, columns: list[str], partition_column: str | None = None):
         quote = "`" if kind == "mysql" else '"'
         listed = ", ".join(f"{quote}{c}{quote}" for c in columns)
-        reader = (spark.read.format("jdbc").option("url", args.source_url).option("driver", DRIVERS[kind])
+        reader = (spark.read.format("jdbc").option("url", args.source_url).option("driver", drivers[kind])
                   .option("user", login["user"]).option("password", login["password"]).option("fetchsize", 10_000)
                   .option("dbtable", f"(select {listed} from {quote}{table}{quote}) as t"))
         if partition_column and args.read_partitions > 1:
-            bounds = (spark.read.format("jdbc").option("url", args.source_url).option("driver", DRIVERS[kind])
+            bounds = (spark.read.format("jdbc").option("url", args.source_url).option("driver", drivers[kind])
                       .option("user", login["user"]).option("password", login["password"])
                       .option("query", f"select min({quote}{partition_column}{quote}) as lo, "
                                        f"max({quote}{partition_column}{quote}) as hi from {quote}{table}{quote}")
@@ -136,6 +140,7 @@ def jdbc_reader(spark, args: argparse.Namespace, login: dict[str, str]):
 
 def transform(read, contract: dict):
     """The lab's join with the contract's names and types; a value the contract cannot hold fails the run."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     columns = contract["columns"]  # table -> {source column: output column}
@@ -148,6 +153,8 @@ def transform(read, contract: dict):
     joined = (ratings.join(F.broadcast(products.dropDuplicates(["productcode"])), "productcode")
               .join(F.broadcast(customers.dropDuplicates(["customernumber"])), "customernumber"))
     origin = {out: table for table, mapping in columns.items() for out in mapping.values()}
+    # read once: the checks and the write see the same rows (the source is not read again for the write)
+    joined = joined.persist(StorageLevel.MEMORY_AND_DISK)
     typed, checks = [], []
     for name, kind in contract["schema"]:
         value = F.col(name).cast(SPARK_TYPES[kind])
@@ -156,13 +163,17 @@ def transform(read, contract: dict):
             checks.append((name, F.col(name).isNull() | value.isNull()))
         elif kind == "double":  # a value present that is not a number
             checks.append((name, F.col(name).isNotNull() & value.isNull()))
-    for name, bad in checks:
-        row = joined.where(bad).select("customernumber", "productcode", name).first()
-        if row is not None:
-            shown = "NULL" if row[name] is None else repr(row[name])
-            raise EtlJobError(f"source table {origin[name]!r}, column {name}: {shown} is not a valid "
-                              f"{'integer' if dict(contract['schema'])[name] == 'int64' else 'number'} "
-                              f"(row with customernumber={row['customernumber']!r}, productcode={row['productcode']!r})")
+    kinds = dict(contract["schema"])
+    # one pass for every check: the first bad row, with which of its columns is bad
+    flags = [F.when(bad, F.lit(name)) for name, bad in checks]
+    first_bad = (joined.select("*", F.coalesce(*flags).alias("__bad")).where(F.col("__bad").isNotNull())
+                 .orderBy("customernumber", "productcode").first())
+    if first_bad is not None:
+        name = first_bad["__bad"]
+        shown = "NULL" if first_bad[name] is None else repr(first_bad[name])
+        raise EtlJobError(f"source table {origin[name]!r}, column {name}: {shown} is not a valid "
+                          f"{'integer' if kinds[name] == 'int64' else 'number'} (row with customernumber="
+                          f"{first_bad['customernumber']!r}, productcode={first_bad['productcode']!r})")
     return joined.select(*typed)
 
 
@@ -174,7 +185,8 @@ def stage(spark, frame, output: str, partition_column: str, stage_locally: bool)
     try:
         (frame.repartition(partition_column).sortWithinPartitions(partition_column, "productcode")
          .write.mode("overwrite").option("compression", "snappy").partitionBy(partition_column).parquet(target))
-        stats = counts(spark.read.parquet(target), partition_column)
+        # read back with the frame's schema: an empty output (no ratings) has no file to infer one from
+        stats = counts(spark.read.schema(frame.schema).parquet(target), partition_column)
         files = [] if target.startswith("s3://") else sorted(
             str(p.relative_to(target)) for p in Path(target).rglob("*.parquet"))
         if stage_locally:

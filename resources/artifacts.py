@@ -229,7 +229,10 @@ class LocalArtifactStore(ArtifactStore):
                 path = Path(dirpath) / name
                 key = path.relative_to(root).as_posix()
                 if key.startswith(prefix):
-                    stat = path.stat()
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:  # removed since the folder was read (another process's delete)
+                        continue
                     found.append(
                         ArtifactInfo(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc))
                     )

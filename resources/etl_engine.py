@@ -68,7 +68,8 @@ class RatingsEtlEngine(dg.ConfigurableResource):
             cores = re.fullmatch(r"local\[(\d+)\]", self.spark_master)
             command = [sys.executable, str(JOB_SCRIPT), *arguments, "--master", self.spark_master,
                        "--driver-memory", self.spark_driver_memory, "--jars", self.spark_jdbc_jars,
-                       "--read-partitions", cores.group(1) if cores else "2"]
+                       "--read-partitions", cores.group(1) if cores else "2",
+                       "--mysql-driver", "org.mariadb.jdbc.Driver"]  # Debian's (libmariadb-java)
             client = dg.PipesSubprocessClient(env={"SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable})
             try:
                 completed = client.run(context=context, command=command, env=env,
@@ -175,5 +176,11 @@ def jdbc_source(url) -> tuple[str, str, str]:
         raise EtlJobFailed(description="the Spark and Glue engines read the source over JDBC, which needs a host "
                                        "and port: set SOURCE_DATABASE_URL (the demo's embedded server listens on a "
                                        "socket only; use ETL_ENGINE=inprocess with it)")
+    carried = {"charset"}  # harmless to leave behind: JDBC reads text as UTF-8
+    dropped = sorted(set(url.query) - carried)
+    if dropped:
+        raise EtlJobFailed(description=f"SOURCE_DATABASE_URL's parameter(s) {', '.join(dropped)} cannot be carried to "
+                                       "the Spark and Glue engines' JDBC connection (TLS, schema and timeouts would be "
+                                       "lost): remove them, or use ETL_ENGINE=inprocess")
     port = url.port or (3306 if kinds[backend] == "mysql" else 5432)
     return f"jdbc:{kinds[backend]}://{url.host}:{port}/{url.database or ''}", url.username or "", url.password or ""

@@ -3,7 +3,7 @@ runs a job: its runs succeed at once), and this runner executes the job's script
 with local Spark, as Glue would run it, the way dagster-aws's own tests fake Glue.
 
 What stands in for Glue's environment: its Spark (with an S3 file system) is local Spark that stages on disk
-and uploads (`--stage-locally`), its JDBC drivers are Debian's, and `--JOB_NAME` / `--JOB_RUN_ID` and the
+and uploads (`--stage-locally`), its JDBC drivers are Debian's (MariaDB's for its MySQL Connector/J), and `--JOB_NAME` / `--JOB_RUN_ID` and the
 job's DefaultArguments are passed as Glue passes them. A run's state is the process's (`get_job_run` answers once it has ended): SUCCEEDED
 or FAILED with the last lines the script wrote to stderr as `ErrorMessage` (Glue reports the exception)."""
 
@@ -47,8 +47,10 @@ class LocalGlue:
         self.s3.download_file(bucket, key, str(script))
         arguments = {**job.get("DefaultArguments", {}), **(Arguments or {}), "--JOB_NAME": JobName, "--JOB_RUN_ID": run_id}
         arguments.pop("--additional-python-modules", None)  # installed here already
+        # Glue's own MySQL driver (Connector/J) is not in Debian: MariaDB's, which reads MySQL too, stands in
         command = [sys.executable, str(script), *[part for pair in arguments.items() for part in pair],
-                   "--master", "local[2]", "--jars", SPARK_JDBC_JARS, "--stage-locally"]
+                   "--master", "local[2]", "--jars", SPARK_JDBC_JARS, "--mysql-driver", "org.mariadb.jdbc.Driver",
+                   "--stage-locally"]
         log = self.workdir / f"{run_id}.log"
         with open(log, "wb") as output:  # a file, not a pipe: Spark writes more than a pipe holds
             process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,

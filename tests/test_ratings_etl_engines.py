@@ -4,6 +4,7 @@ the same output as the lab's CSV and as the in-process engine, and failures that
 from __future__ import annotations
 
 import io
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def theirs_schema_names(store, manifest) -> list[str]:
 
 
 def test_a_failed_spark_run_names_the_cause_and_leaves_the_last_good_output(classicmodels_mysql, local_artifacts):
-    materialize(classicmodels_mysql, local_artifacts, spark_engine())
+    materialize(classicmodels_mysql, local_artifacts, RatingsEtlEngine())  # the last good output (any engine's)
     before = files_of(local_artifacts)
     with a_bad_rating(classicmodels_mysql, customer=112, value="five"):  # one poison value among 2,532 good ones
         result = materialize(classicmodels_mysql, local_artifacts, spark_engine(), raise_on_error=False)
@@ -99,6 +100,10 @@ def a_bad_rating(source_url: str, customer: int, value: str | None):
     database = source_url.rsplit("/", 1)[1]
     with mysql_connection(database) as conn:
         cursor = conn.cursor()
+        cursor.execute("SELECT COLUMN_TYPE, IS_NULLABLE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+                       "AND TABLE_NAME = 'ratings' AND COLUMN_NAME = 'productRating'", (database,))
+        column_type, nullable = cursor.fetchone()
+        definition = f"{column_type}{'' if nullable == 'YES' else ' NOT NULL'}"
         cursor.execute("SELECT productCode, productRating FROM ratings WHERE customerNumber = %s "
                        "ORDER BY productCode LIMIT 1", (customer,))
         product, original = cursor.fetchone()
@@ -113,7 +118,7 @@ def a_bad_rating(source_url: str, customer: int, value: str | None):
             cursor = conn.cursor()
             cursor.execute("UPDATE ratings SET productRating = %s WHERE customerNumber = %s AND productCode = %s",
                            (original, customer, product))
-            cursor.execute("ALTER TABLE ratings MODIFY productRating INT")
+            cursor.execute(f"ALTER TABLE ratings MODIFY productRating {definition}")
             conn.commit()
 
 
@@ -154,10 +159,33 @@ def glue_setup(moto, boto_client, s3_artifacts, tmp_path):
     return engine, location
 
 
-def test_glue_runs_the_job_through_pipes_and_writes_what_spark_writes(classicmodels_mysql, s3_artifacts, glue_setup,
-                                                                     boto_client, tmp_path):
+PASSWORD = "S3cr3t-p@ss:w/rd?#%&;x"
+
+
+@pytest.fixture
+def reader_with_password(classicmodels_mysql):
+    """A source user with a password full of URL-special characters, allowed to read the database; its URL."""
+    from urllib.parse import quote
+
+    database = classicmodels_mysql.rsplit("/", 1)[1]
+    with mysql_connection() as conn:
+        conn.cursor().execute("CREATE OR REPLACE USER 'etl_reader'@'%%' IDENTIFIED BY %s", (PASSWORD,))
+        conn.cursor().execute(f"GRANT SELECT ON `{database}`.* TO 'etl_reader'@'%'")
+    yield f"mysql+pymysql://etl_reader:{quote(PASSWORD, safe='')}@127.0.0.1:3306/{database}"
+    with mysql_connection() as conn:
+        conn.cursor().execute("DROP USER IF EXISTS 'etl_reader'@'%'")
+
+
+def test_glue_runs_the_job_through_pipes_and_writes_what_the_other_engines_write(classicmodels_mysql, reader_with_password,
+                                                                     s3_artifacts, glue_setup, boto_client, tmp_path):
     engine, location = glue_setup
-    result = materialize(classicmodels_mysql, s3_artifacts, engine)
+    boto_client("secretsmanager").create_secret(Name="mldp/source", SecretString=json.dumps(
+        {"username": "etl_reader", "password": PASSWORD}))
+    engine = LocalGlueEngine(**{**engine.model_dump(), "glue_source_secret_id": "mldp/source"})
+    result = materialize(reader_with_password, s3_artifacts, engine)
+    for event in result.all_events:  # the password is in no event (its URL-quoted form neither)
+        assert PASSWORD not in str(event) and "S3cr3t" not in str(event)
+    assert not [f for f in Path(engine.workdir).glob("*.log") if "S3cr3t" in f.read_text(errors="replace")]
     meta = {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node("ratings_training_data")[0]
             .metadata.items()}
     assert (meta["rows"], meta["customers"], meta["engine"]) == (2532, 98, "glue")
@@ -171,12 +199,14 @@ def test_glue_runs_the_job_through_pipes_and_writes_what_spark_writes(classicmod
     started = started_runs(Path(engine.workdir))[-1]
     assert (started["WorkerType"], started["NumberOfWorkers"]) == ("G.2X", 3)
     assert "--dagster-pipes-context" in started["Arguments"] and "--dagster-pipes-messages" in started["Arguments"]
-    assert not any("password" in value.lower() for value in started["Arguments"].values())
+    assert not any("S3cr3t" in value for value in started["Arguments"].values())
+    assert started["Arguments"]["--source-secret-id"] == "mldp/source"
 
+    # what the in-process engine writes (and so, by the first test, what the spark engine writes)
     glue_rows = canonical(ratings_etl.read_partitioned(s3_artifacts, TRAINING_PREFIX))
-    spark = type_local(tmp_path)
-    materialize(classicmodels_mysql, spark, spark_engine())
-    assert glue_rows.equals(canonical(ratings_etl.read_partitioned(spark, TRAINING_PREFIX)))
+    inprocess = type_local(tmp_path)
+    materialize(classicmodels_mysql, inprocess, RatingsEtlEngine())
+    assert glue_rows.equals(canonical(ratings_etl.read_partitioned(inprocess, TRAINING_PREFIX)))
     manifest = s3_artifacts.read_json(f"{TRAINING_PREFIX}/_manifest.json")
     assert manifest["engine"] == "glue" and len(manifest["files"]) == 98
     # nothing left behind: no staging, no Pipes context or message chunks
@@ -193,7 +223,7 @@ def type_local(tmp_path):
 def test_a_failed_glue_run_surfaces_glues_message_and_leaves_the_last_good_output(classicmodels_mysql, s3_artifacts,
                                                                                  glue_setup):
     engine, _location = glue_setup
-    materialize(classicmodels_mysql, s3_artifacts, engine)
+    materialize(classicmodels_mysql, s3_artifacts, RatingsEtlEngine())  # the last good output (any engine's)
     before = files_of(s3_artifacts)
     with a_bad_rating(classicmodels_mysql, customer=119, value=None):
         result = materialize(classicmodels_mysql, s3_artifacts, engine, raise_on_error=False)
@@ -259,3 +289,24 @@ def test_a_glue_run_whose_source_secret_is_missing_fails_with_the_jobs_message(c
     message = str(failure.step_failure_data.user_failure_data)
     assert "the Glue job failed" in message and "ResourceNotFoundException" in message, message
     assert not s3_artifacts.list(TRAINING_PREFIX + "/")  # nothing published, nothing staged left
+
+
+def test_an_empty_ratings_table_publishes_an_empty_output_as_the_in_process_engine_does(classicmodels_mysql,
+                                                                                        local_artifacts):
+    database = classicmodels_mysql.rsplit("/", 1)[1]
+    with mysql_connection(database) as conn:
+        conn.cursor().execute("RENAME TABLE ratings TO ratings_kept")
+        conn.cursor().execute("CREATE TABLE ratings LIKE ratings_kept")
+    try:
+        result = dg.materialize(ETL + [recsys.ratings_training_data_not_empty],
+                                resources={"source_db": SqlSourceDatabase(source_url=classicmodels_mysql),
+                                           "artifacts": local_artifacts, "ratings_etl_engine": spark_engine()},
+                                selection=dg.AssetSelection.assets(recsys.ratings_training_data), raise_on_error=False)
+    finally:
+        with mysql_connection(database) as conn:
+            conn.cursor().execute("DROP TABLE ratings")
+            conn.cursor().execute("RENAME TABLE ratings_kept TO ratings")
+    manifest = local_artifacts.read_json(f"{TRAINING_PREFIX}/_manifest.json")
+    assert (manifest["rows"], manifest["files"], manifest["engine"]) == (0, [], "spark")
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed  # the blocking check stops the pipeline here, as with the in-process engine
