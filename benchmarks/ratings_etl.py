@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scratch import peak_rss_mb, scratch_folder  # noqa: E402
 
+from resources.settings import PlatformSettings  # noqa: E402
+
 from tests.mysql_support import mysql_connection  # noqa: E402
 
 PRODUCTS = 2_000
@@ -175,7 +177,7 @@ def main() -> int:
         "baseline_read_sql_to_parquet": {"rows_per_second": round(baseline_rate), "seconds": round(baseline["seconds"], 2),
                                          "peak_rss_mb": baseline["peak_rss_mb"]},
         "speedup_vs_baseline": round(rate / baseline_rate, 2),
-        "spark_local": ({"master": "local[2]", "rows_per_second": round(spark["rows"] / spark["seconds"]),
+        "spark_local": ({"master": PlatformSettings.from_env().spark_master, "rows_per_second": round(spark["rows"] / spark["seconds"]),
                          "seconds": round(spark["seconds"], 2), "dagster_process_peak_rss_mb": spark["peak_rss_mb"],
                          "spark_jvm_peak_rss_mb": spark["job"].get("spark_jvm_peak_rss_mb"),
                          "job_python_peak_rss_mb": spark["job"].get("job_python_peak_rss_mb"),

@@ -235,6 +235,9 @@ class PlatformSettings:
         if etl_engine == "glue" and not artifacts_uri.startswith("s3://"):
             raise ConfigurationError("ETL_ENGINE=glue needs ARTIFACTS_URI=s3://bucket/prefix: the Glue job writes the "
                                      f"training data there (ARTIFACTS_URI is {artifacts_uri!r})")
+        if etl_engine == "glue" and not get("GLUE_SOURCE_SECRET_ID"):
+            raise ConfigurationError("ETL_ENGINE=glue needs GLUE_SOURCE_SECRET_ID: the Secrets Manager secret (JSON with "
+                                     "username and password) the Glue job reads the source database with")
         worker_type = get("GLUE_WORKER_TYPE") or "G.1X"
         if worker_type not in GLUE_WORKER_TYPES:
             raise ConfigurationError(f"GLUE_WORKER_TYPE must be one of {', '.join(GLUE_WORKER_TYPES)}, not {worker_type!r}")

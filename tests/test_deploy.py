@@ -531,7 +531,8 @@ def test_the_glue_job_runs_the_etl_script_with_a_role_limited_to_what_the_job_us
     bucket = "${ArtifactsBucket.Arn}/"
     staging = "platform/" + ratings_etl.staging_prefix(TRAINING_PREFIX, "run").removesuffix("run")
     assert staging == "platform/ratings_ml_training/_staging/"
-    pipes = build_resources(PlatformSettings.from_env({"ARTIFACTS_URI": "s3://b/platform", "ETL_ENGINE": "glue"}))[
+    pipes = build_resources(PlatformSettings.from_env({"ARTIFACTS_URI": "s3://b/platform", "ETL_ENGINE": "glue",
+                                                       "GLUE_SOURCE_SECRET_ID": "s"}))[
         "ratings_etl_engine"].pipes_prefix
     assert pipes == "platform/pipes/"
     allowed_objects = {"s3:GetObject": {f"{bucket}platform/glue/*", f"{bucket}{pipes}*", f"{bucket}{staging}*"},

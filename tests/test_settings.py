@@ -142,6 +142,11 @@ def test_credentials_from_the_process_environment_travel_as_env_vars(monkeypatch
         ({"DRIFT_UNSEEN_WARN": "1.5"}, "DRIFT_UNSEEN_WARN must be a share of events"),
         ({"DRIFT_APPROVAL_RATE_ERROR": "-0.1"}, "DRIFT_APPROVAL_RATE_ERROR must be a difference of approval rates"),
         ({"DRIFT_MIN_SAMPLE": "0"}, "DRIFT_MIN_SAMPLE must be a whole number"),
+        ({"ETL_ENGINE": "emr"}, "ETL_ENGINE must be one of inprocess, spark, glue"),
+        ({"ETL_ENGINE": "glue", "GLUE_SOURCE_SECRET_ID": "s"}, "ETL_ENGINE=glue needs ARTIFACTS_URI=s3://"),
+        ({"ETL_ENGINE": "glue", "ARTIFACTS_URI": "s3://b/p"}, "ETL_ENGINE=glue needs GLUE_SOURCE_SECRET_ID"),
+        ({"GLUE_WORKERS": "1"}, "GLUE_WORKERS must be a whole number of workers from 2 to 299"),
+        ({"GLUE_WORKER_TYPE": "G.3X"}, "GLUE_WORKER_TYPE must be one of"),
     ],
 )
 def test_contradictory_settings_name_the_variable(env, message, tmp_path):
