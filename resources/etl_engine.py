@@ -26,6 +26,7 @@ import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not exported by `dagster`
 
 from resources.aws_clients import JOB_TIMEOUTS, aws_client
+from resources.settings import DEFAULTS
 
 JOB_SCRIPT = Path(__file__).resolve().parents[1] / "recsys_assets" / "ratings_etl_spark.py"
 PIPES_PREFIX = "pipes/"  # under the artifacts prefix
@@ -39,17 +40,18 @@ class EtlJobFailed(dg.Failure):
 class RatingsEtlEngine(dg.ConfigurableResource):
     """The engine and its settings (see the module's docstring)."""
 
-    engine: str = "inprocess"
-    spark_master: str = "local[2]"
-    spark_driver_memory: str = "1g"
-    spark_jdbc_jars: str = ""
-    glue_job_name: str = "mldp-ratings-etl"
-    glue_worker_type: str = "G.1X"
-    glue_workers: int = 2
+    # defaults: the settings' (resources.settings.PlatformSettings), written there once
+    engine: str = DEFAULTS["etl_engine"]
+    spark_master: str = DEFAULTS["spark_master"]
+    spark_driver_memory: str = DEFAULTS["spark_driver_memory"]
+    spark_jdbc_jars: str = DEFAULTS["spark_jdbc_jars"]
+    glue_job_name: str = DEFAULTS["glue_etl_job_name"]
+    glue_worker_type: str = DEFAULTS["glue_worker_type"]
+    glue_workers: int = DEFAULTS["glue_workers"]
     glue_source_secret_id: str | None = None
     pipes_bucket: str | None = None  # the artifacts bucket (glue)
     pipes_prefix: str = PIPES_PREFIX  # under it: Pipes' context objects and message chunks (glue)
-    region_name: str = "us-east-1"
+    region_name: str = DEFAULTS["aws_region"]
     endpoint_url: str | None = None
 
     def run_spark(self, context: dg.AssetExecutionContext, arguments: list[str], env: dict[str, str]) -> dict[str, Any]:

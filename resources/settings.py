@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,9 +132,13 @@ class PlatformSettings:
             value = env.get(name, "").strip()
             return value or None
 
+        def setting(name: str, field: str) -> str:
+            """The variable's value, or the field's default as text (the defaults are written once, above)."""
+            return get(name) or str(DEFAULTS[field])
+
         data_dir = Path(get("DATA_DIR") or _default_data_dir()).expanduser().resolve()
         datasets_dir = Path(get("DATASETS_DIR") or PROJECT_ROOT.parent / "shared" / "datasets").expanduser()
-        backend = (get("SAGEMAKER_BACKEND") or "local").lower()
+        backend = (setting("SAGEMAKER_BACKEND", "sagemaker_backend")).lower()
         if backend not in ("local", "aws"):
             raise ConfigurationError(f"SAGEMAKER_BACKEND must be 'local' or 'aws', not {backend!r}")
         artifacts_uri = get("ARTIFACTS_URI") or str(data_dir / "artifacts")
@@ -146,7 +151,7 @@ class PlatformSettings:
             raise ConfigurationError("SAGEMAKER_BACKEND=aws needs SAGEMAKER_ROLE_ARN (the jobs' execution role)")
         if get("READONLY_DATABASE_URL") and get("READONLY_DATABASE_SECRET_ID"):
             raise ConfigurationError("set READONLY_DATABASE_URL or READONLY_DATABASE_SECRET_ID, not both")
-        max_wait = get("SAGEMAKER_MAX_WAIT_SECONDS") or "3600"
+        max_wait = setting("SAGEMAKER_MAX_WAIT_SECONDS", "sagemaker_max_wait_seconds")
         if not max_wait.isdigit():
             raise ConfigurationError(f"SAGEMAKER_MAX_WAIT_SECONDS must be a whole number of seconds, not {max_wait!r}")
         instance_counts = {}
@@ -160,12 +165,12 @@ class PlatformSettings:
             raise ConfigurationError(
                 "SAGEMAKER_TRAINING_INSTANCE_COUNT above 1 needs SAGEMAKER_BACKEND=aws: the local backend runs one "
                 "training instance")
-        stream_backend = (get("STREAM_BACKEND") or "local").lower()
+        stream_backend = (setting("STREAM_BACKEND", "stream_backend")).lower()
         if stream_backend not in ("local", "kinesis"):
             raise ConfigurationError(f"STREAM_BACKEND must be 'local' or 'kinesis', not {stream_backend!r}")
         if stream_backend == "kinesis" and not get("KINESIS_STREAM_NAME"):
             raise ConfigurationError("STREAM_BACKEND=kinesis needs KINESIS_STREAM_NAME")
-        registry_backend = (get("MODEL_REGISTRY_BACKEND") or "local").lower()
+        registry_backend = (setting("MODEL_REGISTRY_BACKEND", "registry_backend")).lower()
         if registry_backend not in ("local", "sagemaker"):
             raise ConfigurationError(f"MODEL_REGISTRY_BACKEND must be 'local' or 'sagemaker', not {registry_backend!r}")
         events_queue = get("MODEL_REGISTRY_EVENTS_QUEUE_URL")
@@ -175,22 +180,22 @@ class PlatformSettings:
         if events_queue and not re.fullmatch(r"https?://[^\s]+", events_queue):
             raise ConfigurationError("MODEL_REGISTRY_EVENTS_QUEUE_URL must be an SQS queue URL "
                                      "(https://sqs.<region>.amazonaws.com/<account>/<queue>)")
-        policy = (get("MODEL_VERSION_POLICY") or "approved").lower()
+        policy = (setting("MODEL_VERSION_POLICY", "model_version_policy")).lower()
         if policy not in ("approved", "newest"):
             raise ConfigurationError(f"MODEL_VERSION_POLICY must be 'approved' or 'newest', not {policy!r}")
-        notifier_backend = (get("NOTIFIER_BACKEND") or "local").lower()
+        notifier_backend = (setting("NOTIFIER_BACKEND", "notifier_backend")).lower()
         if notifier_backend not in ("local", "sns"):
             raise ConfigurationError(f"NOTIFIER_BACKEND must be 'local' or 'sns', not {notifier_backend!r}")
         if notifier_backend == "sns" and not get("SNS_TOPIC_ARN"):
             raise ConfigurationError("NOTIFIER_BACKEND=sns needs SNS_TOPIC_ARN")
-        environment = get("MLDP_ENV") or "dev"
+        environment = setting("MLDP_ENV", "environment")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", environment):
             raise ConfigurationError(f"MLDP_ENV must be lower-case letters, digits and hyphens, not {environment!r}")
         _check_connection_strings(get)
-        retention = get("EMBEDDINGS_RETENTION") or "2"
+        retention = setting("EMBEDDINGS_RETENTION", "embeddings_retention")
         if not retention.isdigit():
             raise ConfigurationError(f"EMBEDDINGS_RETENTION must be a whole number of versions, not {retention!r}")
-        readonly_timeout = get("READONLY_STATEMENT_TIMEOUT_SECONDS") or "600"
+        readonly_timeout = setting("READONLY_STATEMENT_TIMEOUT_SECONDS", "readonly_statement_timeout_seconds")
         if not readonly_timeout.isdigit() or not 1 <= int(readonly_timeout) <= 3600:
             raise ConfigurationError("READONLY_STATEMENT_TIMEOUT_SECONDS must be a whole number of seconds from 1 to "
                                      f"3600, not {readonly_timeout!r}")
@@ -198,11 +203,11 @@ class PlatformSettings:
         if not max_event_bytes.isdigit() or not 1024 <= int(max_event_bytes) <= 10 * 1024 * 1024:
             raise ConfigurationError("MAX_EVENT_BYTES must be a whole number of bytes from 1024 to 10485760 (10 MiB, "
                                      f"Kinesis' largest record), not {max_event_bytes!r}")
-        ui_url = (get("DAGSTER_UI_URL") or "http://127.0.0.1:3000").rstrip("/")
+        ui_url = (setting("DAGSTER_UI_URL", "dagster_ui_url")).rstrip("/")
         if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", ui_url):
             raise ConfigurationError("DAGSTER_UI_URL must be the Dagster UI's address as the people alerted open it, "
                                      f"e.g. https://dagster.example.com (not {ui_url!r})")
-        schedule_timezone = get("SCHEDULE_TIMEZONE") or "UTC"
+        schedule_timezone = setting("SCHEDULE_TIMEZONE", "schedule_timezone")
         if get("SCHEDULE_TIMEZONE"):  # checked only when set: the Lambda's runtime may have no time-zone database
             _check_timezone("SCHEDULE_TIMEZONE", schedule_timezone)
         crons = dict(CRON_DEFAULTS)
@@ -217,11 +222,11 @@ class PlatformSettings:
             if not value.isdigit() or not low <= int(value) <= high:
                 raise ConfigurationError(f"{name} must be a whole number of {unit} from {low} to {high}, not {value!r}")
             freshness[name] = int(value)
-        max_items = get("ITEM_INDEX_MAX_ITEMS") or "500000"
+        max_items = setting("ITEM_INDEX_MAX_ITEMS", "item_index_max_items")
         if not max_items.isdigit() or not 0 <= int(max_items) <= 50_000_000:
             raise ConfigurationError("ITEM_INDEX_MAX_ITEMS must be a whole number of items from 0 (never held in "
                                      f"memory) to 50000000, not {max_items!r}")
-        refresh = get("RECOMMENDER_REFRESH_SECONDS") or "2"
+        refresh = setting("RECOMMENDER_REFRESH_SECONDS", "recommender_refresh_seconds")
         try:
             refresh_seconds = float(refresh)
         except ValueError:
@@ -229,7 +234,7 @@ class PlatformSettings:
         if not 0.1 <= refresh_seconds <= 3600:
             raise ConfigurationError(f"RECOMMENDER_REFRESH_SECONDS must be a number of seconds from 0.1 to 3600, not "
                                      f"{refresh!r}")
-        etl_engine = (get("ETL_ENGINE") or "inprocess").lower()
+        etl_engine = (setting("ETL_ENGINE", "etl_engine")).lower()
         if etl_engine not in ETL_ENGINES:
             raise ConfigurationError(f"ETL_ENGINE must be one of {', '.join(ETL_ENGINES)}, not {etl_engine!r}")
         if etl_engine == "glue" and not artifacts_uri.startswith("s3://"):
@@ -238,14 +243,14 @@ class PlatformSettings:
         if etl_engine == "glue" and not get("GLUE_SOURCE_SECRET_ID"):
             raise ConfigurationError("ETL_ENGINE=glue needs GLUE_SOURCE_SECRET_ID: the Secrets Manager secret (JSON with "
                                      "username and password) the Glue job reads the source database with")
-        worker_type = get("GLUE_WORKER_TYPE") or "G.1X"
+        worker_type = setting("GLUE_WORKER_TYPE", "glue_worker_type")
         if worker_type not in GLUE_WORKER_TYPES:
             raise ConfigurationError(f"GLUE_WORKER_TYPE must be one of {', '.join(GLUE_WORKER_TYPES)}, not {worker_type!r}")
-        glue_workers = get("GLUE_WORKERS") or "2"
+        glue_workers = setting("GLUE_WORKERS", "glue_workers")
         if not glue_workers.isdigit() or not 2 <= int(glue_workers) <= 299:
             raise ConfigurationError(f"GLUE_WORKERS must be a whole number of workers from 2 to 299, not {glue_workers!r}")
         drift = {key: _drift_thresholds(get, *spec) for key, spec in DRIFT_THRESHOLDS.items()}
-        min_sample = get("DRIFT_MIN_SAMPLE") or "50"
+        min_sample = setting("DRIFT_MIN_SAMPLE", "drift_min_sample")
         if not min_sample.isdigit() or not 1 <= int(min_sample) <= 1_000_000:
             raise ConfigurationError(f"DRIFT_MIN_SAMPLE must be a whole number (of customers or events) from 1 to "
                                      f"1000000, not {min_sample!r}")
@@ -255,7 +260,7 @@ class PlatformSettings:
             database_url=get("DATABASE_URL"),
             readonly_database_url=get("READONLY_DATABASE_URL"),
             readonly_secret_id=get("READONLY_DATABASE_SECRET_ID"),
-            readonly_role=get("READONLY_ROLE") or "mldp_readonly",
+            readonly_role=setting("READONLY_ROLE", "readonly_role"),
             source_database_url=get("SOURCE_DATABASE_URL"),
             stream_backend=stream_backend,
             kinesis_stream_name=get("KINESIS_STREAM_NAME"),
@@ -272,22 +277,22 @@ class PlatformSettings:
             item_index_max_items=int(max_items),
             recommender_refresh_seconds=refresh_seconds,
             etl_engine=etl_engine,
-            spark_master=get("SPARK_MASTER") or "local[2]",
-            spark_driver_memory=get("SPARK_DRIVER_MEMORY") or "1g",
+            spark_master=setting("SPARK_MASTER", "spark_master"),
+            spark_driver_memory=setting("SPARK_DRIVER_MEMORY", "spark_driver_memory"),
             spark_jdbc_jars=get("SPARK_JDBC_JARS") or SPARK_JDBC_JARS,
-            glue_etl_job_name=get("GLUE_ETL_JOB_NAME") or "mldp-ratings-etl",
+            glue_etl_job_name=setting("GLUE_ETL_JOB_NAME", "glue_etl_job_name"),
             glue_worker_type=worker_type,
             glue_workers=int(glue_workers),
             glue_source_secret_id=get("GLUE_SOURCE_SECRET_ID"),
             artifacts_uri=artifacts_uri,
-            aws_region=get("AWS_REGION") or get("AWS_DEFAULT_REGION") or "us-east-1",
+            aws_region=get("AWS_REGION") or setting("AWS_DEFAULT_REGION", "aws_region"),
             aws_endpoint_url=get("AWS_ENDPOINT_URL"),
             sagemaker_backend=backend,
             sagemaker_role_arn=get("SAGEMAKER_ROLE_ARN"),
-            sagemaker_instance_type=get("SAGEMAKER_INSTANCE_TYPE") or "ml.m5.xlarge",
-            sagemaker_framework_version=get("SAGEMAKER_FRAMEWORK_VERSION") or "2.8.0",
-            sagemaker_inference_framework_version=get("SAGEMAKER_INFERENCE_FRAMEWORK_VERSION") or "2.6.0",
-            sagemaker_py_version=get("SAGEMAKER_PY_VERSION") or "py312",
+            sagemaker_instance_type=setting("SAGEMAKER_INSTANCE_TYPE", "sagemaker_instance_type"),
+            sagemaker_framework_version=setting("SAGEMAKER_FRAMEWORK_VERSION", "sagemaker_framework_version"),
+            sagemaker_inference_framework_version=setting("SAGEMAKER_INFERENCE_FRAMEWORK_VERSION", "sagemaker_inference_framework_version"),
+            sagemaker_py_version=setting("SAGEMAKER_PY_VERSION", "sagemaker_py_version"),
             sagemaker_training_image=get("SAGEMAKER_TRAINING_IMAGE"),
             sagemaker_inference_image=get("SAGEMAKER_INFERENCE_IMAGE"),
             sagemaker_max_wait_seconds=int(max_wait),
@@ -327,6 +332,8 @@ class PlatformSettings:
     def embedded_postgres_dir(self) -> Path:
         return self.data_dir / "postgres"
 
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(PlatformSettings)}
 
 def _drift_thresholds(get, prefix: str, warn: float, error: float, what: str,
                       higher_is_worse: bool) -> tuple[float, float]:

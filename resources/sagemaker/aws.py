@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from resources.aws_clients import JOB_TIMEOUTS, aws_client
+from resources.settings import DEFAULTS
 from resources.sagemaker import containers
 from resources.sagemaker.jobs import (
     TERMINAL_STATUSES,
@@ -42,7 +43,7 @@ class AwsSageMakerJobs(SageMakerJobs):
     """SageMaker jobs in the AWS account (`SAGEMAKER_BACKEND=aws`); needs `SAGEMAKER_ROLE_ARN`."""
 
     backend: ClassVar[str] = "aws"
-    max_wait_seconds: int = 3600
+    max_wait_seconds: int = DEFAULTS["sagemaker_max_wait_seconds"]
     poll_seconds: float = 15.0
     max_runtime_seconds: int = 24 * 3600
     volume_size_gb: int = 30

@@ -24,6 +24,7 @@ import dagster as dg
 from resources.artifacts import ArtifactStore, join_key, scratch_dir
 from resources.sagemaker import containers
 from resources.sagemaker.images import pytorch_image
+from resources.settings import DEFAULTS
 
 TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
 _JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -164,15 +165,16 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
 
     artifacts: ArtifactStore
     work_dir: str = ".data/sagemaker"
-    region_name: str = "us-east-1"
+    # defaults: the settings' (resources.settings.PlatformSettings), written there once
+    region_name: str = DEFAULTS["aws_region"]
     endpoint_url: str | None = None  # an AWS-compatible endpoint for the AWS calls (jobs, pipeline upserts)
     role_arn: str | None = None
-    instance_type: str = "ml.m5.xlarge"
-    training_instance_count: int = 1
-    transform_instance_count: int = 1
-    framework_version: str = "2.8.0"
-    inference_framework_version: str = "2.6.0"
-    py_version: str = "py312"
+    instance_type: str = DEFAULTS["sagemaker_instance_type"]
+    training_instance_count: int = DEFAULTS["sagemaker_training_instance_count"]
+    transform_instance_count: int = DEFAULTS["sagemaker_transform_instance_count"]
+    framework_version: str = DEFAULTS["sagemaker_framework_version"]
+    inference_framework_version: str = DEFAULTS["sagemaker_inference_framework_version"]
+    py_version: str = DEFAULTS["sagemaker_py_version"]
     training_image: str | None = None
     inference_image: str | None = None
 
