@@ -30,7 +30,7 @@ import pandas as pd
 from resources.artifact_keys import MODEL_VERSIONS_PREFIX as ARTIFACTS_PREFIX
 from resources.artifact_keys import version_prefix  # noqa: F401  (re-exported)
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
-from resources.model_versions import MANIFEST, sha256_hex
+from resources.model_versions import MANIFEST, listed_files, read_verified, sha256_hex
 
 ITEM_FILE = "embeddings/item_embeddings.csv"
 USER_FILE = "embeddings/user_embeddings.csv"
@@ -141,16 +141,6 @@ def _parse_matrix(rows: list[str], width: int, source: str, lines: list[int]) ->
 # --- versions in the artifact store ---------------------------------------------------------------------
 
 
-def listed_files(manifest: Mapping[str, Any]) -> dict[str, dict]:
-    """The manifest's files as {relative path: {sha256?, bytes?}} (a plain list is accepted)."""
-    files = manifest.get("files")
-    if isinstance(files, list):
-        return {str(name): {} for name in files}
-    if isinstance(files, dict):
-        return {str(name): (entry if isinstance(entry, dict) else {}) for name, entry in files.items()}
-    return {}
-
-
 @dataclass(frozen=True)
 class CompleteVersion:
     version: str
@@ -222,15 +212,9 @@ def manifest_number(section: Mapping[str, Any], field: str, uri: str, prefix: st
 
 def read_embeddings(store: ArtifactStore, version: str, manifest: Mapping[str, Any], relative: str) -> EmbeddingRows:
     """One embeddings file of a version, checked against its manifest (checksum, dimension, row count)."""
-    key = join_key(version_prefix(version), relative)
-    uri = store.uri(key)
-    try:
-        data = store.read_bytes(key)
-    except ArtifactNotFoundError:
-        raise EmbeddingsFileError(f"{uri}: listed in the manifest of version {version} but missing") from None
-    entry = listed_files(manifest).get(relative, {})
-    if entry.get("sha256") and sha256_hex(data) != entry["sha256"]:
-        raise EmbeddingsFileError(f"{uri}: content does not match the SHA-256 in the manifest (corrupt or replaced)")
+    uri = store.uri(join_key(version_prefix(version), relative))
+    data = read_verified(store, ARTIFACTS_PREFIX, {**manifest, "version": version}, relative,
+                         error=EmbeddingsFileError, what="embeddings file")
     manifest_uri = store.uri(join_key(version_prefix(version), MANIFEST))
     dimension = manifest_number(manifest, "dimension", manifest_uri)
     rows = parse_embeddings_csv(data, uri, dimension=dimension, integer_ids=relative == USER_FILE)

@@ -86,21 +86,34 @@ def read_manifest(store: ArtifactStore, prefix: str, version: str | None = None)
     return manifest
 
 
-def read_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any], name: str) -> bytes:
-    """A file of a version, checked against the size and SHA-256 its manifest records."""
+def listed_files(manifest: Mapping[str, Any]) -> dict[str, dict]:
+    """The manifest's files as {relative path: {sha256?, bytes?}} (the lab's plain list is accepted too)."""
+    files = manifest.get("files")
+    if isinstance(files, list):
+        return {str(name): {} for name in files}
+    if isinstance(files, dict):
+        return {str(name): (entry if isinstance(entry, dict) else {}) for name, entry in files.items()}
+    return {}
+
+
+def read_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any], name: str, *,
+                  error: type[Exception] = ModelArtifactError, what: str = "model artifact") -> bytes:
+    """A file of a version (`manifest["version"]`), checked against the SHA-256 its manifest records; `error`
+    (naming the file's URI) when it is not listed, missing or corrupt. Every versioned artifact is read so."""
     version = manifest["version"]
     key = join_key(prefix, version, name)
-    entry = manifest["files"].get(name)
+    entry = listed_files(manifest).get(name)
     if entry is None:
-        raise ModelArtifactError(f"model version {version} does not list {name} in its manifest")
+        raise error(f"version {version} does not list {name} in its manifest")
     try:
         data = store.read_bytes(key)
     except ArtifactNotFoundError:
-        raise ModelArtifactError(f"model artifact {store.uri(key)} is missing (listed in the manifest)") from None
+        raise error(f"{what} {store.uri(key)} is missing (listed in the manifest of version {version})") from None
     expected = entry.get("sha256")
     if expected and sha256_hex(data) != expected:
-        raise ModelArtifactError(
-            f"model artifact {store.uri(key)} is corrupt: {len(data)} bytes with SHA-256 {sha256_hex(data)[:12]}..., "
-            f"the manifest records {entry.get('bytes')} bytes with {expected[:12]}..."
+        raise error(
+            f"{what} {store.uri(key)} is corrupt: its content does not match the SHA-256 in the manifest "
+            f"({len(data)} bytes with {sha256_hex(data)[:12]}..., the manifest records {entry.get('bytes')} bytes "
+            f"with {expected[:12]}...)"
         )
     return data
