@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import peak_rss_mb, scratch_folder  # noqa: E402
+from harness import peak_rss_mb, scratch_folder  # noqa: E402
 
 from resources.settings import PlatformSettings  # noqa: E402
 

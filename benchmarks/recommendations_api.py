@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scratch import scratch_folder, settings_for  # noqa: E402
+from harness import scratch_folder, settings_for  # noqa: E402
 
 import numpy as np  # noqa: E402
 
