@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import peak_rss_mb, scratch_folder, settings_for  # noqa: E402
+from harness import peak_rss_mb, scratch_folder, settings_for  # noqa: E402
 
 import dagster as dg  # noqa: E402
 from psycopg import sql  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import scratch_folder  # noqa: E402
+from harness import scratch_folder  # noqa: E402
 
 import numpy as np  # noqa: E402
 

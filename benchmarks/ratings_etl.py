@@ -23,11 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import peak_rss_mb, scratch_folder  # noqa: E402
+from harness import mysql_connection, peak_rss_mb, scratch_folder  # noqa: E402
 
 from resources.settings import PlatformSettings  # noqa: E402
-
-from tests.mysql_support import mysql_connection  # noqa: E402
 
 PRODUCTS = 2_000
 

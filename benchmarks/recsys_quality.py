@@ -28,13 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import scratch_folder, settings_for  # noqa: E402
+from harness import scratch_folder, settings_for, training_frame  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from recsys_assets.model_code import two_tower as tt  # noqa: E402
-from tests.recsys_support import training_frame  # noqa: E402
 
 
 def summary(evaluation: dict, name: str) -> dict[str, float]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import peak_rss_mb  # noqa: E402
+from harness import peak_rss_mb  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

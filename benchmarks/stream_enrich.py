@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scratch import scratch_folder, settings_for  # noqa: E402
+from harness import publish_and_load, scratch_folder, settings_for, training_frame  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -34,7 +34,6 @@ from resources.artifacts import LocalArtifactStore  # noqa: E402
 from resources.item_index import LiveItems  # noqa: E402
 from resources.pgvector import PgVectorStore  # noqa: E402
 from resources.postgres import EmbeddedPostgresDatabase  # noqa: E402
-from tests.recsys_support import publish_and_load, training_frame  # noqa: E402
 
 K = 5
 

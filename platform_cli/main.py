@@ -38,7 +38,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from credit_assets import customer_store, population
     from platform_cli.demo import DemoFlow, adopt_old_demo_cursors, daemon_running
     from platform_cli.workspace_runner import WorkspaceRunner, open_instance
-    from resources.dagster_instance import prepare_dagster_home
+    from platform_cli.dagster_instance import prepare_dagster_home
 
     settings = _settings()
     home = prepare_dagster_home(settings)
@@ -147,7 +147,7 @@ def cmd_sagemaker_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from resources.dagster_instance import prepare_dagster_home
+    from platform_cli.dagster_instance import prepare_dagster_home
 
     home = prepare_dagster_home(_settings())
     env = {**os.environ, "DAGSTER_HOME": str(home)}

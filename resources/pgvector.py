@@ -34,7 +34,7 @@ from pydantic import PrivateAttr
 
 from resources.postgres import PostgresDatabase, SchemaOnce
 from resources.vector_queries import (  # noqa: F401  (the query half, re-exported for the platform's callers)
-    REGISTRY,
+    VERSIONS_TABLE,
     EmbeddingsMismatchError,
     EmbeddingsVersionChanged,
     NearestItems,
@@ -43,8 +43,8 @@ from resources.vector_queries import (  # noqa: F401  (the query half, re-export
     _check_version,
     _JsonArrays,
 )
-_REGISTRY_DDL = f"""
-CREATE TABLE IF NOT EXISTS {REGISTRY} (
+_VERSIONS_TABLE_DDL = f"""
+CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (
     logical_table text NOT NULL,
     version text NOT NULL,
     physical_table text NOT NULL,
@@ -185,7 +185,7 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
     _lock: threading.RLock = PrivateAttr(default_factory=threading.RLock)
     _pgvector_version: tuple[int, ...] = PrivateAttr(default=(0,))
     _row_counts: dict = PrivateAttr(default_factory=dict)
-    _registry: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(_REGISTRY_DDL))
+    _versions_table: SchemaOnce = PrivateAttr(default_factory=lambda: SchemaOnce(_VERSIONS_TABLE_DDL))
 
     # --- connections -----------------------------------------------------------------------------------
 
@@ -200,14 +200,14 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
 
     # --- loading ---------------------------------------------------------------------------------------
 
-    def _ensure_registry(self, conn: psycopg.Connection) -> None:
-        self._registry.ensure(conn)
+    def _ensure_versions_table(self, conn: psycopg.Connection) -> None:
+        self._versions_table.ensure(conn)
 
     def versions(self, table: str) -> list[dict]:
         conn = self.connection()
-        self._ensure_registry(conn)
+        self._ensure_versions_table(conn)
         cur = conn.execute(
-            f"SELECT version, physical_table, rows, dimension, status, loaded_at FROM {REGISTRY} "
+            f"SELECT version, physical_table, rows, dimension, status, loaded_at FROM {VERSIONS_TABLE} "
             "WHERE logical_table = %s ORDER BY loaded_at DESC", (table,))
         return [dict(zip([c.name for c in cur.description], row)) for row in cur.fetchall()]
 
@@ -230,9 +230,9 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
         prepared = {table: self._prepare(table, rows, dim, expected_rows.get(table)) for table, rows in tables.items()}
         conn = self.connection()
         with self._lock:
-            self._ensure_registry(conn)
+            self._ensure_versions_table(conn)
             live = {row[0]: row[1:] for row in conn.execute(
-                f"SELECT logical_table, version, content_sha, physical_table, rows, dimension FROM {REGISTRY} "
+                f"SELECT logical_table, version, content_sha, physical_table, rows, dimension FROM {VERSIONS_TABLE} "
                 "WHERE logical_table = ANY(%s) AND status = 'active'", (list(tables),)).fetchall()}
             if all(live.get(table, (None, None))[:2] == (version, item.content_sha) for table, item in prepared.items()):
                 return {table: LoadReport(table, version, live[table][3], live[table][4], live[table][2], 0.0, 0.0,
@@ -309,10 +309,10 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
             for table in sorted(prepared):  # one order for every loader: no deadlock between two loads
                 staging, load_seconds, index_seconds = staged[table]
                 active = conn.execute(
-                    f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' "
+                    f"SELECT version, physical_table FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'active' "
                     "FOR UPDATE", (table,)).fetchone()
                 same_version = conn.execute(
-                    f"SELECT physical_table FROM {REGISTRY} WHERE logical_table = %s AND version = %s "
+                    f"SELECT physical_table FROM {VERSIONS_TABLE} WHERE logical_table = %s AND version = %s "
                     "AND status <> 'dropped'", (table, version)).fetchone()
                 if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
                     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table)))
@@ -321,10 +321,10 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
                                                                              sql.Identifier(parked)))
                 conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(staging),
                                                                          sql.Identifier(table)))
-                conn.execute(f"UPDATE {REGISTRY} SET status = 'previous' WHERE logical_table = %s AND status = 'active'",
+                conn.execute(f"UPDATE {VERSIONS_TABLE} SET status = 'previous' WHERE logical_table = %s AND status = 'active'",
                              (table,))
                 conn.execute(
-                    f"""INSERT INTO {REGISTRY} (logical_table, version, physical_table, rows, dimension, status,
+                    f"""INSERT INTO {VERSIONS_TABLE} (logical_table, version, physical_table, rows, dimension, status,
                                                 content_sha, load_seconds, index_seconds)
                         VALUES (%s, %s, %s, %s, %s, 'active', %s, %s, %s)
                         ON CONFLICT (logical_table, version) DO UPDATE SET physical_table = EXCLUDED.physical_table,
@@ -338,13 +338,13 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
 
     def _apply_retention(self, conn, table: str) -> list[str]:
         """Drop replaced tables beyond the newest `retention` ones; one a reader still holds is left for the
-        next load (it stays 'previous' in the registry)."""
+        next load (it stays 'previous' in the versions table)."""
         old = conn.execute(
-            f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
+            f"SELECT version, physical_table FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'previous' "
             "ORDER BY loaded_at DESC OFFSET %s", (table, self.retention)).fetchall()
         dropped = []
         for version, physical in old:
-            if self._drop_if_free(conn, physical, f"UPDATE {REGISTRY} SET status = 'dropped' WHERE logical_table = %s "
+            if self._drop_if_free(conn, physical, f"UPDATE {VERSIONS_TABLE} SET status = 'dropped' WHERE logical_table = %s "
                                                   "AND version = %s", (table, version)):
                 dropped.append(physical)
         return dropped
@@ -387,7 +387,7 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
         the user table), in one short transaction; returns it. They must all have that version to go back to."""
         tables = tuple(sorted(tables or (self.item_table, self.user_table)))
         conn = self.connection()
-        self._ensure_registry(conn)
+        self._ensure_versions_table(conn)
         with self._lock:
             return self._exclusively(lambda: self._roll_back(conn, tables), f"roll back {', '.join(tables)}")
 
@@ -397,10 +397,10 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
             target = None
             for table in tables:
                 active = conn.execute(
-                    f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'active' "
+                    f"SELECT version, physical_table FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'active' "
                     "FOR UPDATE", (table,)).fetchone()
                 previous = conn.execute(
-                    f"SELECT version, physical_table FROM {REGISTRY} WHERE logical_table = %s AND status = 'previous' "
+                    f"SELECT version, physical_table FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'previous' "
                     "ORDER BY loaded_at DESC LIMIT 1", (table,)).fetchone()
                 if active is None or previous is None:
                     raise EmbeddingsLoadError(f"{table}: no previous version to roll back to")
@@ -413,9 +413,9 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
                                                                          sql.Identifier(active[1])))
                 conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(previous[1]),
                                                                          sql.Identifier(table)))
-                conn.execute(f"UPDATE {REGISTRY} SET status = 'previous', loaded_at = now() - interval '1 microsecond' "
+                conn.execute(f"UPDATE {VERSIONS_TABLE} SET status = 'previous', loaded_at = now() - interval '1 microsecond' "
                              "WHERE logical_table = %s AND version = %s", (table, active[0]))
-                conn.execute(f"UPDATE {REGISTRY} SET status = 'active', loaded_at = now() "
+                conn.execute(f"UPDATE {VERSIONS_TABLE} SET status = 'active', loaded_at = now() "
                              "WHERE logical_table = %s AND version = %s", (table, previous[0]))
                 self._row_counts.pop(table, None)
         return target

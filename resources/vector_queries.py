@@ -23,7 +23,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-REGISTRY = "embedding_versions"
+VERSIONS_TABLE = "embedding_versions"  # which model version of each embeddings table is loaded, and which is live
 
 
 class VectorExtensionUnavailableError(RuntimeError):
@@ -51,7 +51,7 @@ class EmbeddingsVersionChanged(RuntimeError):
 # The live version of the queried table, read by the same statement that reads the table: one snapshot
 # taken after the table's lock, so the two always agree, even while a swap is under way.
 _LIVE_VERSION = sql.SQL(
-    f"SELECT version FROM {REGISTRY} WHERE logical_table = %(table)s AND status = 'active'")
+    f"SELECT version FROM {VERSIONS_TABLE} WHERE logical_table = %(table)s AND status = 'active'")
 
 
 def _check_version(rows: list[tuple], expected: str | None, table: str) -> None:
@@ -103,7 +103,7 @@ class NearestItems(ABC):
     def _vector_extension_version(self) -> str:
         """The installed pgvector version, once per set of connections (a loader creates the extension)."""
 
-    def _ensure_registry(self, conn: psycopg.Connection) -> None:
+    def _ensure_versions_table(self, conn: psycopg.Connection) -> None:
         """Create `embedding_versions` where the class may write (a read-only reader does not)."""
 
     def _open(self) -> psycopg.Connection:
@@ -155,10 +155,10 @@ class NearestItems(ABC):
 
     def active_version(self, table: str) -> str | None:
         conn = self.connection()
-        self._ensure_registry(conn)
+        self._ensure_versions_table(conn)
         try:
             row = conn.execute(
-                f"SELECT version FROM {REGISTRY} WHERE logical_table = %s AND status = 'active'", (table,)
+                f"SELECT version FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'active'", (table,)
             ).fetchone()
         except psycopg.errors.UndefinedTable:  # nothing was ever loaded (and this reader may not create it)
             return None
@@ -173,7 +173,7 @@ class NearestItems(ABC):
         conn = self.connection()
         with self._lock:
             try:
-                live = conn.execute(f"SELECT version, rows FROM {REGISTRY} WHERE logical_table = %s AND status = 'active'",
+                live = conn.execute(f"SELECT version, rows FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'active'",
                                     (table,)).fetchone()
             except psycopg.errors.UndefinedTable:
                 live = None
@@ -256,7 +256,7 @@ class NearestItems(ABC):
             rows = self._run(statement, {**params, "table": table}, batch_key, table)
         except QueryValueError:
             live = self.connection().execute(
-                f"SELECT version, dimension FROM {REGISTRY} WHERE logical_table = %s AND status = 'active'",
+                f"SELECT version, dimension FROM {VERSIONS_TABLE} WHERE logical_table = %s AND status = 'active'",
                 (table,)).fetchone()
             if version is not None and (live is None or live[0] != version):
                 raise EmbeddingsVersionChanged(table, version, {live[0] if live else None}) from None

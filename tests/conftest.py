@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness import MYSQL, mysql_connection
 from resources.artifacts import LocalArtifactStore, S3ArtifactStore
 from resources.embedded_postgres import embedded_server, stop_embedded_server
 from resources.postgres import EmbeddedPostgresDatabase
 from resources.settings import PROJECT_ROOT
-from tests.mysql_support import MYSQL, mysql_connection
 
 REGION = "us-east-1"
 SHARED_DATASETS = Path(os.environ.get("DATASETS_DIR") or PROJECT_ROOT.parent / "shared" / "datasets")

@@ -1,18 +1,10 @@
-"""Loading the real classicmodels dump and the lab's ratings table into MariaDB for tests and benchmarks."""
+"""Loading the real classicmodels dump and the lab's ratings table into MariaDB for the tests. (The connection
+to the server, `mysql_connection`, is `benchmarks.harness`'s, shared with the benchmarks.)"""
 
 import re
 from pathlib import Path
 
 import pandas as pd
-
-MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
-
-
-def mysql_connection(database: str | None = None, **extra):
-    """A PyMySQL connection (autocommit) to the MariaDB server the tests and benchmarks use."""
-    import pymysql
-
-    return pymysql.connect(**MYSQL, database=database, charset="utf8mb4", autocommit=True, **extra)
 
 
 def load_dump(conn, dump: Path, database: str) -> None:

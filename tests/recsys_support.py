@@ -1,56 +1,7 @@
-"""A small trained two-tower model, published and loaded, for the streaming tests.
-
-Trained on the lab's real training data (`ratings_ml_training_dataset.csv`) when it is present, so the
-real stream record's product codes exist; on generated demo data otherwise.
-"""
+"""Session events for the streaming tests, good and poisonous. (The small trained model they enrich with is
+`benchmarks.harness.publish_and_load`, shared with the benchmarks.)"""
 
 import json
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
-
-from recsys_assets.embeddings import EmbeddingRows, version_prefix
-from recsys_assets.model_code import two_tower as tt
-from resources import classicmodels_demo
-from resources.artifacts import ArtifactStore, join_key
-from resources.pgvector import PgVectorStore
-
-
-def training_frame(datasets_dir: Path) -> pd.DataFrame:
-    csv = datasets_dir / "classicmodels" / "ratings_ml_training_dataset.csv"
-    if csv.exists():
-        return pd.read_csv(csv)
-    tables = classicmodels_demo.generate()
-    ratings = tables["ratings"].rename(columns=str.lower)
-    products = tables["products"].rename(columns=str.lower)
-    customers = tables["customers"].rename(columns=str.lower)
-    return ratings.merge(products, on="productcode").merge(customers, on="customernumber")
-
-
-def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVectorStore, version: str,
-                     epochs: int = 60, seed: int = 7, numpy_export: bool = True) -> dict:
-    """Train (one factor penalty, no inner selection: quick), publish the lab layout's model files under
-    ml-artifacts/<version>/, load both tables. `numpy_export=False` publishes a version as earlier platform
-    versions did, without `model/user_tower.json`."""
-    fitted = tt.fit(frame, tt.Hyperparameters(epochs=epochs, factor_l2=(10.0,)), seed)
-    products = frame.drop_duplicates(tt.ITEM_ID).sort_values(tt.ITEM_ID)
-    users = frame.drop_duplicates(tt.USER_ID).sort_values(tt.USER_ID)
-    files = tt.bundle_files(fitted, products, users, numpy_export=numpy_export)
-    item_vectors, _norm = fitted.item_vectors(products)
-    user_vectors = fitted.user_vectors(users)
-    for name, data in files.items():
-        artifacts.write_bytes(join_key(version_prefix(version), name), data)
-    artifacts.write_json(join_key(version_prefix(version), "manifest.json"),
-                         {"version": version, "dimension": 32, "files": sorted(files),
-                          "rows": {"item_embeddings": len(products), "user_embeddings": len(users)}})
-    store.load_version(version, {
-        store.item_table: EmbeddingRows(products[tt.ITEM_ID].to_numpy(dtype=object), item_vectors, "items"),
-        store.user_table: EmbeddingRows(users[tt.USER_ID].to_numpy(dtype=np.int64), user_vectors, "users"),
-    }, 32)
-    return {"products": products, "users": users, "item_vectors": item_vectors, "user_vectors": user_vectors,
-            "fitted": fitted, "user_scaler": fitted.user_scaler}
-
 
 # --- session events, good and poisonous ------------------------------------------------------------------
 

@@ -211,7 +211,7 @@ def test_the_demo_refuses_to_run_beside_a_running_daemon(env):
     import dagster as dg
     from dagster._daemon.types import DaemonHeartbeat
 
-    from resources.dagster_instance import prepare_dagster_home
+    from platform_cli.dagster_instance import prepare_dagster_home
     from resources.settings import PlatformSettings
 
     home = prepare_dagster_home(PlatformSettings.from_env(env))

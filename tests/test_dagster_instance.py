@@ -5,7 +5,7 @@ import os
 import dagster as dg
 import psycopg
 
-from resources.dagster_instance import prepare_dagster_home
+from platform_cli.dagster_instance import prepare_dagster_home
 from resources.postgres import ensure_database, with_database
 from resources.settings import PlatformSettings
 
@@ -26,14 +26,14 @@ def test_default_instance_is_sqlite(tmp_path):
 def test_every_shipped_instance_enables_freshness():
     import yaml
 
-    from resources.dagster_instance import TEMPLATES
+    from platform_cli.dagster_instance import TEMPLATES
 
     for name in ("dagster.sqlite.yaml", "dagster.postgres.yaml", "dagster.ecs.yaml"):
         assert yaml.safe_load((TEMPLATES / name).read_text())["freshness"] == {"enabled": True}, name
 
 
 def test_a_home_an_earlier_version_set_up_gets_the_current_template(tmp_path):
-    from resources.dagster_instance import TEMPLATES
+    from platform_cli.dagster_instance import TEMPLATES
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -437,7 +437,7 @@ def test_the_template_keeps_what_the_platform_relies_on():
 
 
 def test_the_local_instance_setup_leaves_the_ecs_instance_file_alone(tmp_path):
-    from resources.dagster_instance import prepare_dagster_home
+    from platform_cli.dagster_instance import prepare_dagster_home
 
     home = tmp_path / "home"
     home.mkdir()

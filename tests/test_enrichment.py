@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks.harness import publish_and_load, training_frame
 from recsys_assets.enrichment import EventRejected, chosen_item, enrich_batch, parse_event
 from recsys_assets.streaming import embedder_for
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore, QueryValueError
 from resources.postgres import DatabaseUnavailableError
-from tests.recsys_support import GOOD, POISON, publish_and_load, training_frame, with_history
+from tests.recsys_support import GOOD, POISON, with_history
 
 
 @pytest.fixture(scope="module")

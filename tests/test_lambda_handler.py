@@ -5,10 +5,11 @@ import json
 
 import pytest
 
+from benchmarks.harness import publish_and_load, training_frame
 from recsys_assets import lambda_handler
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore
-from tests.recsys_support import GOOD, POISON, publish_and_load, training_frame
+from tests.recsys_support import GOOD, POISON
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from benchmarks.harness import publish_and_load, training_frame
 from recsys_assets import streaming
 from recsys_assets.enrichment import UserTowerUnavailable, enrich_batch
 from recsys_assets.model_code import numpy_tower
@@ -30,7 +31,7 @@ from resources.pgvector import PgVectorStore
 from resources.readonly import provision_readonly_role
 from resources.settings import PROJECT_ROOT
 from resources.vector_queries import ReadOnlyNearestItems
-from tests.recsys_support import GOOD, publish_and_load, training_frame
+from tests.recsys_support import GOOD
 
 BUILD = PROJECT_ROOT / "deploy" / "lambda" / "build.py"
 RUNNING_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"

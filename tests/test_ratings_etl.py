@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.harness import mysql_connection
 import recsys_assets as recsys
 from recsys_assets import ratings_etl
 from recsys_assets.assets import TRAINING_PREFIX
 from resources.etl_engine import RatingsEtlEngine
 from resources.source_db import SourceDatabaseError, SqlSourceDatabase
-from tests.mysql_support import mysql_connection
 
 ETL = [recsys.source_ratings, recsys.source_customers, recsys.source_products, recsys.ratings_training_data,
        recsys.ratings_training_data_not_empty, recsys.recsys_catalog, recsys.recsys_model]

@@ -12,13 +12,13 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.harness import mysql_connection
 import recsys_assets as recsys
 from recsys_assets import ratings_etl
 from recsys_assets.assets import TRAINING_PREFIX
 from resources.etl_engine import RatingsEtlEngine
 from resources.settings import SPARK_JDBC_JARS
 from resources.source_db import SqlSourceDatabase
-from tests.mysql_support import mysql_connection
 from tests.test_ratings_etl import canonical, lab_csv
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (scripts/install_spark_runtime.sh)")

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.harness import publish_and_load, training_frame
 from recsys_assets.streaming import embedder_for
 from resources.artifacts import LocalArtifactStore
 from resources.embedded_postgres import stop_embedded_server
 from resources.pgvector import PgVectorStore
 from resources.postgres import EmbeddedPostgresDatabase
 from tests.conftest import free_port
-from tests.recsys_support import publish_and_load, training_frame
 
 PASADENA = {"city": "Pasadena", "country": "USA", "creditlimit": 59811}  # the lab's real stream record's customer
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.harness import training_frame
 from credit_assets import scoring, training_data
 from credit_assets.assets import MODEL_CODE_DIR as CREDIT_CODE
 from credit_assets.assets import CreditModelConfig
@@ -32,7 +33,6 @@ from recsys_assets.assets import MODEL_CODE_DIR as RECSYS_CODE
 from recsys_assets.model_code import two_tower as tt
 from resources.sagemaker import LocalSageMakerJobs, ModelArchiveError, SageMakerJobError, unpack_archive
 from resources.sagemaker.containers import inference_environment
-from tests import recsys_support
 
 SERVE = textwrap.dedent(
     """
@@ -164,7 +164,7 @@ def test_without_its_code_the_toolkit_cannot_load_the_model_and_neither_does_the
 
 
 def test_the_inference_toolkit_serves_the_recommenders_user_tower(datasets_dir, local_artifacts, tmp_path):
-    frame = recsys_support.training_frame(datasets_dir)
+    frame = training_frame(datasets_dir)
     train_dir = tmp_path / "ratings"
     frame.to_parquet(train_dir, partition_cols=[tt.USER_ID])
     local_artifacts.upload_dir(train_dir, "ratings")

@@ -7,13 +7,14 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
+from benchmarks.harness import publish_and_load, training_frame
 import recsys_assets as recsys
 from recsys_assets import streaming
 from recsys_assets.session_events import break_event, make_events
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore
 from resources.stream import KinesisEventStream, LocalEventStream, StreamRecord
-from tests.recsys_support import GOOD, POISON, publish_and_load, training_frame
+from tests.recsys_support import GOOD, POISON
 
 
 @pytest.fixture(scope="module")
