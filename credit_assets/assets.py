@@ -44,6 +44,7 @@ from resources.model_versions import new_version, publish_version, read_manifest
 from resources.postgres import PostgresDatabase
 from resources.readonly import ReadOnlyDatabase
 from resources.sagemaker import MetricDefinition, SageMakerJobs
+from resources.tracking import opt_in_tags
 
 GROUP = "credit"
 # Scoring runs queue one after the other (deploy/dagster.*.yaml limits each pool to one run), so batches are
@@ -126,14 +127,10 @@ class CreditModelConfig(dg.Config):
     special_z: float = scorecard.DEFAULT_SPECIAL_Z
 
 
-TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.tracking)
-    "MODEL_DB_SYNC": "true",
-    "MODEL_DB_PROJECT_NAME": "credit-limit-increase",
-    "MODEL_DB_PROJECT_USER": "credit-risk-analytics",
-    "MODEL_DB_PROJECT_DESC": "Credit-limit-increase batch scoring: scorecard on bank applications",
-    "MODEL_DB_MODEL_NAME": "credit-scorecard",
-    "MODEL_DB_MODEL_TYPE": "torch-points-scorecard",
-}
+TRACKING_TAGS = opt_in_tags(  # opt the training job in to the tracking sync (mlops_assets.tracking)
+    project_name="credit-limit-increase", project_user="credit-risk-analytics",
+    project_description="Credit-limit-increase batch scoring: scorecard on bank applications",
+    model_name="credit-scorecard", model_type="torch-points-scorecard")
 
 
 @dg.asset(group_name=GROUP, deps=[credit_training_data], kinds={"torch", "sagemaker"},
@@ -368,11 +365,12 @@ def evaluation_summary(decisions: pd.DataFrame, batch_id: str, model_version: st
 class LimitPolicyConfig(dg.Config):
     """The limit-increase rule's thresholds (reference defaults)."""
 
-    approve_min_score: int = 650
-    low_limit_threshold: int = 5_000
-    low_limit_increase_pct: int = 50
-    high_limit_increase_pct: int = 25
-    max_limit: int = 20_000
+    # the rule's own defaults (credit_assets.policy.LimitPolicy), written there once
+    approve_min_score: int = LimitPolicy.approve_min_score
+    low_limit_threshold: int = LimitPolicy.low_limit_threshold
+    low_limit_increase_pct: int = LimitPolicy.low_limit_increase_pct
+    high_limit_increase_pct: int = LimitPolicy.high_limit_increase_pct
+    max_limit: int = LimitPolicy.max_limit
 
 
 @dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"}, pool=SCORING_POOL, check_specs=[dg.AssetCheckSpec(

@@ -20,7 +20,7 @@ from resources import freshness
 from resources.metadata import markdown_table, tidy_number
 from resources.sagemaker import SageMakerJobs, TrainingJob
 from resources.settings import PlatformSettings
-from resources.tracking import InputDataset, TrackedRun, TrackingStore
+from resources.tracking import TAG_KEYS, InputDataset, TrackedRun, TrackingStore
 
 GROUP = "mlops"
 TRUE_VALUES = {"true", "1", "yes", "y"}
@@ -29,12 +29,12 @@ TRUE_VALUES = {"true", "1", "yes", "y"}
 class TrackingTags(dg.Config):
     """The tag keys that opt a training job in and describe it (defaults as the reference)."""
 
-    sync: str = "MODEL_DB_SYNC"
-    project_name: str = "MODEL_DB_PROJECT_NAME"
-    project_user: str = "MODEL_DB_PROJECT_USER"
-    project_description: str = "MODEL_DB_PROJECT_DESC"
-    model_name: str = "MODEL_DB_MODEL_NAME"
-    model_type: str = "MODEL_DB_MODEL_TYPE"
+    sync: str = TAG_KEYS["sync"]
+    project_name: str = TAG_KEYS["project_name"]
+    project_user: str = TAG_KEYS["project_user"]
+    project_description: str = TAG_KEYS["project_description"]
+    model_name: str = TAG_KEYS["model_name"]
+    model_type: str = TAG_KEYS["model_type"]
 
 
 class NotTrackable(ValueError):

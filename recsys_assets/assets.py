@@ -28,6 +28,7 @@ from resources.model_versions import new_version, publish_version
 from resources.pgvector import PgVectorStore
 from resources.sagemaker import MetricDefinition, SageMakerJobs
 from resources.source_db import SourceDatabase
+from resources.tracking import opt_in_tags
 
 GROUP = "recsys"
 MODEL_CODE_DIR = Path(__file__).with_name("model_code")
@@ -145,14 +146,10 @@ def recsys_catalog(source_db: SourceDatabase, artifacts: ArtifactStore) -> dg.Ma
                                           "uri": artifact_link(artifacts.uri(CATALOG_PREFIX), folder=True)})
 
 
-TRACKING_TAGS = {  # opt the training job in to the tracking sync (mlops_assets.tracking)
-    "MODEL_DB_SYNC": "true",
-    "MODEL_DB_PROJECT_NAME": "recommender",
-    "MODEL_DB_PROJECT_USER": "personalisation",
-    "MODEL_DB_PROJECT_DESC": "classicmodels recommendations: two-tower embeddings served from pgvector",
-    "MODEL_DB_MODEL_NAME": "two-tower-recommender",
-    "MODEL_DB_MODEL_TYPE": "torch-two-tower",
-}
+TRACKING_TAGS = opt_in_tags(  # opt the training job in to the tracking sync (mlops_assets.tracking)
+    project_name="recommender", project_user="personalisation",
+    project_description="classicmodels recommendations: two-tower embeddings served from pgvector",
+    model_name="two-tower-recommender", model_type="torch-two-tower")
 
 
 # what the user tower's code/inference.py reads and answers

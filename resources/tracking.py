@@ -52,6 +52,25 @@ CREATE TABLE IF NOT EXISTS tracking_run_inputs (
 """
 
 
+# The tags that opt a SageMaker training job in to the tracking sync and describe it (the reference's names);
+# the training assets set them (`opt_in_tags`), the sync reads them (`mlops_assets.tracking.TrackingTags`).
+TAG_KEYS = {
+    "sync": "MODEL_DB_SYNC",
+    "project_name": "MODEL_DB_PROJECT_NAME",
+    "project_user": "MODEL_DB_PROJECT_USER",
+    "project_description": "MODEL_DB_PROJECT_DESC",
+    "model_name": "MODEL_DB_MODEL_NAME",
+    "model_type": "MODEL_DB_MODEL_TYPE",
+}
+
+
+def opt_in_tags(*, project_name: str, project_user: str, project_description: str, model_name: str,
+                model_type: str) -> dict[str, str]:
+    """A training job's tags that opt it in to the tracking sync, describing its project and model."""
+    values = {"project_name": project_name, "project_user": project_user, "project_description": project_description,
+              "model_name": model_name, "model_type": model_type}
+    return {TAG_KEYS["sync"]: "true", **{TAG_KEYS[field]: value for field, value in values.items()}}
+
 @dataclass(frozen=True)
 class InputDataset:
     channel: str
