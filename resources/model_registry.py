@@ -268,9 +268,9 @@ CREATE TABLE IF NOT EXISTS model_package_events (
     event_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     arn text NOT NULL,
     status text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
+    at timestamptz NOT NULL DEFAULT now(),
+    reason text
 );
-ALTER TABLE model_package_events ADD COLUMN IF NOT EXISTS reason text;
 """
 _COLUMNS = ("group_name, version, arn, status, model_version, model_data_url, metrics, data_fingerprint, description, "
             "approval_description, created_at, modified_at")

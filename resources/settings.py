@@ -317,10 +317,6 @@ class PlatformSettings:
         )
 
     @property
-    def credit_dataset_path(self) -> Path:
-        return self.datasets_dir / "credit" / "BankCaseStudyData.csv"
-
-    @property
     def local_stream_dir(self) -> Path:
         return self.data_dir / "stream" / "session-events"
 
