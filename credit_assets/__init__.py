@@ -1,31 +1,9 @@
-"""Credit-limit-increase batch scoring: training the scorecard and scoring, deciding and writing back."""
+"""Credit-limit-increase batch scoring: training the scorecard and scoring, deciding and writing back.
 
-from __future__ import annotations
+The package's Dagster definitions (`defs`, and its assets and jobs by name) are built on first access, from
+`credit_assets.definitions`: importing a domain module (`credit_assets.policy`) loads no Dagster or torch.
+"""
 
-import dagster as dg
+from resources.lazy_definitions import definitions_getattr
 
-from credit_assets.assets import (
-    credit_model,
-    credit_scores,
-    credit_training_data,
-    customer_updates,
-    bank_customers,
-    eligible_customers,
-    limit_decisions,
-)
-from credit_assets.checks import counts_reconcile, decisions_follow_policy, each_eligible_customer_decided_once
-from credit_assets.jobs import (  # noqa: F401 (re-exported: the ML ops sensors start these jobs)
-    credit_pipeline_job,
-    credit_scoring_job,
-    credit_scoring_run_config,
-    credit_training_job,
-)
-from credit_assets.schedules import credit_retraining_schedule, credit_scoring_schedule
-
-defs = dg.Definitions(
-    assets=[bank_customers, credit_training_data, credit_model, eligible_customers, credit_scores, limit_decisions,
-            customer_updates],
-    asset_checks=[decisions_follow_policy, each_eligible_customer_decided_once, counts_reconcile],
-    jobs=[credit_training_job, credit_scoring_job, credit_pipeline_job],
-    schedules=[credit_scoring_schedule, credit_retraining_schedule],
-)
+__getattr__ = definitions_getattr(__name__)

@@ -50,6 +50,7 @@ PROJECT_MODULES = (
     "resources/aws_clients.py",
     "resources/credentials.py",
     "resources/item_index.py",
+    "resources/lazy_definitions.py",
     "resources/settings.py",
     "resources/vector_queries.py",
 )
