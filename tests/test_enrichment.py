@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recsys_assets.enrichment import EventRejected, chosen_item, enrich_batch, parse_event
-from recsys_assets.streaming import embedder_for
+from recsys_assets.stream_archive import embedder_for
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore, QueryValueError
 from resources.postgres import DatabaseUnavailableError

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_assets.streaming import embedder_for
+from recsys_assets.stream_archive import embedder_for
 from resources.artifacts import LocalArtifactStore
 from resources.embedded_postgres import stop_embedded_server
 from resources.pgvector import PgVectorStore
