@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from recsys_assets.embeddings import EmbeddingRows  # noqa: E402
 from recsys_assets.enrichment import chosen_item, enrich_in_batches, parse_event  # noqa: E402
 from recsys_assets.session_events import make_events  # noqa: E402
-from recsys_assets.streaming import embedder_for  # noqa: E402
+from recsys_assets.stream_archive import embedder_for  # noqa: E402
 from resources.artifacts import LocalArtifactStore  # noqa: E402
 from resources.item_index import LiveItems  # noqa: E402
 from resources.pgvector import PgVectorStore  # noqa: E402

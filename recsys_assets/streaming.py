@@ -16,24 +16,37 @@ Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
    and `dead_letter/YYYY/MM/DD/HH/dead-letter-<hour>.jsonl` in one write each. Events are deduplicated by
    (shard, sequence), so a crash anywhere loses nothing and duplicates nothing, and re-materialising an hour
    (a backfill, a replay after a model change) reproduces it.
+
+The archive itself (its layout, writing and reading batches, dead letters, the user tower of a version) is
+`recsys_assets.stream_archive`, which imports no Dagster; this module holds the Dagster definitions.
 """
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timezone
 
 import dagster as dg
 import numpy as np
 
-from recsys_assets import embeddings, enrichment
-from recsys_assets.enrichment import DEFAULT_K, Enriched, TowerEmbedder, load_user_tower
+from recsys_assets import enrichment
+from recsys_assets.enrichment import DEFAULT_K, Enriched
+from recsys_assets.stream_archive import (
+    DEAD_LETTER_PREFIX,
+    archive,
+    archived_records,
+    dead_letter_line,
+    embedder_for,
+    hour_folder,
+    hour_partition,
+)
 from resources import drift, freshness
 from resources.artifacts import ArtifactStore, join_key
 from resources.metadata import artifact_link, count_table, tidy
 from resources.item_index import LiveItems
 from resources.pgvector import PgVectorStore
 from resources.settings import PlatformSettings
-from resources.stream import EventStream, StreamRecord
+from resources.stream import EventStream
+from resources.stream_record import StreamRecord
 
 # One partition per hour that events arrived in (UTC, "2026-11-26-14:00"), added by session_events_sensor when it
 # archives the hour's first events: the catalogue lists the hours that have data, from wherever the stream
@@ -41,19 +54,9 @@ from resources.stream import EventStream, StreamRecord
 # events, so they are enriched while it lasts.
 SESSION_HOURS = dg.DynamicPartitionsDefinition(name="session_hours")
 HOUR_FORMAT = "%Y-%m-%d-%H:%M"
-RAW_PREFIX = "raw_events"
 OUTPUT_PREFIX = "recommendations"
-DEAD_LETTER_PREFIX = "dead_letter"
 MAX_EVENTS_PER_TICK = 20_000
 GROUP = "streaming"
-
-
-def hour_folder(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y/%m/%d/%H")
-
-
-def hour_partition(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d-%H:00")
 
 
 def partition_hour(partition: str) -> datetime:
@@ -67,84 +70,6 @@ def partition_hour(partition: str) -> datetime:
     return hour
 
 
-def _safe(sequence: str) -> str:
-    return sequence.replace(":", "_")
-
-
-def batch_key(hour: datetime, shard: str, first: str, last: str) -> str:
-    return join_key(RAW_PREFIX, hour_folder(hour), f"{shard}-{_safe(first)}-{_safe(last)}.jsonl")
-
-
-def archive(artifacts: ArtifactStore, records: list[StreamRecord]) -> dict[str | None, list[str]]:
-    """Write `records` as raw batches, one per (hour, shard); returns {hour partition: [batch keys]}.
-
-    A batch is named by shard and sequence range; an earlier batch of the same hour and shard starting at
-    the same sequence (a tick that crashed before its cursor was kept, then read again) is replaced. Records
-    whose arrival is in a future hour (a clock that runs ahead) are dead-lettered under
-    `dead_letter/outside_partitions/` instead, with the reason, and counted under the key `None`.
-    """
-    groups: dict[tuple[str, str], list[StreamRecord]] = defaultdict(list)
-    outside: list[StreamRecord] = []
-    latest = datetime.now(timezone.utc)
-    for record in records:
-        if record.arrival.replace(minute=0, second=0, microsecond=0) <= latest:
-            groups[(hour_partition(record.arrival), record.shard)].append(record)
-        else:
-            outside.append(record)
-    written: dict[str | None, list[str]] = defaultdict(list)
-    for (partition, shard), batch in sorted(groups.items()):
-        hour = batch[0].arrival
-        key = batch_key(hour, shard, batch[0].sequence, batch[-1].sequence)
-        artifacts.write_text(key, "".join(json.dumps(r.to_json()) + "\n" for r in batch))
-        replayed = f"{shard}-{_safe(batch[0].sequence)}-"
-        superseded = [info.key for info in artifacts.list(join_key(RAW_PREFIX, hour_folder(hour)) + "/")
-                      if info.key != key and info.key.rsplit("/", 1)[-1].startswith(replayed)]
-        artifacts.delete(superseded)
-        written[partition].append(key)
-    if outside:
-        reason = (f"arrival in a future hour (after {latest:%Y-%m-%d %H:%M} UTC, when it was archived): no hour "
-                  "can hold it yet")
-        key = join_key(DEAD_LETTER_PREFIX, "outside_partitions",
-                       f"{outside[0].shard}-{_safe(outside[0].sequence)}-{_safe(outside[-1].sequence)}.jsonl")
-        artifacts.write_text(key, "".join(json.dumps(dead_letter_line(r, reason)) + "\n" for r in outside))
-        written[None].append(key)
-    return dict(written)
-
-
-def archived_records(artifacts: ArtifactStore, hour: datetime) -> tuple[list[StreamRecord], int]:
-    """The hour's archived events, deduplicated by (shard, sequence) and in stream order; and how many
-    duplicates were dropped."""
-    seen: dict[tuple[str, str], StreamRecord] = {}
-    total = 0
-    for info in artifacts.list(join_key(RAW_PREFIX, hour_folder(hour)) + "/"):
-        for line in artifacts.read_text(info.key).splitlines():
-            if line.strip():
-                record = StreamRecord.from_json(json.loads(line))
-                seen[(record.shard, record.sequence)] = record
-                total += 1
-    ordered = sorted(seen.values(), key=lambda r: (r.shard, _sequence_order(r.sequence)))
-    return ordered, total - len(ordered)
-
-
-def _sequence_order(sequence: str):
-    return (0, int(sequence), "") if sequence.isdigit() else (1, 0, sequence)  # Kinesis: numbers; local: offsets
-
-
-_embedders: dict[tuple[str, str], TowerEmbedder] = {}
-
-
-def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
-    """The user tower of a published model version, in numpy (read once per process; see
-    `enrichment.load_user_tower`)."""
-    cache_key = (artifacts.uri(), version)
-    if cache_key not in _embedders:
-        prefix = embeddings.version_prefix(version)
-        tower = load_user_tower(lambda name: artifacts.read_bytes(join_key(prefix, name)), version,
-                                artifacts.uri(prefix), torch_fallback=True)
-        _embedders[cache_key] = TowerEmbedder(tower, version)
-    return _embedders[cache_key]
-
-
 def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorStore, k: int = DEFAULT_K,
                            batch_size: int = 500, max_bytes: int | None = None) -> tuple[str, Enriched, list[float]]:
     """`enrichment.enrich_with_live_model` with the towers of `artifacts`, the live version's items ranked in
@@ -152,19 +77,6 @@ def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorSt
     return enrichment.enrich_with_live_model(items, lambda version: embedder_for(artifacts, version),
                                              LiveItems(pgvector, pgvector.in_memory_max_items), k, batch_size,
                                              max_bytes)
-
-
-def dead_letter_line(record: StreamRecord, reason: str) -> dict:
-    """A dead letter: the reason, where the event was in the stream, and its payload (of an oversize event,
-    the first bytes and the size)."""
-    try:
-        payload = {"payload": record.data.decode("utf-8")}
-    except UnicodeDecodeError:
-        payload = {"payload_base64": record.to_json()["data"]}
-    if record.oversize_bytes:
-        payload.update(payload_bytes=record.oversize_bytes, payload_truncated=True)
-    return {"reason": reason, "shard": record.shard, "sequence": record.sequence,
-            "arrival": record.arrival.isoformat(), **payload}
 
 
 def oversize_reason(record: StreamRecord) -> str:

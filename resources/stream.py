@@ -28,7 +28,6 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,40 +36,10 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from resources.aws_clients import SENSOR_TIMEOUTS, aws_client
+from resources.stream_record import PREVIEW_BYTES, StreamRecord  # noqa: F401  (re-exported)
 
 LOCAL_SHARD = "shard-000000000000"
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' own default record size limit
-PREVIEW_BYTES = 1024  # what is kept of an oversize event, for its dead letter
-
-
-@dataclass(frozen=True)
-class StreamRecord:
-    """One event as the stream delivered it."""
-
-    shard: str
-    sequence: str  # orders records within a shard
-    data: bytes  # the payload exactly as produced (may not even be JSON); its first bytes only when oversize
-    arrival: datetime  # when the stream accepted it (UTC)
-    # the payload's size when it was over the limit and cut to a preview (for a local-stream line too long to
-    # read whole, the stored line's size: the payload plus a few dozen bytes of envelope and escapes)
-    oversize_bytes: int = 0
-
-    def to_json(self) -> dict:
-        item = {"shard": self.shard, "sequence": self.sequence, "arrival": self.arrival.isoformat(),
-                "data": base64.b64encode(self.data).decode("ascii")}
-        return {**item, "oversize_bytes": self.oversize_bytes} if self.oversize_bytes else item
-
-    @classmethod
-    def from_json(cls, item: Mapping) -> StreamRecord:
-        return cls(item["shard"], item["sequence"], base64.b64decode(item["data"]),
-                   datetime.fromisoformat(item["arrival"]), int(item.get("oversize_bytes", 0)))
-
-    @classmethod
-    def limited(cls, shard: str, sequence: str, data: bytes, arrival: datetime, max_bytes: int) -> StreamRecord:
-        """The record, or its preview when `data` is over `max_bytes`."""
-        if len(data) > max_bytes:
-            return cls(shard, sequence, data[:PREVIEW_BYTES], arrival, len(data))
-        return cls(shard, sequence, data, arrival)
 
 
 class EventStream(dg.ConfigurableResource, ABC):

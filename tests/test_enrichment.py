@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.harness import publish_and_load, training_frame
 from recsys_assets.enrichment import EventRejected, chosen_item, enrich_batch, parse_event
-from recsys_assets.streaming import embedder_for
+from recsys_assets.stream_archive import embedder_for
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore, QueryValueError
 from resources.postgres import DatabaseUnavailableError

@@ -23,7 +23,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from benchmarks.harness import publish_and_load, training_frame
-from recsys_assets import streaming
+from recsys_assets import stream_archive
 from recsys_assets.enrichment import UserTowerUnavailable, enrich_batch
 from recsys_assets.model_code import numpy_tower
 from recsys_assets.model_code import two_tower as tt
@@ -293,8 +293,8 @@ def test_the_handler_runs_from_its_package_alone_on_the_real_record(package, app
     store = PgVectorStore(db=app_db)
     try:
         publish_and_load(training_frame(datasets_dir), s3_artifacts, store, "pkg-v1", epochs=10)
-        expected = enrich_batch([("r0", json.dumps(event).encode())], streaming.embedder_for(s3_artifacts, "pkg-v1"),
-                                store)
+        expected = enrich_batch([("r0", json.dumps(event).encode())],
+                                stream_archive.embedder_for(s3_artifacts, "pkg-v1"), store)
     finally:
         store.close()
     provision_readonly_role(app_db, "lambda_reader")
@@ -338,8 +338,8 @@ def test_a_version_without_the_numpy_export_is_refused_naming_the_file(app_db, l
     try:
         publish_and_load(training_frame(datasets_dir), local_artifacts, store, "old-v1", epochs=5, numpy_export=False)
         # the Dagster side converts the torch weights of such a version ...
-        outcome = enrich_batch([("e", json.dumps(GOOD).encode())], streaming.embedder_for(local_artifacts, "old-v1"),
-                               store)
+        outcome = enrich_batch([("e", json.dumps(GOOD).encode())],
+                               stream_archive.embedder_for(local_artifacts, "old-v1"), store)
         assert len(outcome.records) == 1
     finally:
         store.close()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from benchmarks.harness import publish_and_load, training_frame
-from recsys_assets.streaming import embedder_for
+from recsys_assets.stream_archive import embedder_for
 from resources.artifacts import LocalArtifactStore
 from resources.embedded_postgres import stop_embedded_server
 from resources.pgvector import PgVectorStore

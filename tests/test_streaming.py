@@ -9,11 +9,12 @@ import pytest
 
 from benchmarks.harness import publish_and_load, training_frame
 import recsys_assets as recsys
-from recsys_assets import streaming
+from recsys_assets import stream_archive, streaming
 from recsys_assets.session_events import break_event, make_events
 from resources.artifacts import LocalArtifactStore
 from resources.pgvector import PgVectorStore
-from resources.stream import KinesisEventStream, LocalEventStream, StreamRecord
+from resources.stream import KinesisEventStream, LocalEventStream
+from resources.stream_record import StreamRecord
 from tests.recsys_support import GOOD, POISON
 
 
@@ -86,7 +87,7 @@ def read_lines(artifacts, key):
 
 def hour_files(partition):
     hour = datetime.strptime(partition, "%Y-%m-%d-%H:%M").replace(tzinfo=timezone.utc)
-    folder, stamp = streaming.hour_folder(hour), hour.strftime("%Y-%m-%d-%H")
+    folder, stamp = stream_archive.hour_folder(hour), hour.strftime("%Y-%m-%d-%H")
     return (f"recommendations/{folder}/recommendations-{stamp}.jsonl", f"dead_letter/{folder}/dead-letter-{stamp}.jsonl")
 
 
@@ -100,7 +101,8 @@ def test_events_flow_into_hourly_recommendations_exactly_once(world, tmp_path):
     assert archived_count(result, partition) == 120 and result.run_requests[0].tags["events"] == "120"
     first_run_key = result.run_requests[0].run_key
     raw = artifacts.list("raw_events/")
-    assert len(raw) == 1 and raw[0].key.startswith(f"raw_events/{streaming.hour_folder(datetime.now(timezone.utc))}")
+    folder = stream_archive.hour_folder(datetime.now(timezone.utc))
+    assert len(raw) == 1 and raw[0].key.startswith(f"raw_events/{folder}")
 
     result, cursor = tick(stream, artifacts, cursor)
     assert hours(result) == [] and "no new events" in result.skip_reason.skip_message  # nothing new: nothing recorded
@@ -170,8 +172,8 @@ def test_duplicated_archives_are_deduplicated_and_an_hour_is_reproducible(world,
     payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], 25, seed=6)
     payloads.append(break_event(json.loads(payloads[0]), "not json"))
     records = [StreamRecord("shard-a", str(100 + i), p, hour + timedelta(seconds=i)) for i, p in enumerate(payloads)]
-    streaming.archive(artifacts, records[:15])
-    streaming.archive(artifacts, records[10:])  # overlaps the first batch (another first sequence)
+    stream_archive.archive(artifacts, records[:15])
+    stream_archive.archive(artifacts, records[10:])  # overlaps the first batch (another first sequence)
     partition = "2026-03-04-05:00"
     first = materialize_hour({**world, "artifacts": artifacts}, partition)
     meta = first.asset_materializations_for_node("recommendations")[0].metadata
@@ -187,7 +189,7 @@ def test_events_of_two_hours_are_archived_as_two_partitions(tmp_path):
     artifacts = LocalArtifactStore(root=str(tmp_path / "artifacts"))
     start = datetime(2026, 5, 6, 7, 59, 50, tzinfo=timezone.utc)
     records = [StreamRecord("shard-a", str(i), b"{}", start + timedelta(seconds=5 * i)) for i in range(4)]
-    written = streaming.archive(artifacts, records)
+    written = stream_archive.archive(artifacts, records)
     assert sorted(written) == ["2026-05-06-07:00", "2026-05-06-08:00"]
 
 
@@ -195,7 +197,7 @@ def test_after_a_model_change_an_hour_is_recomputed_with_the_new_version(world, 
     artifacts = _with_model(world, LocalArtifactStore(root=str(tmp_path / "artifacts")))
     hour = datetime(2026, 3, 5, 6, 0, tzinfo=timezone.utc)
     payloads = make_events(world["products"]["productcode"].tolist(), world["customers"], 10, seed=7)
-    streaming.archive(artifacts, [StreamRecord("shard-a", str(i), p, hour) for i, p in enumerate(payloads)])
+    stream_archive.archive(artifacts, [StreamRecord("shard-a", str(i), p, hour) for i, p in enumerate(payloads)])
     partition = "2026-03-05-06:00"
     store = PgVectorStore(db=world["store"].db, item_table="item_emb_v2", user_table="user_emb_v2")
     try:

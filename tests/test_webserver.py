@@ -17,7 +17,7 @@ import pandas as pd
 from credit_assets import customer_store, population
 from platform_cli.dagster_instance import prepare_dagster_home
 from recsys_assets.session_events import make_events
-from recsys_assets.streaming import hour_partition
+from recsys_assets.stream_archive import hour_partition
 from resources.stream import LocalEventStream
 from resources.model_registry import LocalModelRegistry
 from resources.embedded_postgres import stop_embedded_server
