@@ -30,7 +30,7 @@ import pandas as pd
 from resources.artifact_keys import MODEL_VERSIONS_PREFIX as ARTIFACTS_PREFIX
 from resources.artifact_keys import version_prefix  # noqa: F401  (re-exported)
 from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
-from resources.model_versions import MANIFEST, listed_files, read_verified, sha256_hex
+from resources.model_versions import MANIFEST, listed_files, read_verified, sha256_hex, version_files
 
 ITEM_FILE = "embeddings/item_embeddings.csv"
 USER_FILE = "embeddings/user_embeddings.csv"
@@ -155,12 +155,8 @@ def complete_versions(store: ArtifactStore, problems: list[str] | None = None) -
     Decided from one listing of the prefix, whatever order the files were written in. Versions whose
     manifest cannot be read are left out and described in `problems`.
     """
-    prefix = ARTIFACTS_PREFIX + "/"
-    present: dict[str, dict[str, tuple[datetime, int]]] = {}
-    for info in store.list(prefix):
-        version, _, relative = info.key[len(prefix):].partition("/")
-        if relative:
-            present.setdefault(version, {})[relative] = (info.last_modified, info.size)
+    present = {version: {relative: (info.last_modified, info.size) for relative, info in files.items()}
+               for version, files in version_files(store, ARTIFACTS_PREFIX).items()}
     found = (_complete(store, version, files, problems) for version, files in sorted(present.items()))
     return {complete.version: complete for complete in found if complete is not None}
 

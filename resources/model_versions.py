@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
+from resources.artifacts import ArtifactInfo, ArtifactNotFoundError, ArtifactStore, join_key
 
 MANIFEST = "manifest.json"
 
@@ -55,15 +55,21 @@ def publish_version(
     return document
 
 
+def version_files(store: ArtifactStore, prefix: str) -> dict[str, dict[str, ArtifactInfo]]:
+    """Every version folder under `prefix` with its files ({version: {relative path: info}}), from one listing:
+    what each reader of versions decides completeness from."""
+    root = prefix.rstrip("/") + "/"
+    found: dict[str, dict[str, ArtifactInfo]] = {}
+    for info in store.list(root):
+        version, _, relative = info.key[len(root):].partition("/")
+        if relative:
+            found.setdefault(version, {})[relative] = info
+    return found
+
+
 def list_versions(store: ArtifactStore, prefix: str) -> list[str]:
     """Complete versions (those with a manifest), oldest first."""
-    suffix = "/" + MANIFEST
-    versions = []
-    for info in store.list(prefix.rstrip("/") + "/"):
-        relative = info.key[len(prefix.rstrip("/")) + 1:]
-        if relative.endswith(suffix) and relative.count("/") == 1:
-            versions.append(relative[: -len(suffix)])
-    return sorted(versions)
+    return sorted(version for version, files in version_files(store, prefix).items() if MANIFEST in files)
 
 
 def read_manifest(store: ArtifactStore, prefix: str, version: str | None = None) -> dict[str, Any]:
