@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -512,8 +513,9 @@ def processing_bundle(directory: Path) -> list[Path]:
 def publish_code(sagemaker: SageMakerJobs, prefix: str) -> tuple[str, str]:
     """Upload the script-mode source (sourcedir.tar.gz) and the processing code; returns their URIs."""
     source_uri = sagemaker.upload_source(join_key(prefix, "sourcedir.tar.gz"), Path(MODEL_CODE_DIR))
-    for name, source in PROCESSING_FILES.items():
-        sagemaker.artifacts.upload_file(join_key(prefix, "processing", name), source)
+    with tempfile.TemporaryDirectory(prefix="processing-") as folder:  # the folder the DecideLimits step runs from
+        processing_bundle(Path(folder))
+        sagemaker.artifacts.upload_dir(Path(folder), join_key(prefix, "processing"))
     return source_uri, sagemaker.artifacts.uri(join_key(prefix, "processing"))
 
 
