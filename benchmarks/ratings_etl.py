@@ -113,17 +113,10 @@ def run_child(kind: str, url: str, engine: str = "inprocess") -> dict:
 
 
 def spark_missing() -> str | None:
-    """Why the spark engine cannot run here, or None."""
-    from resources.settings import SPARK_JDBC_JARS
+    """Why the spark engine cannot run here, or None (the engine's own check, and Java on the PATH)."""
+    from resources.etl_engine import RatingsEtlEngine
 
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        return "PySpark is not installed (scripts/install_spark_runtime.sh)"
-    missing = [jar for jar in SPARK_JDBC_JARS.split(",") if not Path(jar).is_file()]
-    if missing or not shutil.which("java"):
-        return f"Java or the JDBC drivers are missing ({', '.join(missing) or 'java'}): scripts/install_spark_runtime.sh"
-    return None
+    return RatingsEtlEngine().spark_missing() or (None if shutil.which("java") else "no java: scripts/install_spark_runtime.sh")
 
 
 def main() -> int:

@@ -20,8 +20,8 @@ import dagster as dg
 
 from recsys_assets import embeddings, ratings_etl
 from resources import freshness
-from resources.artifacts import ArtifactStore, LocalArtifactStore, join_key
-from resources.etl_engine import RatingsEtlEngine, jdbc_source, source_environment
+from resources.artifacts import ArtifactStore, join_key
+from resources.etl_engine import RatingsEtlEngine
 from resources.metadata import artifact_link, markdown_mapping, metrics_table, tidy
 from resources.model_registry import ModelRegistry
 from resources.model_versions import new_version, publish_version
@@ -77,7 +77,8 @@ def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlC
         chunks = ratings_etl.joined_chunks(source_db, names, config.chunk_rows)
         manifest = ratings_etl.write_partitioned(chunks, artifacts, TRAINING_PREFIX, run_tag, source_db.describe())
     else:
-        job_metadata = run_etl_job(context, ratings_etl_engine, source_db, artifacts, names, run_tag)
+        job_metadata = ratings_etl_engine.run_job(context, artifacts, ratings_etl.staging_prefix(TRAINING_PREFIX, run_tag),
+                                                  ratings_etl.job_contract(names), source_db.url())
         manifest = ratings_etl.publish_staged(artifacts, TRAINING_PREFIX, run_tag, job_metadata, source_db.describe(),
                                               ratings_etl_engine.engine)
     context.log.info(f"{manifest['rows']:,} ratings of {manifest['customers']} customers written "
@@ -98,29 +99,6 @@ def ratings_training_data(context: dg.AssetExecutionContext, config: RatingsEtlC
             "uri": artifact_link(artifacts.uri(TRAINING_PREFIX), folder=True),
         }
     )
-
-
-def run_etl_job(context: dg.AssetExecutionContext, engine: RatingsEtlEngine, source_db: SourceDatabase,
-                artifacts: ArtifactStore, names: dict, run_tag: str) -> dict:
-    """The Spark or Glue job, staging its output under `_staging/<run>`; what it reported. On failure the
-    staged files are removed."""
-    jdbc, user, password = jdbc_source(source_db.url())
-    staged = ratings_etl.staging_prefix(TRAINING_PREFIX, run_tag)
-    arguments = {"--contract": json.dumps(ratings_etl.job_contract(names)), "--source-url": jdbc}
-    try:
-        if engine.engine == "glue":
-            if engine.glue_source_secret_id:
-                arguments["--source-secret-id"] = engine.glue_source_secret_id
-            return engine.run_glue(context, {**arguments, "--output": artifacts.uri(staged)})
-        if isinstance(artifacts, LocalArtifactStore):
-            output = [str(artifacts.local_path(staged))]
-        else:  # Spark here has no S3 file system: it stages locally and uploads
-            output = [artifacts.uri(staged), "--stage-locally"]
-        command = [part for pair in arguments.items() for part in pair] + ["--output", *output]
-        return engine.run_spark(context, command, source_environment(user, password))
-    except BaseException:
-        artifacts.delete_prefix(staged.rstrip("/") + "/")
-        raise
 
 
 @dg.asset_check(asset=ratings_training_data, blocking=True)

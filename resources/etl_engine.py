@@ -14,8 +14,8 @@ A failed job raises `EtlJobFailed` with the job's own message (Spark's or Glue's
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import re
 import sys
 import tempfile
@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.errors import DagsterPipesExecutionError  # not exported by `dagster`
 
+from resources.artifacts import ArtifactStore, LocalArtifactStore
 from resources.aws_clients import JOB_TIMEOUTS, aws_client
 from resources.settings import DEFAULTS
 
@@ -54,17 +55,44 @@ class RatingsEtlEngine(dg.ConfigurableResource):
     region_name: str = DEFAULTS["aws_region"]
     endpoint_url: str | None = None
 
-    def run_spark(self, context: dg.AssetExecutionContext, arguments: list[str], env: dict[str, str]) -> dict[str, Any]:
-        """The job in a local Spark (a subprocess of this step); returns the metadata it reported."""
+    def run_job(self, context: dg.AssetExecutionContext, artifacts: ArtifactStore, staged: str, contract: dict,
+                source_url) -> dict[str, Any]:
+        """The Spark or Glue job reading the source at `source_url` (a SQLAlchemy URL) and staging its output
+        under `staged` in `artifacts`; returns what it reported. On failure the staged files are removed."""
+        jdbc, user, password = jdbc_source(source_url)
+        arguments = {"--contract": json.dumps(contract), "--source-url": jdbc}
+        try:
+            if self.engine == "glue":
+                if self.glue_source_secret_id:
+                    arguments["--source-secret-id"] = self.glue_source_secret_id
+                return self.run_glue(context, {**arguments, "--output": artifacts.uri(staged)})
+            if isinstance(artifacts, LocalArtifactStore):
+                output = [str(artifacts.local_path(staged))]
+            else:  # Spark here has no S3 file system: it stages locally and uploads
+                output = [artifacts.uri(staged), "--stage-locally"]
+            command = [part for pair in arguments.items() for part in pair] + ["--output", *output]
+            # credentials in the job's environment, never its arguments (which logs and consoles show)
+            return self.run_spark(context, command, {"ETL_SOURCE_USER": user, "ETL_SOURCE_PASSWORD": password})
+        except BaseException:
+            artifacts.delete_prefix(staged.rstrip("/") + "/")
+            raise
+
+    def spark_missing(self) -> str | None:
+        """Why the spark engine cannot run here (PySpark or a JDBC driver absent), or None."""
         missing = [jar for jar in self.spark_jdbc_jars.split(",") if jar and not Path(jar).is_file()]
         if missing:
-            raise EtlJobFailed(description=f"ETL_ENGINE=spark: JDBC driver(s) missing: {', '.join(missing)} (install them "
-                                           "with scripts/install_spark_runtime.sh, or set SPARK_JDBC_JARS)")
-        try:
-            import pyspark  # noqa: F401  (only to fail early with a clear message)
-        except ImportError:
-            raise EtlJobFailed(description="ETL_ENGINE=spark needs PySpark: pip install -e '.[spark]' "
-                                           "(scripts/install_spark_runtime.sh installs it with Java and the drivers)") from None
+            return (f"ETL_ENGINE=spark: JDBC driver(s) missing: {', '.join(missing)} (install them with "
+                    "scripts/install_spark_runtime.sh, or set SPARK_JDBC_JARS)")
+        if importlib.util.find_spec("pyspark") is None:
+            return ("ETL_ENGINE=spark needs PySpark: pip install -e '.[spark]' (scripts/install_spark_runtime.sh "
+                    "installs it with Java and the drivers)")
+        return None
+
+    def run_spark(self, context: dg.AssetExecutionContext, arguments: list[str], env: dict[str, str]) -> dict[str, Any]:
+        """The job in a local Spark (a subprocess of this step); returns the metadata it reported."""
+        reason = self.spark_missing()
+        if reason:
+            raise EtlJobFailed(description=reason)
         with tempfile.TemporaryDirectory(prefix="ratings-etl-") as work:
             error_file = Path(work) / "error.txt"
             cores = re.fullmatch(r"local\[(\d+)\]", self.spark_master)
@@ -158,12 +186,6 @@ def _reported(completed) -> dict[str, Any]:
                                        "arrived): see the step's logs")
     values["rating_histogram"] = json.loads(values.pop("rating_histogram_json"))
     return values
-
-
-def source_environment(user: str | None, password: str | None) -> dict[str, str]:
-    """The source's credentials for the job's environment (never its arguments, which logs and consoles show)."""
-    return {"ETL_SOURCE_USER": user or "", "ETL_SOURCE_PASSWORD": password or "",
-            "PATH": os.environ.get("PATH", "")}
 
 
 def jdbc_source(url) -> tuple[str, str, str]:

@@ -126,8 +126,9 @@ class ItemIndex:
                                                               (self.matrix @ queries[query])[None, :], want))
         for width in np.unique(counts[~whole]):  # one pass per number of blocks reached (almost always `want`)
             group = np.flatnonzero(counts == width)
-            for start in range(0, len(group), max(1, _GATHER_LIMIT // (width * _BLOCK * self.dimension))):
-                chosen = group[start:start + max(1, _GATHER_LIMIT // (width * _BLOCK * self.dimension))]
+            step = max(1, _GATHER_LIMIT // (width * _BLOCK * self.dimension))  # queries whose candidates fit the limit
+            for start in range(0, len(group), step):
+                chosen = group[start:start + step]
                 blocks = np.nonzero(reached[chosen])[1].reshape(len(chosen), width)
                 candidates = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(len(chosen), -1)
                 inside = candidates < n  # the last block may be partial
