@@ -107,7 +107,7 @@ def cmd_produce_events(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from resources.model_registry import APPROVED, REJECTED, RegistryError
+    from resources.model_registry import RegistryError
 
     with open_resources(_settings()) as resources:
         registry = resources.registry
@@ -122,12 +122,50 @@ def cmd_registry(args: argparse.Namespace) -> int:
                         print(f"  {package.version:>3}  {package.status:<22} {package.model_version}  {metrics}"
                               + (f"  ({package.approval_description})" if package.approval_description else ""))
                 return 0
-            status = APPROVED if args.action == "approve" else REJECTED
-            package = registry.set_status(args.group, args.version, status, args.reason)
+            decide = registry.approve if args.action == "approve" else registry.reject
+            package = decide(args.group, args.version, args.reason)
         except RegistryError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     print(f"{package.arn}: {package.status} ({args.reason})")
+    return 0
+
+
+def cmd_embeddings(args: argparse.Namespace) -> int:
+    from resources.pgvector import EmbeddingsBusyError, EmbeddingsLoadError
+
+    with open_resources(_settings()) as resources:
+        store = resources.pgvector
+        if args.action == "rollback":
+            try:
+                version = store.rollback()
+            except (EmbeddingsLoadError, EmbeddingsBusyError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(f"{store.item_table} and {store.user_table} are back on version {version}")
+            return 0
+        for table in (store.item_table, store.user_table):
+            versions = store.versions(table)
+            print(f"{table}: {len(versions)} version(s)")
+            for row in versions:
+                print(f"  {row['version']}  {row['status']:<8} {row['rows']:>9,} rows  dimension {row['dimension']}  "
+                      f"loaded {row['loaded_at']:%Y-%m-%d %H:%M}")
+    return 0
+
+
+def cmd_training_runs(args: argparse.Namespace) -> int:
+    with open_resources(_settings()) as resources:
+        runs = resources.tracking.runs(limit=args.limit)
+    print(f"{len(runs)} training run(s) recorded" + (f" (the newest {args.limit})" if len(runs) == args.limit else ""))
+    for run in runs:
+        ended = run["ended_at"].strftime("%Y-%m-%d %H:%M") if run["ended_at"] else "-"
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(run["metrics"].items()) if isinstance(v, (int, float)))
+        print(f"  {run['job_name']}  {run['status']}  ended {ended}  project {run['project']} ({run['owner']})  "
+              f"model {run['model']} [{run['model_type']}] on {run['backend']}")
+        for dataset in run["inputs"]:
+            print(f"    input {dataset['channel']}: {dataset['uri']}")
+        if metrics:
+            print(f"    metrics: {metrics}")
     return 0
 
 
@@ -328,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
         decide.add_argument("version", type=int)
         decide.add_argument("--reason", required=True)
     registry.set_defaults(func=cmd_registry)
+
+    embeddings = commands.add_parser("embeddings", help="the embeddings versions loaded; roll back to the previous one")
+    embeddings.add_argument("action", choices=["list", "rollback"],
+                            help="rollback: put the previous version of both tables live again, in one transaction")
+    embeddings.set_defaults(func=cmd_embeddings)
+
+    runs = commands.add_parser("training-runs", help="the training runs the tracking sync recorded, newest first")
+    runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    runs.set_defaults(func=cmd_training_runs)
 
     pipeline = commands.add_parser("sagemaker-pipeline", help="export the credit pipeline as a SageMaker Pipeline")
     pipeline.add_argument("--upsert", action="store_true", help="create or update it in SageMaker (needs AWS)")

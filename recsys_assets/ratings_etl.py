@@ -452,19 +452,3 @@ def prefetched(chunks: Iterable[pd.DataFrame], depth: int = 2) -> Iterator[pd.Da
             except Empty:
                 pass
             thread.join(timeout=0.1)
-
-
-def read_partitioned(store: ArtifactStore, prefix: str) -> pd.DataFrame:
-    """The dataset as one DataFrame (the files listed in its manifest, partition column restored)."""
-    manifest = store.read_json(join_key(prefix, MANIFEST))
-    frames = []
-    for relative in manifest["files"]:
-        customer = int(relative.split("/", 1)[0].split("=", 1)[1])
-        table = pq.read_table(io.BytesIO(store.read_bytes(join_key(prefix, relative))))
-        frames.append(table.to_pandas().assign(**{PARTITION_COLUMN: customer}))
-    if not frames:
-        return FILE_SCHEMA.empty_table().to_pandas().assign(**{PARTITION_COLUMN: pd.Series(dtype="int64")})
-    return pd.concat(frames, ignore_index=True)[[f.name for f in SCHEMA]]
-
-
-

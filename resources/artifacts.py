@@ -135,9 +135,6 @@ class ArtifactStore(dg.ConfigurableResource, ABC):
         except (pa.ArrowInvalid, OSError) as exc:
             raise ValueError(f"{self.uri(key)} is not a readable Parquet file: {exc}") from None
 
-    def parquet_metadata(self, key: str) -> dict[str, str]:
-        return schema_metadata(pq.read_schema(io.BytesIO(self.read_bytes(key))))
-
     def delete_prefix(self, prefix: str) -> int:
         keys = [info.key for info in self.list(prefix)]
         self.delete(keys)

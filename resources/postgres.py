@@ -177,10 +177,6 @@ class PostgresDatabase(dg.ConfigurableResource, ABC):
     def describe(self) -> str:
         """Where the database is, safe to log (no password)."""
 
-    @property
-    def is_embedded(self) -> bool:
-        return False
-
     def connect(self, *, autocommit: bool = False, register_vector: bool = False) -> psycopg.Connection:
         conn = connect_or_explain(self.conninfo(), describe=self.describe(), autocommit=autocommit)
         if register_vector:
@@ -251,10 +247,6 @@ class EmbeddedPostgresDatabase(PostgresDatabase):
 
     data_dir: str
     database: str = EMBEDDED_DATABASE
-
-    @property
-    def is_embedded(self) -> bool:
-        return True
 
     def admin_conninfo(self) -> str:
         return embedded_server(Path(self.data_dir)).get_uri()

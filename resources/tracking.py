@@ -149,8 +149,8 @@ class TrackingStore(dg.ConfigurableResource):
         with self._connect() as conn:
             return conn.execute("SELECT count(*) FROM tracking_runs").fetchone()[0]
 
-    def runs(self) -> list[dict]:
-        """Every recorded run with its project, model and inputs, newest first."""
+    def runs(self, limit: int | None = None) -> list[dict]:
+        """The recorded runs with their project, model and inputs, newest first (`limit`: the newest so many)."""
         with self._connect() as conn:
             cur = conn.execute(
                 """SELECT r.job_name, p.name AS project, p.owner, m.name AS model, m.type AS model_type, r.backend,
@@ -159,6 +159,6 @@ class TrackingStore(dg.ConfigurableResource):
                                     'compression', i.compression, 'record_wrapper', i.record_wrapper) ORDER BY i.channel)
                                     FROM tracking_run_inputs i WHERE i.run_id = r.run_id), '[]') AS inputs
                    FROM tracking_runs r JOIN tracking_projects p USING (project_id) JOIN tracking_models m USING (model_id)
-                   ORDER BY r.ended_at DESC NULLS LAST, r.job_name""")
+                   ORDER BY r.ended_at DESC NULLS LAST, r.job_name LIMIT %s""", (limit,))
             names = [c.name for c in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -5,7 +5,7 @@ import os
 import pandas as pd
 import pytest
 
-from resources.artifacts import ArtifactNotFoundError, join_key, parse_artifacts_uri
+from resources.artifacts import ArtifactNotFoundError, join_key, parse_artifacts_uri, schema_metadata
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -41,7 +41,7 @@ def test_parquet_round_trip_with_metadata(store):
     frame = pd.DataFrame({"customer_id": [1, 2], "score": [640, 655], "reason": ["x", None]})
     store.write_parquet("credit/scores.parquet", frame, metadata={"batch_id": "run-1"})
     assert store.read_parquet("credit/scores.parquet").equals(frame)
-    assert store.parquet_metadata("credit/scores.parquet") == {"batch_id": "run-1"}
+    assert schema_metadata(store.read_parquet_table("credit/scores.parquet").schema) == {"batch_id": "run-1"}
     assert store.read_parquet("credit/scores.parquet", columns=["score"]).columns.tolist() == ["score"]
 
 

@@ -74,6 +74,16 @@ def test_demo_runs_the_credit_pipeline_and_can_be_rerun(env, tmp_path):
     assert registry.returncode == 0, registry.stderr
     assert re.search(r"credit-dev-models: 2 version\(s\)", registry.stdout)
     assert re.search(r"recsys-dev-models: 1 version\(s\)\n\s+1\s+Approved", registry.stdout)
+    rejected = mldp("registry", "reject", "credit-dev-models", "2", "--reason", "no eligible customers", env=env)
+    assert rejected.returncode == 0 and "credit-dev-models/2: Rejected (no eligible customers)" in rejected.stdout
+    loaded = mldp("embeddings", "list", env=env)
+    assert loaded.returncode == 0 and re.search(r"item_emb: 1 version\(s\)\n\s+\S+\s+active\s+110 rows", loaded.stdout)
+    nothing_before = mldp("embeddings", "rollback", env=env)
+    assert nothing_before.returncode == 1 and "no previous version to roll back to" in nothing_before.stderr
+    runs = mldp("training-runs", env=env)
+    assert runs.returncode == 0 and "3 training run(s) recorded" in runs.stdout, runs.stdout + runs.stderr  # credit twice
+    assert re.search(r"^  credit-model-\S+  Completed .* project credit-limit-increase", runs.stdout, re.M)
+    assert re.search(r"^  recsys-model-\S+  Completed .* model two-tower-recommender \[torch-two-tower\]", runs.stdout, re.M)
 
 
 SENSORS = ("model_registry_sensor", "model_artifacts_sensor", "session_events_sensor", "training_jobs_sensor",

@@ -14,7 +14,7 @@ from credit_assets import customer_store, population
 from credit_assets.assets import MODEL_PREFIX
 from credit_assets.batches import DECISIONS_FILE, SCORES_FILE, batch_key, batch_prefix
 from credit_assets.policy import LimitPolicy, policy_violations
-from resources.artifacts import LocalArtifactStore
+from resources.artifacts import LocalArtifactStore, schema_metadata
 from resources.datasets import ReferenceDatasets
 from resources.model_registry import LocalModelRegistry
 from resources.model_versions import list_versions
@@ -86,7 +86,8 @@ def run_scoring(instance):
 def tamper(artifacts, batch_id: str, name: str, change) -> None:
     """Rewrite a batch file in place, keeping its batch and run stamps (a corrupted file, not another run's)."""
     key = batch_key(batch_id, name)
-    artifacts.write_parquet(key, change(artifacts.read_parquet(key)), metadata=artifacts.parquet_metadata(key))
+    table = artifacts.read_parquet_table(key)
+    artifacts.write_parquet(key, change(table.to_pandas()), metadata=schema_metadata(table.schema))
 
 
 SCORING_CHECKS = {"decisions_follow_policy", "each_eligible_customer_decided_once", "counts_reconcile"}
@@ -536,8 +537,8 @@ def test_the_write_back_refuses_a_decisions_file_another_run_rewrote(trained, re
     batch = metadata(run_scoring(resources, selection=upto_decisions), "limit_decisions")["batch_id"]
     artifacts = resources["artifacts"]
     key = batch_key(batch, DECISIONS_FILE)
-    stamps = {**artifacts.parquet_metadata(key), "run_id": "another-run"}
-    artifacts.write_parquet(key, artifacts.read_parquet(key), metadata=stamps)
+    table = artifacts.read_parquet_table(key)
+    artifacts.write_parquet(key, table, metadata={**schema_metadata(table.schema), "run_id": "another-run"})
     audit_before = len(audit_rows(app_db))
     result = run_scoring(resources, selection=dg.AssetSelection.assets(credit.customer_updates), raise_on_error=False)
     assert not result.success

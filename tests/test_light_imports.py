@@ -61,6 +61,7 @@ LIGHT = [
     "resources.lazy_definitions",
     "credit_assets",
     "credit_assets.policy",
+    "credit_assets.population",
     "mlops_assets",
 ]
 CASES = sorted({*((m, HEAVY) for m in LIGHT if m not in PANDAS_FREE), *((m, HEAVY_FOR_LAMBDA) for m in PANDAS_FREE)})
@@ -93,3 +94,14 @@ def test_module_imports_light(module, watched):
     assert loaded == [], (
         f"importing {module} loads {', '.join(loaded)}: move the import into the "
         "function that needs it, or the code into a module of its own")
+
+
+def test_the_code_location_loads_without_torch():
+    """Every run and every step process of `dagster dev` and the demo loads the code location first: torch (two
+    seconds of each start) is imported only by the steps that train, save or load a model."""
+    probe = "import definitions, sys; definitions.defs; print('torch' in sys.modules)"
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": path},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "False", "loading the code location imports torch"

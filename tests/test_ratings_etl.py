@@ -1,7 +1,10 @@
 """The ratings ETL on the real classicmodels data in MariaDB, and on bad sources."""
 
+import io
+
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -9,6 +12,7 @@ from benchmarks.harness import mysql_connection
 import recsys_assets as recsys
 from recsys_assets import ratings_etl
 from recsys_assets.assets import TRAINING_PREFIX
+from resources.artifacts import join_key
 from resources.etl_engine import RatingsEtlEngine
 from resources.source_db import SourceDatabaseError, SqlSourceDatabase
 
@@ -31,6 +35,20 @@ def lab_csv(datasets_dir) -> pd.DataFrame:
                        keep_default_na=False, na_values={"state": [""], "postalcode": [""]})
 
 
+def read_partitioned(store, prefix: str) -> pd.DataFrame:
+    """The published training data as one DataFrame (the files listed in its manifest, partition column restored)."""
+    manifest = store.read_json(join_key(prefix, ratings_etl.MANIFEST))
+    frames = []
+    for relative in manifest["files"]:
+        customer = int(relative.split("/", 1)[0].split("=", 1)[1])
+        table = pq.read_table(io.BytesIO(store.read_bytes(join_key(prefix, relative))))
+        frames.append(table.to_pandas().assign(**{ratings_etl.PARTITION_COLUMN: customer}))
+    if not frames:
+        empty = ratings_etl.FILE_SCHEMA.empty_table().to_pandas()
+        return empty.assign(**{ratings_etl.PARTITION_COLUMN: pd.Series(dtype="int64")})
+    return pd.concat(frames, ignore_index=True)[[f.name for f in ratings_etl.SCHEMA]]
+
+
 def canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[[f.name for f in ratings_etl.SCHEMA]].sort_values(["customernumber", "productcode"]).reset_index(drop=True)
 
@@ -41,7 +59,7 @@ def test_real_data_matches_the_labs_output(classicmodels_mysql, local_artifacts,
     meta = result.asset_materializations_for_node("ratings_training_data")[0].metadata
     assert (meta["rows"].value, meta["customers"].value, meta["products"].value) == (2532, 98, 109)
 
-    written = ratings_etl.read_partitioned(local_artifacts, TRAINING_PREFIX)
+    written = read_partitioned(local_artifacts, TRAINING_PREFIX)
     expected = lab_csv(datasets_dir)
     ours, theirs = canonical(written), canonical(expected)
     assert len(ours) == len(theirs) == 2532
@@ -78,7 +96,7 @@ def test_a_rerun_replaces_the_output_completely(classicmodels_mysql, local_artif
     second = {i.key for i in local_artifacts.list(TRAINING_PREFIX + "/")}
     assert not (first & second) - {f"{TRAINING_PREFIX}/_manifest.json", f"{TRAINING_PREFIX}/_SUCCESS"}
     assert not any(f"customernumber={dropped}/" in key for key in second)  # no stale partition
-    written = ratings_etl.read_partitioned(local_artifacts, TRAINING_PREFIX)
+    written = read_partitioned(local_artifacts, TRAINING_PREFIX)
     assert dropped not in set(written.customernumber)
     meta = result.asset_materializations_for_node("ratings_training_data")[0].metadata
     assert meta["stale_files_removed"].value == len(first) - 2
@@ -102,7 +120,7 @@ def test_a_failed_rerun_leaves_the_previous_output_whole(classicmodels_mysql, lo
     assert not result.success
     after = {i.key: local_artifacts.read_bytes(i.key) for i in local_artifacts.list(TRAINING_PREFIX + "/")}
     assert after == before  # none of the failed run's files, all of the previous run's
-    assert len(ratings_etl.read_partitioned(local_artifacts, TRAINING_PREFIX)) == 2532
+    assert len(read_partitioned(local_artifacts, TRAINING_PREFIX)) == 2532
 
 
 def test_missing_table_and_column_are_named(mariadb, local_artifacts):

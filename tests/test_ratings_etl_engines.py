@@ -14,12 +14,11 @@ import pytest
 
 from benchmarks.harness import mysql_connection
 import recsys_assets as recsys
-from recsys_assets import ratings_etl
 from recsys_assets.assets import TRAINING_PREFIX
 from resources.etl_engine import RatingsEtlEngine
 from resources.settings import SPARK_JDBC_JARS
 from resources.source_db import SqlSourceDatabase
-from tests.test_ratings_etl import canonical, lab_csv
+from tests.test_ratings_etl import canonical, lab_csv, read_partitioned
 
 pytest.importorskip("pyspark", reason="the spark extra is not installed (scripts/install_spark_runtime.sh)")
 pytestmark = pytest.mark.mysql
@@ -51,10 +50,10 @@ def test_spark_writes_what_the_lab_and_the_in_process_engine_write(classicmodels
     assert (meta["rows"], meta["customers"], meta["products"], meta["engine"]) == (2532, 98, 109, "spark")
     assert meta["job_spark_master"] == "local[2]" and meta["job_spark_version"].startswith("3.5")
 
-    spark_rows = canonical(ratings_etl.read_partitioned(local_artifacts, TRAINING_PREFIX))
+    spark_rows = canonical(read_partitioned(local_artifacts, TRAINING_PREFIX))
     inprocess = type(local_artifacts)(root=str(tmp_path / "inprocess"))
     materialize(classicmodels_mysql, inprocess, RatingsEtlEngine())
-    inprocess_rows = canonical(ratings_etl.read_partitioned(inprocess, TRAINING_PREFIX))
+    inprocess_rows = canonical(read_partitioned(inprocess, TRAINING_PREFIX))
     lab = canonical(lab_csv(datasets_dir))
     assert spark_rows.dtypes.to_dict() == inprocess_rows.dtypes.to_dict()
     assert spark_rows.equals(inprocess_rows)
@@ -203,10 +202,10 @@ def test_glue_runs_the_job_through_pipes_and_writes_what_the_other_engines_write
     assert started["Arguments"]["--source-secret-id"] == "mldp/source"
 
     # what the in-process engine writes (and so, by the first test, what the spark engine writes)
-    glue_rows = canonical(ratings_etl.read_partitioned(s3_artifacts, TRAINING_PREFIX))
+    glue_rows = canonical(read_partitioned(s3_artifacts, TRAINING_PREFIX))
     inprocess = type_local(tmp_path)
     materialize(classicmodels_mysql, inprocess, RatingsEtlEngine())
-    assert glue_rows.equals(canonical(ratings_etl.read_partitioned(inprocess, TRAINING_PREFIX)))
+    assert glue_rows.equals(canonical(read_partitioned(inprocess, TRAINING_PREFIX)))
     manifest = s3_artifacts.read_json(f"{TRAINING_PREFIX}/_manifest.json")
     assert manifest["engine"] == "glue" and len(manifest["files"]) == 98
     # nothing left behind: no staging, no Pipes context or message chunks
@@ -275,7 +274,7 @@ def test_spark_reads_a_postgresql_source_as_the_in_process_engine_does(postgres_
     materialize(postgres_source, local_artifacts, spark_engine())
     inprocess = type_local(tmp_path)
     materialize(postgres_source, inprocess, RatingsEtlEngine())
-    spark_rows, inprocess_rows = (canonical(ratings_etl.read_partitioned(store, TRAINING_PREFIX))
+    spark_rows, inprocess_rows = (canonical(read_partitioned(store, TRAINING_PREFIX))
                                   for store in (local_artifacts, inprocess))
     assert len(spark_rows) > 1000 and spark_rows.equals(inprocess_rows)
 

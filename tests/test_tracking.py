@@ -74,6 +74,7 @@ def test_local_jobs_are_synced_once_with_everything_recorded(local_jobs, app_db)
     assert "missing-tags has MODEL_DB_SYNC but lacks" in meta["reports"]
     runs = {r["job_name"]: r for r in tracking.runs() if r["job_name"] not in before}
     assert set(runs) == {"synced-1", "synced-2"}
+    assert tracking.runs(limit=1) == tracking.runs()[:1]
     recorded = runs["synced-1"]
     assert (recorded["project"], recorded["owner"], recorded["model"], recorded["model_type"]) == (
         "credit-limit-increase", "risk", "scorecard", "logreg")

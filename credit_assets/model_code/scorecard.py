@@ -2,7 +2,8 @@
 
 This folder is the SageMaker script-mode source directory of the credit model (`train.py` and
 `inference.py` import this module as a sibling), so it depends only on numpy, pandas and torch, which the
-SageMaker PyTorch containers provide. The Dagster side imports it as `credit_assets.model_code.scorecard`.
+SageMaker PyTorch containers provide. The Dagster side imports it as `credit_assets.model_code.scorecard`;
+torch is imported on first use of the model, so the features and their binning stay light to import.
 
 The model is a points scorecard, fitted on the Development split only:
 
@@ -49,12 +50,13 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NUMERIC_FEATURES = [
     "Application_Score",
@@ -402,25 +404,47 @@ def _legacy_matrix(frame: pd.DataFrame, preprocessing: dict[str, Any]) -> np.nda
 # --- model -----------------------------------------------------------------------------------------------
 
 
-class LogisticScorecard(nn.Module):
-    """Logistic regression: one linear layer whose output is the log-odds of Decline. In format 2 its inputs
-    are the attributes' indicators (one weight per attribute)."""
+def _model_class() -> type:
+    """`LogisticScorecard`, built on first use: torch is imported by what trains, saves or loads a model, not by
+    what only needs the features and their binning (the credit assets' definitions, the customer store)."""
+    global _LogisticScorecard
+    if _LogisticScorecard is None:
+        from torch import nn
 
-    def __init__(self, n_features: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(n_features, 1)
+        class LogisticScorecard(nn.Module):
+            """Logistic regression: one linear layer whose output is the log-odds of Decline. In format 2 its
+            inputs are the attributes' indicators (one weight per attribute)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x).squeeze(-1)
+            def __init__(self, n_features: int) -> None:
+                super().__init__()
+                self.linear = nn.Linear(n_features, 1)
+
+            def forward(self, x):
+                return self.linear(x).squeeze(-1)
+
+        LogisticScorecard.__module__ = __name__
+        _LogisticScorecard = LogisticScorecard
+    return _LogisticScorecard
 
 
-def log_odds(model: LogisticScorecard, x: np.ndarray) -> np.ndarray:
+_LogisticScorecard: type | None = None
+
+
+def __getattr__(name: str):
+    if name == "LogisticScorecard":
+        return _model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def log_odds(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """Log-odds of Decline for a dense input matrix (format 1)."""
+    import torch
+
     with torch.no_grad():
         return model(torch.from_numpy(x)).double().numpy()
 
 
-def attribute_log_odds(model: LogisticScorecard, codes: np.ndarray) -> np.ndarray:
+def attribute_log_odds(model: nn.Module, codes: np.ndarray) -> np.ndarray:
     """Log-odds of Decline from attribute codes: the intercept plus each row's attributes' weights (the
     linear layer on the attributes' indicators, without building them)."""
     weights = model.linear.weight.detach().double().numpy()[0]
@@ -494,7 +518,7 @@ def _projected_newton(design: np.ndarray, y: np.ndarray, penalty: np.ndarray, bo
 
 
 def train_scorecard(codes: np.ndarray, y: np.ndarray, preprocessing: dict[str, Any], *, l2: float = DEFAULT_L2,
-                    max_iter: int = DEFAULT_MAX_ITER, monotone: bool = True) -> LogisticScorecard:
+                    max_iter: int = DEFAULT_MAX_ITER, monotone: bool = True) -> nn.Module:
     """Minimise the mean log-loss plus `l2` times the sum of squared attribute weights, the weights
     non-decreasing along each characteristic's `risk_order` (projected Newton in numpy: deterministic, a few
     seconds at most on the bank's data; `monotone=False` drops that constraint, for comparison). Then each characteristic's weights are centred on its training mean (the intercept takes
@@ -521,7 +545,9 @@ def train_scorecard(codes: np.ndarray, y: np.ndarray, preprocessing: dict[str, A
         intercept += centre
         seen = counts[block] > 0
         w[block][~seen] = w[block][seen].max()
-    model = LogisticScorecard(n_attributes)
+    import torch
+
+    model = _model_class()(n_attributes)
     with torch.no_grad():
         model.linear.weight.copy_(torch.from_numpy(w).float().unsqueeze(0))
         model.linear.bias.fill_(intercept)
@@ -529,7 +555,7 @@ def train_scorecard(codes: np.ndarray, y: np.ndarray, preprocessing: dict[str, A
 
 
 def fit(development: pd.DataFrame, *, l2: float = DEFAULT_L2, max_iter: int = DEFAULT_MAX_ITER, monotone: bool = True,
-        **binning: Any) -> tuple[dict[str, Any], LogisticScorecard]:
+        **binning: Any) -> tuple[dict[str, Any], nn.Module]:
     """(preprocessing, model) fitted on a Development frame (features and `Final_Decision`)."""
     preprocessing = fit_preprocessing(development, **binning)
     model = train_scorecard(attribute_codes(development, preprocessing), labels(development), preprocessing,
@@ -552,7 +578,7 @@ def scores_from_log_odds(values: np.ndarray, scale: dict[str, float]) -> np.ndar
     return np.rint(scale["offset"] - scale["factor"] * values).astype("int64")
 
 
-def points_table(model: LogisticScorecard, preprocessing: dict[str, Any], scale: dict[str, float]) -> list[dict]:
+def points_table(model: nn.Module, preprocessing: dict[str, Any], scale: dict[str, float]) -> list[dict]:
     """One row per attribute: its characteristic, label, Development counts, decline rate, WoE, weight and
     points, `-(weight + intercept / n) * factor + offset / n` (n characteristics): the points of an
     application's attributes add up to its score."""
@@ -644,9 +670,11 @@ POINTS_MARKDOWN_FILE = "points.md"
 SERVING_CODE = ("inference.py", "scorecard.py", "requirements.txt")
 
 
-def save_bundle(directory: Path, model: LogisticScorecard, preprocessing: dict, scale: dict, metrics: dict) -> None:
+def save_bundle(directory: Path, model: nn.Module, preprocessing: dict, scale: dict, metrics: dict) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    import torch
+
     torch.save(model.state_dict(), directory / MODEL_FILE)
     (directory / PREPROCESSING_FILE).write_text(json.dumps(preprocessing, indent=2))
     rows = points_table(model, preprocessing, scale)
@@ -684,7 +712,9 @@ class ScorecardBundle:
             raise ValueError(f"model bundle {directory}: corrupt JSON ({exc.msg})") from None
         validate_preprocessing(self.preprocessing, str(directory / PREPROCESSING_FILE))
         self.scale = config["scaling"]
-        self.model = LogisticScorecard(int(config["n_features"]))
+        import torch
+
+        self.model = _model_class()(int(config["n_features"]))
         try:
             state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
             self.model.load_state_dict(state)
