@@ -86,9 +86,10 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
     versions did, without `model/user_tower.json`."""
     import numpy as np
 
-    from recsys_assets.embeddings import EmbeddingRows, version_prefix
+    from recsys_assets.embeddings import EmbeddingRows
     from recsys_assets.model_code import two_tower as tt
-    from resources.artifacts import join_key
+    from resources.artifact_keys import MODEL_VERSIONS_PREFIX
+    from resources.model_versions import publish_version
 
     fitted = tt.fit(frame, tt.Hyperparameters(epochs=epochs, factor_l2=(10.0,)), seed)
     products = frame.drop_duplicates(tt.ITEM_ID).sort_values(tt.ITEM_ID)
@@ -96,11 +97,8 @@ def publish_and_load(frame: pd.DataFrame, artifacts: ArtifactStore, store: PgVec
     files = tt.bundle_files(fitted, products, users, numpy_export=numpy_export)
     item_vectors, _norm = fitted.item_vectors(products)
     user_vectors = fitted.user_vectors(users)
-    for name, data in files.items():
-        artifacts.write_bytes(join_key(version_prefix(version), name), data)
-    artifacts.write_json(join_key(version_prefix(version), "manifest.json"),
-                         {"version": version, "dimension": 32, "files": sorted(files),
-                          "rows": {"item_embeddings": len(products), "user_embeddings": len(users)}})
+    publish_version(artifacts, MODEL_VERSIONS_PREFIX, version, files,
+                    {"dimension": 32, "rows": {"item_embeddings": len(products), "user_embeddings": len(users)}})
     store.load_version(version, {
         store.item_table: EmbeddingRows(products[tt.ITEM_ID].to_numpy(dtype=object), item_vectors, "items"),
         store.user_table: EmbeddingRows(users[tt.USER_ID].to_numpy(dtype=np.int64), user_vectors, "users"),

@@ -12,13 +12,16 @@ live under `credit/batches/<batch_id>/` and each step reads the batch its own ru
 """
 
 
+import dataclasses
 import json
+import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pydantic
 
 from credit_assets import customer_store, drift, scoring, training_data
 from credit_assets.batches import (
@@ -120,7 +123,7 @@ class CreditModelConfig(dg.Config):
     target_odds: float = scorecard.DEFAULT_TARGET_ODDS
     l2: float = scorecard.DEFAULT_L2
     max_iter: int = scorecard.DEFAULT_MAX_ITER
-    seed: int = 7
+    seed: int = scorecard.DEFAULT_SEED
     prebins: int = scorecard.DEFAULT_PREBINS
     min_bin_share: float = scorecard.DEFAULT_MIN_BIN_SHARE
     min_special_share: float = scorecard.DEFAULT_MIN_SPECIAL_SHARE
@@ -362,15 +365,12 @@ def evaluation_summary(decisions: pd.DataFrame, batch_id: str, model_version: st
     }
 
 
-class LimitPolicyConfig(dg.Config):
-    """The limit-increase rule's thresholds (reference defaults)."""
-
-    # the rule's own defaults (credit_assets.policy.LimitPolicy), written there once
-    approve_min_score: int = LimitPolicy.approve_min_score
-    low_limit_threshold: int = LimitPolicy.low_limit_threshold
-    low_limit_increase_pct: int = LimitPolicy.low_limit_increase_pct
-    high_limit_increase_pct: int = LimitPolicy.high_limit_increase_pct
-    max_limit: int = LimitPolicy.max_limit
+# The limit-increase rule's thresholds as run config: LimitPolicy's fields, defaults and descriptions
+LimitPolicyConfig = pydantic.create_model(
+    "LimitPolicyConfig", __base__=dg.Config, __module__=__name__, __doc__=LimitPolicy.__doc__,
+    **{spec.name: (typing.get_type_hints(LimitPolicy)[spec.name],
+                   pydantic.Field(spec.default, description=spec.metadata.get("description")))
+       for spec in dataclasses.fields(LimitPolicy)})
 
 
 @dg.asset(group_name=GROUP, deps=[credit_scores], kinds={"pandas"}, pool=SCORING_POOL, check_specs=[dg.AssetCheckSpec(

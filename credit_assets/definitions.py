@@ -12,12 +12,7 @@ from credit_assets.assets import (
     limit_decisions,
 )
 from credit_assets.checks import counts_reconcile, decisions_follow_policy, each_eligible_customer_decided_once
-from credit_assets.jobs import (  # noqa: F401 (the ML ops sensors start these jobs)
-    credit_pipeline_job,
-    credit_scoring_job,
-    credit_scoring_run_config,
-    credit_training_job,
-)
+from credit_assets.jobs import credit_pipeline_job, credit_scoring_job, credit_training_job
 from credit_assets.schedules import credit_retraining_schedule, credit_scoring_schedule
 
 defs = dg.Definitions(

@@ -7,7 +7,8 @@ Otherwise: DECLINED, limit unchanged, reason "Score N < 650, no increase". Thres
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -16,13 +17,20 @@ APPROVED = "APPROVED"
 DECLINED = "DECLINED"
 
 
+ENV_PREFIX = "POLICY_"  # the SageMaker processing step reads the thresholds as POLICY_<FIELD> variables
+
+
 @dataclass(frozen=True)
 class LimitPolicy:
-    approve_min_score: int = 650
-    low_limit_threshold: int = 5_000
-    low_limit_increase_pct: int = 50
-    high_limit_increase_pct: int = 25
-    max_limit: int = 20_000
+    """The rule's thresholds, with the reference's defaults. Written once here: the run config of
+    `limit_decisions` (`LimitPolicyConfig`) and the SageMaker processing step's environment follow these fields."""
+
+    approve_min_score: int = field(default=650, metadata={"description": "a new score at or above it is APPROVED"})
+    low_limit_threshold: int = field(default=5_000, metadata={
+        "description": "a current limit under it gets low_limit_increase_pct, others high_limit_increase_pct"})
+    low_limit_increase_pct: int = field(default=50, metadata={"description": "increase (%) of a limit under the threshold"})
+    high_limit_increase_pct: int = field(default=25, metadata={"description": "increase (%) of a limit at or over it"})
+    max_limit: int = field(default=20_000, metadata={"description": "no new limit goes above it"})
 
     def __post_init__(self) -> None:
         if self.low_limit_increase_pct < 0 or self.high_limit_increase_pct < 0:
@@ -32,6 +40,22 @@ class LimitPolicy:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def to_env(self) -> dict[str, str]:
+        """The thresholds as the processing step's environment variables (`POLICY_APPROVE_MIN_SCORE`, ...)."""
+        return {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in self.as_dict().items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> LimitPolicy:
+        """The policy `to_env` described; a threshold not set keeps its default."""
+        values = {}
+        for spec in fields(cls):
+            name = f"{ENV_PREFIX}{spec.name.upper()}"
+            try:
+                values[spec.name] = int(environ.get(name, spec.default))
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number, not {environ[name]!r}") from None
+        return cls(**values)
 
 
 def decide_limits(scores: pd.DataFrame, policy: LimitPolicy = LimitPolicy()) -> pd.DataFrame:

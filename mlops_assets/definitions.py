@@ -5,23 +5,13 @@ import dagster as dg
 
 from mlops_assets.alerts import check_failure_alert_sensor, freshness_alert_sensor, run_failure_alert_sensor
 from mlops_assets.approval import model_approval_job
-from mlops_assets.notifications import model_registry_sensor
+from mlops_assets.notifications import model_registry, model_registry_sensor
 from mlops_assets.sagemaker_pipeline import credit_sagemaker_pipeline_job
 from mlops_assets.tracking import (
-    GROUP,
     training_jobs_sensor,
     training_runs,
     training_runs_automation_sensor,
     training_runs_job,
-)
-
-model_registry = dg.AssetSpec(
-    "model_registry", group_name=GROUP, kinds={"sagemaker"}, deps=["credit_model", "recsys_model"],
-    description="The model package groups `credit-<env>-models` and `recsys-<env>-models` (SageMaker Model Registry, "
-                "or its local twin): every trained version, PendingManualApproval until a person approves or rejects "
-                "it. Each change, from `mldp registry`, `model_approval_job`, the AWS console or a sensor, is recorded "
-                "here as an observation with its status, reason and version. Scoring and the embeddings tables use "
-                "the version the registry chooses.",
 )
 
 defs = dg.Definitions(

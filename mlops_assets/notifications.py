@@ -23,7 +23,8 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-from credit_assets import credit_scoring_job, credit_scoring_run_config
+from credit_assets.jobs import credit_scoring_job, credit_scoring_run_config
+from mlops_assets.tracking import GROUP
 from recsys_assets.jobs import embeddings_load_job, embeddings_run_config
 from resources.model_registry import APPROVED, PENDING, ModelRegistry, StatusChange
 from resources.notifier import NotificationError, Notifier
@@ -35,6 +36,16 @@ SUBJECTS = {
     APPROVED: "[SageMaker] New Model Approved in {group}",
     PENDING: "[SageMaker] New Model Registered in {group}",
 }
+
+
+model_registry = dg.AssetSpec(
+    "model_registry", group_name=GROUP, kinds={"sagemaker"}, deps=["credit_model", "recsys_model"],
+    description="The model package groups `credit-<env>-models` and `recsys-<env>-models` (SageMaker Model Registry, "
+                "or its local twin): every trained version, PendingManualApproval until a person approves or rejects "
+                "it. Each change, from `mldp registry`, `model_approval_job`, the AWS console or a sensor, is recorded "
+                "here as an observation with its status, reason and version. Scoring and the embeddings tables use "
+                "the version the registry chooses.",
+)
 
 
 def notification(change: StatusChange) -> tuple[str, str] | None:
@@ -77,7 +88,7 @@ def observations(registry: ModelRegistry, change: StatusChange) -> list[dg.Asset
         "model_package": package.arn,
         "changed_at": change.at.isoformat() if change.at else "",
     }
-    events = [dg.AssetObservation(asset_key="model_registry", metadata=metadata)]
+    events = [dg.AssetObservation(asset_key=model_registry.key, metadata=metadata)]
     model_asset = MODEL_ASSETS.get(registry.pipeline_of(package.group) or "")
     if model_asset and package.model_version:
         events.append(dg.AssetObservation(asset_key=model_asset, metadata={

@@ -38,11 +38,12 @@ from typing import Any
 
 import dagster as dg
 
-from credit_assets.assets import METRIC_DEFINITIONS, MODEL_CODE_DIR, CreditModelConfig, LimitPolicyConfig
+from credit_assets.assets import METRIC_DEFINITIONS, MODEL_CODE_DIR, CreditModelConfig
 from credit_assets.policy import LimitPolicy
 from resources.artifacts import join_key
-from resources.aws_clients import JOB_TIMEOUTS, aws_client, boto_session
+from resources.aws_clients import boto_session
 from resources.model_registry import PENDING, ModelRegistry
+from resources.settings import DEFAULTS
 from resources.sagemaker import SageMakerJobs, containers
 
 PIPELINE_CODE = Path(MODEL_CODE_DIR).parent / "pipeline_steps"
@@ -78,12 +79,12 @@ class CreditPipelineInputs:
     model_package_group: str
     policy: LimitPolicy
     hyperparameters: dict[str, Any]
-    region: str = "us-east-1"
+    region: str = DEFAULTS["aws_region"]
     training_data_uri: str = ""
     eligible_customers_uri: str = ""
     current_limits_uri: str = ""
     min_validation_gini: float = DEFAULT_MIN_VALIDATION_GINI
-    max_payload_mb: int = 6
+    max_payload_mb: int = containers.DEFAULT_MAX_PAYLOAD_MB
 
 
 @contextmanager
@@ -205,7 +206,7 @@ def build_credit_pipeline(inputs: CreditPipelineInputs, session) -> Any:
     processor = Processor(
         role=inputs.role_arn, image_uri=inputs.processing_image, instance_count=1, instance_type=inputs.instance_type,
         entrypoint=["python3", f"{PROCESSING_ROOT}/input/code/decide_limits.py"], base_job_name="decide-limits",
-        env={f"POLICY_{k.upper()}": str(v) for k, v in inputs.policy.as_dict().items()}, sagemaker_session=session,
+        env=inputs.policy.to_env(), sagemaker_session=session,
     )
 
     def processing_input(name: str, uri) -> Any:
@@ -536,7 +537,7 @@ def pipeline_inputs(config: CreditPipelineExportConfig, sagemaker: SageMakerJobs
         instance_type=sagemaker.instance_type, training_instance_count=sagemaker.training_instance_count,
         transform_instance_count=sagemaker.transform_instance_count, source_uri=source_uri,
         processing_code_uri=processing_uri, output_uri=sagemaker.artifacts.uri(join_key(prefix, "runs")),
-        model_package_group=registry.group_for("credit"), policy=LimitPolicy(**LimitPolicyConfig().model_dump()),
+        model_package_group=registry.group_for("credit"), policy=LimitPolicy(),
         hyperparameters=CreditModelConfig().model_dump(), region=sagemaker.region_name,
         training_data_uri=config.training_data_uri, eligible_customers_uri=config.eligible_customers_uri,
         current_limits_uri=config.current_limits_uri, min_validation_gini=config.min_validation_gini,
@@ -573,8 +574,7 @@ def export_credit_pipeline(config: CreditPipelineExportConfig, sagemaker: SageMa
             + ". Set ARTIFACTS_URI=s3://bucket/prefix (and s3:// inputs) to export it")
     inputs = pipeline_inputs(config, sagemaker, registry, prefix)
     upsert = config.upsert if config.upsert is not None else sagemaker.backend == "aws"
-    client = aws_client("sagemaker", region_name=inputs.region, endpoint_url=sagemaker.endpoint_url,
-                        **JOB_TIMEOUTS) if upsert else None
+    client = sagemaker.client() if upsert else None
     # the SDK puts definitions over 100 KB in its default bucket: the artifacts bucket
     bucket = artifacts.uri().removeprefix("s3://").split("/")[0]
     session = sdk_session(inputs.region, bucket=bucket, sagemaker_client=client)

@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 
 from recsys_assets import embeddings, ratings_etl
+from recsys_assets.model_code.training_defaults import TRAINING_DEFAULTS
 from resources import freshness
 from resources.artifacts import ArtifactStore, join_key
 from resources.etl_engine import RatingsEtlEngine
@@ -135,17 +136,18 @@ SERVING_CONTENT_TYPES = ("application/json", "application/jsonlines")
 
 
 class RecsysModelConfig(dg.Config):
-    """`recsys_assets/model_code/train.py`'s hyperparameters (see `two_tower.py`)."""
+    """`recsys_assets/model_code/train.py`'s hyperparameters (see `two_tower.py`); the job's own defaults,
+    written once in `model_code/training_defaults.py`."""
 
-    embedding_dim: int = 32
-    hidden: int = 64
-    epochs: int = 200
-    lr: float = 0.05
-    factor_l2: str = "3,10,100"  # candidates for the factors' penalty, chosen on an inner split
-    inner_fraction: float = 0.2
-    validation_fraction: float = 0.2
-    eval_seeds: int = 5  # held-out splits scored (seeds seed, seed + 1, ...): mean and standard deviation
-    seed: int = 7
+    embedding_dim: int = TRAINING_DEFAULTS["embedding_dim"]
+    hidden: int = TRAINING_DEFAULTS["hidden"]
+    epochs: int = TRAINING_DEFAULTS["epochs"]
+    lr: float = TRAINING_DEFAULTS["lr"]
+    factor_l2: str = TRAINING_DEFAULTS["factor_l2"]  # candidates for the factors' penalty, chosen on an inner split
+    inner_fraction: float = TRAINING_DEFAULTS["inner_fraction"]
+    validation_fraction: float = TRAINING_DEFAULTS["validation_fraction"]
+    eval_seeds: int = TRAINING_DEFAULTS["eval_seeds"]  # held-out splits scored: mean and standard deviation
+    seed: int = TRAINING_DEFAULTS["seed"]
 
 
 def quality_table(metrics: dict) -> str:

@@ -12,14 +12,10 @@ from recsys_assets.assets import (
     source_products,
     source_ratings,
 )
-from recsys_assets.jobs import embeddings_load_job, recsys_pipeline_job, recsys_retraining_schedule, recsys_training_job
-from recsys_assets.sensors import model_artifacts_sensor
-from recsys_assets.streaming import (
-    recommendations,
-    recommendations_job,
-    session_events,
-    session_events_sensor,
-)
+from recsys_assets.jobs import embeddings_load_job, recommendations_job, recsys_pipeline_job, recsys_training_job
+from recsys_assets.schedules import recsys_retraining_schedule
+from recsys_assets.sensors import model_artifacts_sensor, session_events_sensor
+from recsys_assets.streaming import recommendations, session_events
 
 defs = dg.Definitions(
     assets=[source_ratings, source_customers, source_products, ratings_training_data, recsys_catalog, recsys_model,

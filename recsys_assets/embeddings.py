@@ -22,15 +22,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from resources.artifact_keys import MODEL_VERSIONS_PREFIX as ARTIFACTS_PREFIX
 from resources.artifact_keys import version_prefix  # noqa: F401  (re-exported)
-from resources.artifacts import ArtifactNotFoundError, ArtifactStore, join_key
+from resources.artifact_keys import ArtifactNotFoundError, join_key
 from resources.model_versions import MANIFEST, listed_files, read_verified, sha256_hex, version_files
+
+if TYPE_CHECKING:  # a Dagster resource: reading versions imports without Dagster
+    from resources.artifacts import ArtifactStore
 
 ITEM_FILE = "embeddings/item_embeddings.csv"
 USER_FILE = "embeddings/user_embeddings.csv"

@@ -1,9 +1,9 @@
-"""Jobs and the retraining schedule of the recommender workflow."""
+"""The recommender workflow's jobs."""
 
 import dagster as dg
 
 from recsys_assets.assets import embeddings_tables, ratings_training_data, recsys_catalog, recsys_model
-from resources.schedules import retraining_schedule
+from recsys_assets.streaming import recommendations
 
 recsys_training_job = dg.define_asset_job(
     "recsys_training_job",
@@ -29,7 +29,8 @@ def embeddings_run_config(version: str) -> dg.RunConfig:
     return dg.RunConfig({"embeddings_tables": EmbeddingsVersionConfig(version=version)})
 
 
-recsys_retraining_schedule = retraining_schedule(
-    "recsys_retraining_schedule", recsys_training_job, "RECSYS_RETRAINING_CRON",
-    "Re-extract the ratings and retrain the two-tower model; each new version loads into the embeddings tables "
-    "once a person approves it")
+recommendations_job = dg.define_asset_job(
+    "recommendations_job", selection=[recommendations],
+    description="Enrich one hour of archived session events (requested by session_events_sensor for each batch it "
+                "archives; by hand for a backfill, or an old hour after a model change).",
+)

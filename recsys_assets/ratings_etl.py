@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping
 from queue import Empty, Full, Queue
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from resources.artifacts import ArtifactStore, join_key
+from resources.artifact_keys import join_key
+
+if TYPE_CHECKING:  # a Dagster resource: the ETL's logic imports without Dagster
+    from resources.artifacts import ArtifactStore
 
 # source column -> output column, per source table
 RATINGS_COLUMNS = {"customerNumber": "customernumber", "productCode": "productcode", "productRating": "productrating"}

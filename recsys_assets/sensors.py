@@ -1,4 +1,9 @@
-"""`model_artifacts_sensor`: register each new complete model version, and (policy `newest`) load its
+"""The recommender's sensors.
+
+`session_events_sensor`: archives new session events and requests each hour's `recommendations` run (see
+`recsys_assets.streaming`).
+
+`model_artifacts_sensor`: register each new complete model version, and (policy `newest`) load its
 embeddings, once per version content.
 
 The cursor maps the versions already requested to their signature (a hash of the manifest and of the listed
@@ -10,12 +15,17 @@ part of the `run_key`, so a replayed tick requests nothing twice.
 """
 
 import json
+from collections import Counter
 
 import dagster as dg
 
 from recsys_assets import embeddings
-from recsys_assets.jobs import embeddings_load_job, embeddings_run_config
+from recsys_assets.jobs import embeddings_load_job, embeddings_run_config, recommendations_job
+from recsys_assets.stream_archive import archive, hour_partition
+from recsys_assets.streaming import MAX_EVENTS_PER_TICK, SESSION_HOURS, session_events
 from resources.artifacts import ArtifactStore
+from resources.metadata import artifact_link
+from resources.stream import EventStream
 from resources.model_registry import ModelRegistry
 
 
@@ -79,4 +89,45 @@ def register_published(registry: ModelRegistry, artifacts: ArtifactStore, versio
         "recsys", model_version=version.version, model_data_url=artifacts.uri(embeddings.version_prefix(version.version)),
         metrics=metrics, data_fingerprint=str((manifest.get("training_data") or {}).get("fingerprint", "")),
         description=f"published to {artifacts.uri(embeddings.version_prefix(version.version))} outside the pipeline",
+    )
+
+
+@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Reads new session events from the stream (local files or Kinesis) after its checkpoint, "
+                       "archives them by hour, adds each hour as a partition, records it as a materialisation of "
+                       "`session_events` and requests the hour's `recommendations` run.")
+def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStream,
+                          artifacts: ArtifactStore) -> dg.SensorResult:
+    """Archives new session events and requests the hours they belong to. The cursor is the stream checkpoint;
+    Dagster keeps it, the hours' materialisations and the run requests only after this function returns, that
+    is after the archive is written."""
+    checkpoint = json.loads(context.cursor)["checkpoint"] if context.cursor else {}
+    records, after = events.read(checkpoint, max_records=MAX_EVENTS_PER_TICK)
+    if not records:
+        return dg.SensorResult(skip_reason=f"no new events in {events.describe()}", cursor=context.cursor)
+    written = archive(artifacts, records)
+    outside = written.pop(None, [])
+    if outside:
+        context.log.warning(f"events arrived in a future hour: dead-lettered in {', '.join(outside)}")
+    counts = Counter(hour_partition(r.arrival) for r in records)
+    summary = ", ".join(f"{counts[partition]} in {partition}" for partition in sorted(written))
+    context.log.info(f"archived {len(records)} events from {events.describe()}: {summary or 'none in an hour'}"
+                     + (f"; {len(records) - sum(counts[p] for p in written)} in a future hour dead-lettered"
+                        if outside else ""))
+    return dg.SensorResult(
+        # the hours become partitions (an hour that is one already is left as it is), then materialised, then run
+        dynamic_partitions_requests=[SESSION_HOURS.build_add_request(sorted(written))] if written else [],
+        run_requests=[
+            dg.RunRequest(partition_key=partition, run_key=f"{partition}|{'|'.join(keys)}",
+                          tags={"events": str(counts[partition])})
+            for partition, keys in sorted(written.items())
+        ],
+        skip_reason=None if written else f"{len(records)} events read, all in a future hour: dead-lettered",
+        asset_events=[
+            dg.AssetMaterialization(asset_key=session_events.key, partition=partition, metadata={
+                "events_archived": counts[partition], "batches": len(keys),
+                "batch": artifact_link(artifacts.uri(keys[-1])), "stream": events.describe()})
+            for partition, keys in sorted(written.items())
+        ],
+        cursor=json.dumps({"checkpoint": after}),
     )

@@ -30,8 +30,24 @@ def hour_folder(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y/%m/%d/%H")
 
 
+# the session_hours partitions' keys: the UTC hour events arrived in, "2026-11-26-14:00"
+HOUR_FORMAT = "%Y-%m-%d-%H:%M"
+
+
 def hour_partition(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d-%H:00")
+    """The key of the hour `moment` falls in."""
+    return moment.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0).strftime(HOUR_FORMAT)
+
+
+def partition_hour(partition: str) -> datetime:
+    """The hour a partition key names; a clear error for a key that is not one (added by hand, say)."""
+    try:
+        hour = datetime.strptime(partition, HOUR_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        hour = None
+    if hour is None or hour.minute != 0:
+        raise ValueError(f"partition {partition!r} of session_hours is not an hour such as 2026-11-26-14:00 (UTC)")
+    return hour
 
 
 def _safe(sequence: str) -> str:
@@ -110,6 +126,12 @@ def embedder_for(artifacts: ArtifactStore, version: str) -> TowerEmbedder:
                                 artifacts.uri(prefix), torch_fallback=True)
         _embedders[cache_key] = TowerEmbedder(tower, version)
     return _embedders[cache_key]
+
+
+def oversize_reason(record: StreamRecord) -> str:
+    """The dead-letter reason of an event over the stream's size limit (read as a preview)."""
+    return (f"event too large: {record.oversize_bytes:,} bytes, over the stream's limit (MAX_EVENT_BYTES); "
+            f"its first {len(record.data):,} bytes are kept here")
 
 
 def dead_letter_line(record: StreamRecord, reason: str) -> dict:

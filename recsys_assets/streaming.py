@@ -18,12 +18,12 @@ Lambda -> S3 under `YYYY/MM/DD/HH/`). Here:
    (a backfill, a replay after a model change) reproduces it.
 
 The archive itself (its layout, writing and reading batches, dead letters, the user tower of a version) is
-`recsys_assets.stream_archive`, which imports no Dagster; this module holds the Dagster definitions.
+`recsys_assets.stream_archive`, which imports no Dagster; this module holds the assets, `recommendations_job`
+is in `recsys_assets.jobs` and `session_events_sensor` in `recsys_assets.sensors`.
 """
 
 import json
 from collections import Counter
-from datetime import datetime, timezone
 
 import dagster as dg
 import numpy as np
@@ -32,12 +32,12 @@ from recsys_assets import enrichment
 from recsys_assets.enrichment import DEFAULT_K, Enriched
 from recsys_assets.stream_archive import (
     DEAD_LETTER_PREFIX,
-    archive,
     archived_records,
     dead_letter_line,
     embedder_for,
     hour_folder,
-    hour_partition,
+    oversize_reason,
+    partition_hour,
 )
 from resources import drift, freshness
 from resources.artifacts import ArtifactStore, join_key
@@ -45,29 +45,15 @@ from resources.metadata import artifact_link, count_table, tidy
 from resources.item_index import LiveItems
 from resources.pgvector import PgVectorStore
 from resources.settings import PlatformSettings
-from resources.stream import EventStream
-from resources.stream_record import StreamRecord
 
 # One partition per hour that events arrived in (UTC, "2026-11-26-14:00"), added by session_events_sensor when it
 # archives the hour's first events: the catalogue lists the hours that have data, from wherever the stream
 # starts, with no empty hours before it or between bursts. The hour in progress is a partition as soon as it has
 # events, so they are enriched while it lasts.
 SESSION_HOURS = dg.DynamicPartitionsDefinition(name="session_hours")
-HOUR_FORMAT = "%Y-%m-%d-%H:%M"
 OUTPUT_PREFIX = "recommendations"
 MAX_EVENTS_PER_TICK = 20_000
 GROUP = "streaming"
-
-
-def partition_hour(partition: str) -> datetime:
-    """The hour a partition key names; a clear error for a key that is not one (added by hand, say)."""
-    try:
-        hour = datetime.strptime(partition, HOUR_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
-        hour = None
-    if hour is None or hour.minute != 0:
-        raise ValueError(f"partition {partition!r} of {SESSION_HOURS.name} is not an hour such as 2026-11-26-14:00 (UTC)")
-    return hour
 
 
 def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorStore, k: int = DEFAULT_K,
@@ -77,11 +63,6 @@ def enrich_with_live_model(items, artifacts: ArtifactStore, pgvector: PgVectorSt
     return enrichment.enrich_with_live_model(items, lambda version: embedder_for(artifacts, version),
                                              LiveItems(pgvector, pgvector.in_memory_max_items), k, batch_size,
                                              max_bytes)
-
-
-def oversize_reason(record: StreamRecord) -> str:
-    return (f"event too large: {record.oversize_bytes:,} bytes, over the stream's limit (MAX_EVENT_BYTES); "
-            f"its first {len(record.data):,} bytes are kept here")
 
 
 def count_lines(artifacts: ArtifactStore, key: str) -> int:
@@ -219,52 +200,4 @@ def recommendations_drift(records: list[dict], catalogue: int, k: int) -> tuple[
         check_name="recommendations_drift", passed=level is None, metadata=metadata,
         severity=dg.AssetCheckSeverity.ERROR if level == "ERROR" else dg.AssetCheckSeverity.WARN,
         description="; ".join(flagged) if flagged else "; ".join(findings),
-    )
-
-
-recommendations_job = dg.define_asset_job(
-    "recommendations_job", selection=[recommendations],
-    description="Enrich one hour of archived session events (requested by session_events_sensor for each batch it "
-                "archives; by hand for a backfill, or an old hour after a model change).",
-)
-
-
-@dg.sensor(job=recommendations_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Reads new session events from the stream (local files or Kinesis) after its checkpoint, "
-                       "archives them by hour, adds each hour as a partition, records it as a materialisation of "
-                       "`session_events` and requests the hour's `recommendations` run.")
-def session_events_sensor(context: dg.SensorEvaluationContext, events: EventStream,
-                          artifacts: ArtifactStore) -> dg.SensorResult:
-    """Archives new session events and requests the hours they belong to. The cursor is the stream checkpoint;
-    Dagster keeps it, the hours' materialisations and the run requests only after this function returns, that
-    is after the archive is written."""
-    checkpoint = json.loads(context.cursor)["checkpoint"] if context.cursor else {}
-    records, after = events.read(checkpoint, max_records=MAX_EVENTS_PER_TICK)
-    if not records:
-        return dg.SensorResult(skip_reason=f"no new events in {events.describe()}", cursor=context.cursor)
-    written = archive(artifacts, records)
-    outside = written.pop(None, [])
-    if outside:
-        context.log.warning(f"events arrived in a future hour: dead-lettered in {', '.join(outside)}")
-    counts = Counter(hour_partition(r.arrival) for r in records)
-    summary = ", ".join(f"{counts[partition]} in {partition}" for partition in sorted(written))
-    context.log.info(f"archived {len(records)} events from {events.describe()}: {summary or 'none in an hour'}"
-                     + (f"; {len(records) - sum(counts[p] for p in written)} in a future hour dead-lettered"
-                        if outside else ""))
-    return dg.SensorResult(
-        # the hours become partitions (an hour that is one already is left as it is), then materialised, then run
-        dynamic_partitions_requests=[SESSION_HOURS.build_add_request(sorted(written))] if written else [],
-        run_requests=[
-            dg.RunRequest(partition_key=partition, run_key=f"{partition}|{'|'.join(keys)}",
-                          tags={"events": str(counts[partition])})
-            for partition, keys in sorted(written.items())
-        ],
-        skip_reason=None if written else f"{len(records)} events read, all in a future hour: dead-lettered",
-        asset_events=[
-            dg.AssetMaterialization(asset_key=session_events.key, partition=partition, metadata={
-                "events_archived": counts[partition], "batches": len(keys),
-                "batch": artifact_link(artifacts.uri(keys[-1])), "stream": events.describe()})
-            for partition, keys in sorted(written.items())
-        ],
-        cursor=json.dumps({"checkpoint": after}),
     )

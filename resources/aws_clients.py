@@ -12,6 +12,8 @@ from typing import Any
 # connect/read timeouts in seconds and total attempts, per kind of caller
 SENSOR_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 20, "max_attempts": 4}
 JOB_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 60, "max_attempts": 5}
+# a call that retries by itself (the notifier's publish): short, and no hidden retries beneath it
+SINGLE_ATTEMPT_TIMEOUTS = {"connect_timeout": 5, "read_timeout": 10, "max_attempts": 1}
 
 
 def aws_client(service: str, *, region_name: str, endpoint_url: str | None = None, connect_timeout: float = 10,

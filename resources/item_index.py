@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import threadpoolctl
 
+from resources.settings import DEFAULTS
 from resources.vector_queries import EmbeddingsMismatchError, NearestItems
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_ITEMS = 500_000  # 32-d float32: 64 MB held per process (plus the answers remembered, below)
+DEFAULT_MAX_ITEMS = DEFAULTS["item_index_max_items"]  # 32-d float32: 64 MB held per process (plus the answers remembered)
 _BLOCK = 64  # items per block when pruning (see ItemIndex._top)
 _DIRECT_BELOW = 8_192  # catalogues this small are ranked whole
 _QUERY_CHUNK = 256  # queries scored at a time (their block maxima for 500,000 items: 8 MB)

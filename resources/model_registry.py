@@ -36,6 +36,7 @@ from resources.aws_clients import SENSOR_TIMEOUTS, aws_client
 from resources.sagemaker.containers import inference_environment
 from resources.sagemaker.images import pytorch_image
 from resources.postgres import DatabaseUnavailableError, PostgresDatabase, SchemaOnce
+from resources.settings import DEFAULTS
 
 STATE_CHANGE = "SageMaker Model Package State Change"  # the EventBridge detail-type
 _PROPERTY = "mldp:"  # prefix of the CustomerMetadataProperties this project writes
@@ -372,12 +373,14 @@ class LocalModelRegistry(ModelRegistry):
 class SageMakerModelRegistry(ModelRegistry):
     """SageMaker Model Registry (`MODEL_REGISTRY_BACKEND=sagemaker`)."""
 
-    region_name: str = "us-east-1"
+    # the serving container the packages name: `inference_image`, or the PyTorch inference image of these
+    # settings (the defaults are the settings', resources.settings.PlatformSettings, as SageMakerJobs' are)
+    region_name: str = DEFAULTS["aws_region"]
     endpoint_url: str | None = None
-    inference_image: str = ""  # the container the packages name; empty: the PyTorch inference image below
-    inference_framework_version: str = "2.6.0"
-    py_version: str = "py312"
-    instance_type: str = "ml.m5.xlarge"
+    inference_image: str | None = None
+    inference_framework_version: str = DEFAULTS["sagemaker_inference_framework_version"]
+    py_version: str = DEFAULTS["sagemaker_py_version"]
+    instance_type: str = DEFAULTS["sagemaker_instance_type"]
     # an SQS queue fed by an EventBridge rule on "SageMaker Model Package State Change" for this environment's
     # groups; without it, changes are found by polling the groups
     events_queue_url: str | None = None

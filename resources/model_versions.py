@@ -8,12 +8,16 @@ file against the manifest, so a truncated or swapped file fails with an error na
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from resources.artifacts import ArtifactInfo, ArtifactNotFoundError, ArtifactStore, join_key
+from resources.artifact_keys import ArtifactNotFoundError, join_key
+
+if TYPE_CHECKING:  # the stores are Dagster resources; this module stays light for the Lambda and the API
+    from resources.artifacts import ArtifactInfo, ArtifactStore
 
 MANIFEST = "manifest.json"
 
@@ -81,13 +85,20 @@ def read_manifest(store: ArtifactStore, prefix: str, version: str | None = None)
         version = versions[-1]
     key = join_key(prefix, version, MANIFEST)
     try:
-        manifest = store.read_json(key)
+        raw = store.read_bytes(key)
     except ArtifactNotFoundError:
         raise ModelArtifactError(f"model version {version} is missing or incomplete: no {store.uri(key)}") from None
-    except ValueError as exc:
-        raise ModelArtifactError(f"model version {version}: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise ModelArtifactError(f"{store.uri(key)} is not a model manifest (no 'files' listing)")
+    return parse_manifest(raw, store.uri(key), version)
+
+
+def parse_manifest(raw: bytes, uri: str, version: str, error: type[Exception] = ModelArtifactError) -> dict[str, Any]:
+    """A version's manifest from its bytes (`uri` names it in errors): a JSON object with a `files` listing."""
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"model version {version}: {uri} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), (dict, list)):
+        raise error(f"{uri} is not a model manifest (no 'files' listing)")
     manifest.setdefault("version", version)
     return manifest
 
@@ -102,24 +113,54 @@ def listed_files(manifest: Mapping[str, Any]) -> dict[str, dict]:
     return {}
 
 
+def checked(manifest: Mapping[str, Any], name: str, data: bytes, uri: str, *,
+            error: type[Exception] = ModelArtifactError, what: str = "model artifact") -> bytes:
+    """`data`, read from `uri`, if it is the file `name` its manifest lists with this SHA-256; `error` otherwise.
+    (The recommender lab's plain-list manifests record no digests: their files are checked for being listed.)"""
+    version = manifest["version"]
+    entry = listed_files(manifest).get(name)
+    if entry is None:
+        raise error(f"version {version} does not list {name} in its manifest")
+    expected = entry.get("sha256")
+    if expected and sha256_hex(data) != expected:
+        raise error(
+            f"{what} {uri} is corrupt: its content does not match the SHA-256 in the manifest "
+            f"({len(data)} bytes with {sha256_hex(data)[:12]}..., the manifest records {entry.get('bytes')} bytes "
+            f"with {expected[:12]}...)"
+        )
+    return data
+
+
 def read_verified(store: ArtifactStore, prefix: str, manifest: Mapping[str, Any], name: str, *,
                   error: type[Exception] = ModelArtifactError, what: str = "model artifact") -> bytes:
     """A file of a version (`manifest["version"]`), checked against the SHA-256 its manifest records; `error`
     (naming the file's URI) when it is not listed, missing or corrupt. Every versioned artifact is read so."""
     version = manifest["version"]
     key = join_key(prefix, version, name)
-    entry = listed_files(manifest).get(name)
-    if entry is None:
+    if name not in listed_files(manifest):
         raise error(f"version {version} does not list {name} in its manifest")
     try:
         data = store.read_bytes(key)
     except ArtifactNotFoundError:
         raise error(f"{what} {store.uri(key)} is missing (listed in the manifest of version {version})") from None
-    expected = entry.get("sha256")
-    if expected and sha256_hex(data) != expected:
-        raise error(
-            f"{what} {store.uri(key)} is corrupt: its content does not match the SHA-256 in the manifest "
-            f"({len(data)} bytes with {sha256_hex(data)[:12]}..., the manifest records {entry.get('bytes')} bytes "
-            f"with {expected[:12]}...)"
-        )
-    return data
+    return checked(manifest, name, data, store.uri(key), error=error, what=what)
+
+
+def verified_reader(read: Callable[[str], bytes], version: str, where: str, *,
+                    error: type[Exception] = ModelArtifactError,
+                    what: str = "model artifact") -> Callable[[str], bytes]:
+    """`read(name)` (the bytes of `<where>/<name>`, `ArtifactNotFoundError` when absent) for the readers that
+    hold no store (the Lambda, the recommendations API): the version's manifest is read first, a file it does
+    not list counts as absent (`ArtifactNotFoundError`), and every file is checked against its SHA-256
+    (`error` when corrupt). A version without a manifest is incomplete: `error`."""
+    try:
+        manifest = parse_manifest(read(MANIFEST), f"{where}/{MANIFEST}", version, error)
+    except ArtifactNotFoundError:
+        raise error(f"model version {version} is missing or incomplete: no {where}/{MANIFEST}") from None
+
+    def read_checked(name: str) -> bytes:
+        if name not in listed_files(manifest):
+            raise ArtifactNotFoundError(f"{where}/{name} is not listed in the manifest of version {version}")
+        return checked(manifest, name, read(name), f"{where}/{name}", error=error, what=what)
+
+    return read_checked

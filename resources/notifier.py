@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from resources.aws_clients import aws_client
+from resources.aws_clients import SINGLE_ATTEMPT_TIMEOUTS, aws_client
 from resources.credentials import scrub
+from resources.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class SnsNotifier(Notifier):
     """An SNS topic; subscribers (e-mail, SQS, Lambda) get every message."""
 
     topic_arn: str
-    region_name: str = "us-east-1"
+    region_name: str = DEFAULTS["aws_region"]
     endpoint_url: str | None = None
 
     def describe(self) -> str:
@@ -73,8 +74,8 @@ class SnsNotifier(Notifier):
 
     def _send(self, subject: str, message: str) -> str:
         # short timeouts and no hidden retries (publish retries itself): a tick stays inside the sensor timeout
-        client = aws_client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url, connect_timeout=5,
-                            read_timeout=10, max_attempts=1)
+        client = aws_client("sns", region_name=self.region_name, endpoint_url=self.endpoint_url,
+                            **SINGLE_ATTEMPT_TIMEOUTS)
         return client.publish(TopicArn=self.topic_arn, Subject=subject[:100], Message=message)["MessageId"]
 
 

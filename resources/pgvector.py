@@ -33,6 +33,7 @@ from psycopg import sql
 from pydantic import PrivateAttr
 
 from resources.postgres import PostgresDatabase, SchemaOnce
+from resources.settings import DEFAULTS
 from resources.vector_queries import (  # noqa: F401  (the query half, re-exported for the platform's callers)
     VERSIONS_TABLE,
     EmbeddingsMismatchError,
@@ -167,7 +168,7 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
     db: PostgresDatabase
     item_table: str = "item_emb"
     user_table: str = "user_emb"
-    retention: int = 2
+    retention: int = DEFAULTS["embeddings_retention"]
     ef_search: int = 40
     hnsw_m: int = 16
     hnsw_ef_construction: int = 128
@@ -177,7 +178,7 @@ class PgVectorStore(NearestItems, dg.ConfigurableResource):
 
     query_connections: int = 2  # a batch of kNN queries is split across this many connections (server cores)
     # catalogues up to this size are ranked in memory by the online paths (resources.item_index), larger ones here
-    in_memory_max_items: int = 500_000
+    in_memory_max_items: int = DEFAULTS["item_index_max_items"]
 
     _conns: list = PrivateAttr(default_factory=list)
     _conn_locks: list = PrivateAttr(default_factory=list)

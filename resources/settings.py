@@ -21,22 +21,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MAX_INSTANCE_COUNT = 100  # a bound on SAGEMAKER_*_INSTANCE_COUNT; the account's service quotas may be lower
 
 
-# Drift thresholds (warn, error): (name, default warn, default error, what the number is, higher is worse)
+# Drift thresholds (warn, error), each the field `drift_<key>` (its defaults there): (variables' prefix, what
+# the number is, higher is worse)
 DRIFT_THRESHOLDS = {
-    "psi": ("DRIFT_PSI", 0.1, 0.25, "a population stability index", True),
-    "approval_rate": ("DRIFT_APPROVAL_RATE", 0.10, 0.20, "a difference of approval rates (0-1)", True),
-    "coverage": ("DRIFT_COVERAGE", 0.10, 0.02, "a share of the catalogue (0-1)", False),
-    "unseen": ("DRIFT_UNSEEN", 0.20, 0.50, "a share of events (0-1)", True),
+    "psi": ("DRIFT_PSI", "a population stability index", True),
+    "approval_rate": ("DRIFT_APPROVAL_RATE", "a difference of approval rates (0-1)", True),
+    "coverage": ("DRIFT_COVERAGE", "a share of the catalogue (0-1)", False),
+    "unseen": ("DRIFT_UNSEEN", "a share of events (0-1)", True),
 }
 
-# When the schedules fire (in SCHEDULE_TIMEZONE): daily scoring at 06:00, retraining on Sundays (off by default),
-# the nightly sweep of the tracking sync at 01:00
-CRON_DEFAULTS = {
-    "CREDIT_SCORING_CRON": "0 6 * * *",
-    "CREDIT_RETRAINING_CRON": "0 2 * * 0",
-    "RECSYS_RETRAINING_CRON": "0 3 * * 0",
-    "TRACKING_SWEEP_CRON": "0 1 * * *",
-}
+# When the schedules fire (in SCHEDULE_TIMEZONE), each the field of its name in lower case (defaults there)
+CRON_SETTINGS = ("CREDIT_SCORING_CRON", "CREDIT_RETRAINING_CRON", "RECSYS_RETRAINING_CRON", "TRACKING_SWEEP_CRON")
 
 
 # the JDBC drivers Debian installs (libmariadb-java, libpostgresql-jdbc-java; scripts/install_spark_runtime.sh)
@@ -79,7 +74,7 @@ class PlatformSettings:
     notify_webhook_url: str | None = None
     embeddings_retention: int = 2
     readonly_statement_timeout_seconds: int = 600
-    max_event_bytes: int = 1024 * 1024
+    max_event_bytes: int = 1024 * 1024  # Kinesis' own default record size limit
     item_index_max_items: int = 500_000
     recommender_refresh_seconds: float = 2.0
     etl_engine: str = "inprocess"
@@ -108,6 +103,7 @@ class PlatformSettings:
     dagster_pg_url: str | None = None
     dagster_ui_url: str = "http://127.0.0.1:3000"
     schedule_timezone: str = "UTC"
+    # daily scoring at 06:00, retraining on Sundays (off by default), the tracking sync's nightly sweep at 01:00
     credit_scoring_cron: str = "0 6 * * *"
     credit_retraining_cron: str = "0 2 * * 0"
     recsys_retraining_cron: str = "0 3 * * 0"
@@ -156,7 +152,7 @@ class PlatformSettings:
             raise ConfigurationError(f"SAGEMAKER_MAX_WAIT_SECONDS must be a whole number of seconds, not {max_wait!r}")
         instance_counts = {}
         for name in ("SAGEMAKER_TRAINING_INSTANCE_COUNT", "SAGEMAKER_TRANSFORM_INSTANCE_COUNT"):
-            count = get(name) or "1"
+            count = setting(name, name.lower())
             if not count.isdigit() or not 1 <= int(count) <= MAX_INSTANCE_COUNT:
                 raise ConfigurationError(f"{name} must be a whole number of instances from 1 to {MAX_INSTANCE_COUNT}, "
                                          f"not {count!r}")
@@ -199,7 +195,7 @@ class PlatformSettings:
         if not readonly_timeout.isdigit() or not 1 <= int(readonly_timeout) <= 3600:
             raise ConfigurationError("READONLY_STATEMENT_TIMEOUT_SECONDS must be a whole number of seconds from 1 to "
                                      f"3600, not {readonly_timeout!r}")
-        max_event_bytes = get("MAX_EVENT_BYTES") or str(1024 * 1024)
+        max_event_bytes = setting("MAX_EVENT_BYTES", "max_event_bytes")
         if not max_event_bytes.isdigit() or not 1024 <= int(max_event_bytes) <= 10 * 1024 * 1024:
             raise ConfigurationError("MAX_EVENT_BYTES must be a whole number of bytes from 1024 to 10485760 (10 MiB, "
                                      f"Kinesis' largest record), not {max_event_bytes!r}")
@@ -210,18 +206,18 @@ class PlatformSettings:
         schedule_timezone = setting("SCHEDULE_TIMEZONE", "schedule_timezone")
         if get("SCHEDULE_TIMEZONE"):  # checked only when set: the Lambda's runtime may have no time-zone database
             _check_timezone("SCHEDULE_TIMEZONE", schedule_timezone)
-        crons = dict(CRON_DEFAULTS)
-        for name in CRON_DEFAULTS:
-            if (value := get(name)) is not None:
-                _check_cron(name, value)
-                crons[name] = value
+        crons = {}
+        for name in CRON_SETTINGS:
+            if get(name) is not None:
+                _check_cron(name, get(name))
+            crons[name.lower()] = setting(name, name.lower())
         freshness = {}
-        for name, default, low, high, unit in (("FRESHNESS_TRAINING_DAYS", 8, 1, 365, "days"),
-                                               ("FRESHNESS_RECOMMENDATIONS_HOURS", 2, 1, 720, "hours")):
-            value = get(name) or str(default)
+        for name, low, high, unit in (("FRESHNESS_TRAINING_DAYS", 1, 365, "days"),
+                                      ("FRESHNESS_RECOMMENDATIONS_HOURS", 1, 720, "hours")):
+            value = setting(name, name.lower())
             if not value.isdigit() or not low <= int(value) <= high:
                 raise ConfigurationError(f"{name} must be a whole number of {unit} from {low} to {high}, not {value!r}")
-            freshness[name] = int(value)
+            freshness[name.lower()] = int(value)
         max_items = setting("ITEM_INDEX_MAX_ITEMS", "item_index_max_items")
         if not max_items.isdigit() or not 0 <= int(max_items) <= 50_000_000:
             raise ConfigurationError("ITEM_INDEX_MAX_ITEMS must be a whole number of items from 0 (never held in "
@@ -249,7 +245,8 @@ class PlatformSettings:
         glue_workers = setting("GLUE_WORKERS", "glue_workers")
         if not glue_workers.isdigit() or not 2 <= int(glue_workers) <= 299:
             raise ConfigurationError(f"GLUE_WORKERS must be a whole number of workers from 2 to 299, not {glue_workers!r}")
-        drift = {key: _drift_thresholds(get, *spec) for key, spec in DRIFT_THRESHOLDS.items()}
+        drift = {f"drift_{key}": _drift_thresholds(get, prefix, *DEFAULTS[f"drift_{key}"], what, higher_is_worse)
+                 for key, (prefix, what, higher_is_worse) in DRIFT_THRESHOLDS.items()}
         min_sample = setting("DRIFT_MIN_SAMPLE", "drift_min_sample")
         if not min_sample.isdigit() or not 1 <= int(min_sample) <= 1_000_000:
             raise ConfigurationError(f"DRIFT_MIN_SAMPLE must be a whole number (of customers or events) from 1 to "
@@ -302,16 +299,9 @@ class PlatformSettings:
             dagster_pg_url=get("DAGSTER_PG_URL"),
             dagster_ui_url=ui_url,
             schedule_timezone=schedule_timezone,
-            credit_scoring_cron=crons["CREDIT_SCORING_CRON"],
-            credit_retraining_cron=crons["CREDIT_RETRAINING_CRON"],
-            recsys_retraining_cron=crons["RECSYS_RETRAINING_CRON"],
-            tracking_sweep_cron=crons["TRACKING_SWEEP_CRON"],
-            freshness_training_days=freshness["FRESHNESS_TRAINING_DAYS"],
-            freshness_recommendations_hours=freshness["FRESHNESS_RECOMMENDATIONS_HOURS"],
-            drift_psi=drift["psi"],
-            drift_approval_rate=drift["approval_rate"],
-            drift_coverage=drift["coverage"],
-            drift_unseen=drift["unseen"],
+            **crons,
+            **freshness,
+            **drift,
             drift_min_sample=int(min_sample),
             from_process_env=from_process_env,
         )
@@ -437,20 +427,19 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
     else:
         artifacts = LocalArtifactStore(root=str(Path(location).expanduser().resolve()))
 
+    # the serving container's settings, which the model packages name too
+    serving = {"instance_type": settings.sagemaker_instance_type, "py_version": settings.sagemaker_py_version,
+               "inference_framework_version": settings.sagemaker_inference_framework_version,
+               "inference_image": settings.sagemaker_inference_image}
     sagemaker_settings = {
+        **aws, **serving,
         "artifacts": artifacts,
         "work_dir": str(settings.sagemaker_work_dir),
-        "region_name": settings.aws_region,
-        "endpoint_url": settings.aws_endpoint_url,
         "role_arn": settings.sagemaker_role_arn,
-        "instance_type": settings.sagemaker_instance_type,
         "training_instance_count": settings.sagemaker_training_instance_count,
         "transform_instance_count": settings.sagemaker_transform_instance_count,
         "framework_version": settings.sagemaker_framework_version,
-        "inference_framework_version": settings.sagemaker_inference_framework_version,
-        "py_version": settings.sagemaker_py_version,
         "training_image": settings.sagemaker_training_image,
-        "inference_image": settings.sagemaker_inference_image,
     }
     if settings.sagemaker_backend == "aws":
         sagemaker = AwsSageMakerJobs(**sagemaker_settings, max_wait_seconds=settings.sagemaker_max_wait_seconds)
@@ -478,11 +467,8 @@ def build_resources(settings: PlatformSettings | None = None) -> dict[str, objec
 
     registry_settings = {"env": settings.environment, "version_policy": settings.model_version_policy}
     if settings.registry_backend == "sagemaker":
-        registry = SageMakerModelRegistry(
-            **registry_settings, **aws, inference_image=settings.sagemaker_inference_image or "",
-            inference_framework_version=settings.sagemaker_inference_framework_version,
-            py_version=settings.sagemaker_py_version, instance_type=settings.sagemaker_instance_type,
-            events_queue_url=settings.registry_events_queue_url)
+        registry = SageMakerModelRegistry(**registry_settings, **aws, **serving,
+                                          events_queue_url=settings.registry_events_queue_url)
     else:
         registry = LocalModelRegistry(db=app_db, **registry_settings)
     if settings.notifier_backend == "sns":

@@ -36,10 +36,11 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from resources.aws_clients import SENSOR_TIMEOUTS, aws_client
+from resources.settings import DEFAULTS
 from resources.stream_record import PREVIEW_BYTES, StreamRecord  # noqa: F401  (re-exported)
 
 LOCAL_SHARD = "shard-000000000000"
-DEFAULT_MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' own default record size limit
+DEFAULT_MAX_RECORD_BYTES = DEFAULTS["max_event_bytes"]  # Kinesis' own default record size limit
 
 
 class EventStream(dg.ConfigurableResource, ABC):
@@ -221,7 +222,7 @@ class KinesisEventStream(EventStream):
     """A Kinesis data stream (`KINESIS_STREAM_NAME`), read shard by shard with shard iterators."""
 
     stream_name: str
-    region_name: str = "us-east-1"
+    region_name: str = DEFAULTS["aws_region"]
     endpoint_url: str | None = None
     put_retries: int = 5
     _kinesis: Any = PrivateAttr(default=None)

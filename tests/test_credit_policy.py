@@ -59,3 +59,15 @@ def test_policy_violations_find_every_kind_of_tampering():
 def test_negative_percentages_are_rejected():
     with pytest.raises(ValueError, match="must not be negative"):
         LimitPolicy(low_limit_increase_pct=-5)
+
+
+def test_the_processing_steps_environment_carries_every_threshold_and_names_a_bad_one():
+    """The SageMaker processing step gets the policy as POLICY_<FIELD> variables (`to_env`) and reads it back
+    (`from_env`): every field survives, unset ones keep their defaults, a bad value names its variable."""
+    policy = LimitPolicy(approve_min_score=700, low_limit_threshold=4_000, low_limit_increase_pct=40,
+                         high_limit_increase_pct=20, max_limit=15_000)
+    assert LimitPolicy.from_env(policy.to_env()) == policy
+    assert set(policy.to_env()) == {f"POLICY_{name.upper()}" for name in LimitPolicy().as_dict()}
+    assert LimitPolicy.from_env({"POLICY_MAX_LIMIT": "9000"}) == LimitPolicy(max_limit=9_000)
+    with pytest.raises(ValueError, match=r"POLICY_APPROVE_MIN_SCORE must be a whole number, not '6x0'"):
+        LimitPolicy.from_env({"POLICY_APPROVE_MIN_SCORE": "6x0"})

@@ -118,14 +118,14 @@ def test_schedules_follow_the_settings(monkeypatch):
     import importlib
 
     import credit_assets.schedules
-    import recsys_assets.jobs
+    import recsys_assets.schedules
 
     monkeypatch.setenv("CREDIT_SCORING_CRON", "30 5 * * 1-5")
     monkeypatch.setenv("RECSYS_RETRAINING_CRON", "0 1 1 * *")
     monkeypatch.setenv("SCHEDULE_TIMEZONE", "Europe/Berlin")
     try:
         scoring = importlib.reload(credit_assets.schedules).credit_scoring_schedule
-        retraining = importlib.reload(recsys_assets.jobs).recsys_retraining_schedule
+        retraining = importlib.reload(recsys_assets.schedules).recsys_retraining_schedule
         assert (scoring.cron_schedule, scoring.execution_timezone) == ("30 5 * * 1-5", "Europe/Berlin")
         assert scoring.default_status == dg.DefaultScheduleStatus.RUNNING
         assert (retraining.cron_schedule, retraining.execution_timezone) == ("0 1 1 * *", "Europe/Berlin")
@@ -133,7 +133,7 @@ def test_schedules_follow_the_settings(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(credit_assets.schedules)
-        importlib.reload(recsys_assets.jobs)
+        importlib.reload(recsys_assets.schedules)
 
 
 def test_what_people_rely_on_has_a_freshness_policy():

@@ -321,7 +321,7 @@ def test_the_workflows_run_against_the_stack(stack, on_the_stack, app_db, datase
     from mlops_assets.notifications import model_registry_sensor
     from recsys_assets import lambda_handler, ratings_etl
     from recsys_assets.session_events import make_events
-    from recsys_assets.streaming import session_events_sensor
+    from recsys_assets.sensors import session_events_sensor
     from resources.settings import build_resources, open_resources
 
     defs = dg.Definitions.merge(credit_assets.defs, recsys_assets.defs, mlops_assets.defs,

@@ -368,3 +368,38 @@ def test_the_lambdas_sessions_cannot_write(app_db):
             reader.connection().execute("CREATE TABLE lambda_wrote (x int)")
     finally:
         reader.close()
+
+
+def test_the_user_tower_is_read_only_as_the_manifest_records_it(app_db, local_artifacts, datasets_dir, tmp_path):
+    """Every reader of the user tower (the hourly step, the Lambda, the API) checks its files against the version's
+    manifest: a swapped or truncated file, or a version whose manifest is gone, is refused naming the file."""
+    from recsys_assets.live_model import ArtifactTowers
+    from resources.artifact_keys import join_key, version_prefix
+    from resources.settings import PlatformSettings
+
+    store = PgVectorStore(db=app_db, item_table="checked_items", user_table="checked_users")
+    try:
+        publish_and_load(training_frame(datasets_dir), local_artifacts, store, "checked-v1", epochs=5)
+    finally:
+        store.close()
+    settings = PlatformSettings.from_env({"ARTIFACTS_URI": local_artifacts.root, "DATA_DIR": str(tmp_path)})
+    readers = {"the hourly step": lambda: stream_archive.embedder_for(local_artifacts, "checked-v1"),
+               "the Lambda and the API": lambda: ArtifactTowers(settings).embedder("checked-v1")}
+    tower_key = join_key(version_prefix("checked-v1"), numpy_tower.USER_TOWER_FILE)
+    manifest_key = join_key(version_prefix("checked-v1"), "manifest.json")
+    original, manifest = local_artifacts.read_bytes(tower_key), local_artifacts.read_bytes(manifest_key)
+
+    local_artifacts.write_bytes(tower_key, original + b" ")  # still valid JSON, not the published file
+    for who, read in readers.items():
+        with pytest.raises(UserTowerUnavailable, match=r"user tower file .*checked-v1/model/user_tower\.json is corrupt: "
+                                                       r"its content does not match the SHA-256 in the manifest"):
+            read()
+    local_artifacts.write_bytes(tower_key, original)
+    local_artifacts.delete([manifest_key])
+    for who, read in readers.items():
+        with pytest.raises(UserTowerUnavailable, match=r"model version checked-v1 is missing or incomplete: "
+                                                       r"no .*checked-v1/manifest\.json"):
+            read()
+    local_artifacts.write_bytes(manifest_key, manifest)
+    for who, read in readers.items():
+        assert read().version == "checked-v1", who

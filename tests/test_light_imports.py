@@ -47,6 +47,8 @@ LIGHT = [
     "recsys_assets.api",
     "recsys_assets.session_events",
     "recsys_assets.ratings_etl_spark",
+    "recsys_assets.ratings_etl",
+    "recsys_assets.embeddings",
     "resources.item_index",
     "resources.vector_queries",
     "resources.settings",
@@ -62,6 +64,8 @@ LIGHT = [
     "credit_assets",
     "credit_assets.policy",
     "credit_assets.population",
+    "credit_assets.scoring",
+    "credit_assets.training_data",
     "mlops_assets",
 ]
 CASES = sorted({*((m, HEAVY) for m in LIGHT if m not in PANDAS_FREE), *((m, HEAVY_FOR_LAMBDA) for m in PANDAS_FREE)})

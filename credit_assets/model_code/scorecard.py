@@ -92,6 +92,7 @@ DEFAULT_MIN_BIN_SHARE = 0.02
 DEFAULT_MIN_SPECIAL_SHARE = 0.005
 DEFAULT_SPECIAL_Z = 3.0
 DEFAULT_L2 = 3e-5
+DEFAULT_SEED = 7  # of the Development/Validation split
 DEFAULT_MAX_ITER = 100  # Newton iterations (it converges in about 10)
 
 INCREASING, DECREASING, FLAT = "increasing", "decreasing", "none"

@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default=scorecard.DEFAULT_MIN_SPECIAL_SHARE)
     parser.add_argument("--special-z", "--special_z", dest="special_z", type=float,
                         default=scorecard.DEFAULT_SPECIAL_Z)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=scorecard.DEFAULT_SEED)
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "data"))
     parser.add_argument("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR", "output"))

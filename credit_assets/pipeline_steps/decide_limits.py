@@ -21,9 +21,7 @@ BASE = "/opt/ml/processing"
 
 
 def policy_from_env() -> LimitPolicy:
-    defaults = LimitPolicy()
-    return LimitPolicy(**{name: int(os.environ.get(f"POLICY_{name.upper()}", value))
-                          for name, value in defaults.as_dict().items()})
+    return LimitPolicy.from_env(os.environ)
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@
    architecture into `<out>/package`, without dependency resolution: the file is the whole closure. Only
    wheels the runtime's Amazon Linux 2023 can load are taken (glibc 2.34: manylinux_2_34 and older).
 2. The platform's modules the handler imports are copied next to them (`PROJECT_MODULES`): the enrichment,
-   the numpy user tower, the vector queries, settings and credentials; none of them imports Dagster, pandas
+   the numpy user tower, the vector queries, the manifest check, settings and credentials; none of them imports Dagster, pandas
    or torch.
 3. The unzipped size is checked against Lambda's limit (250 MB, layers included); a package over it is not
    zipped and the build fails, listing the largest parts.
@@ -51,6 +51,7 @@ PROJECT_MODULES = (
     "resources/credentials.py",
     "resources/item_index.py",
     "resources/lazy_definitions.py",
+    "resources/model_versions.py",
     "resources/settings.py",
     "resources/vector_queries.py",
 )

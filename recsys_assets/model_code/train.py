@@ -30,25 +30,26 @@ import pyarrow.dataset as ds
 import torch
 
 import two_tower as tt
+from training_defaults import TRAINING_DEFAULTS, factor_l2_candidates
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    defaults = tt.Hyperparameters()
+    defaults = TRAINING_DEFAULTS
     parser = argparse.ArgumentParser()
-    parser.add_argument("--embedding-dim", "--embedding_dim", dest="embedding_dim", type=int, default=defaults.dim)
-    parser.add_argument("--hidden", type=int, default=defaults.hidden)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--factor-l2", "--factor_l2", dest="factor_l2", type=str,
-                        default=",".join(f"{v:g}" for v in defaults.factor_l2),
+    parser.add_argument("--embedding-dim", "--embedding_dim", dest="embedding_dim", type=int,
+                        default=defaults["embedding_dim"])
+    parser.add_argument("--hidden", type=int, default=defaults["hidden"])
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"])
+    parser.add_argument("--lr", type=float, default=defaults["lr"])
+    parser.add_argument("--factor-l2", "--factor_l2", dest="factor_l2", type=str, default=defaults["factor_l2"],
                         help="comma-separated candidates for the factors' L2 penalty, chosen on an inner split")
     parser.add_argument("--inner-fraction", "--inner_fraction", dest="inner_fraction", type=float,
-                        default=defaults.inner_fraction)
+                        default=defaults["inner_fraction"])
     parser.add_argument("--validation-fraction", "--validation_fraction", dest="validation_fraction", type=float,
-                        default=0.2)
-    parser.add_argument("--eval-seeds", "--eval_seeds", dest="eval_seeds", type=int, default=5,
+                        default=defaults["validation_fraction"])
+    parser.add_argument("--eval-seeds", "--eval_seeds", dest="eval_seeds", type=int, default=defaults["eval_seeds"],
                         help="held-out splits the model and the baselines are scored on (seeds seed, seed+1, ...)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "train"))
     parser.add_argument("--catalog", default=os.environ.get("SM_CHANNEL_CATALOG", ""))
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def hyperparameters(args: argparse.Namespace) -> tt.Hyperparameters:
     return tt.Hyperparameters(dim=args.embedding_dim, hidden=args.hidden, epochs=args.epochs, lr=args.lr,
-                              factor_l2=tuple(float(v) for v in str(args.factor_l2).split(",") if v.strip()),
+                              factor_l2=factor_l2_candidates(args.factor_l2),
                               inner_fraction=args.inner_fraction)
 
 

@@ -47,8 +47,10 @@ from torch import nn
 
 if __package__:  # imported as recsys_assets.model_code.two_tower
     from . import numpy_tower
+    from .training_defaults import TRAINING_DEFAULTS, factor_l2_candidates
 else:  # the training job's and the serving container's code folder
     import numpy_tower
+    from training_defaults import TRAINING_DEFAULTS, factor_l2_candidates
 
 USER_CATEGORICAL = ["city", "country"]
 USER_NUMERIC = ["creditlimit"]
@@ -69,7 +71,7 @@ ITEM_EMBEDDINGS_FILE = "embeddings/item_embeddings.csv"
 USER_EMBEDDINGS_FILE = "embeddings/user_embeddings.csv"
 METRICS_FILE = "metrics.json"
 # what the serving container imports from code/ inside model.tar.gz (and pip-installs, requirements.txt)
-SERVING_CODE = ("inference.py", "two_tower.py", "numpy_tower.py", "requirements.txt")
+SERVING_CODE = ("inference.py", "two_tower.py", "numpy_tower.py", "training_defaults.py", "requirements.txt")
 
 
 # --- feature scaling (JSON, never pickle) -----------------------------------------------------------------
@@ -179,12 +181,14 @@ def item_vectors(factors: np.ndarray, biases: np.ndarray, norm: float) -> np.nda
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    dim: int = 32
-    hidden: int = 64
-    epochs: int = 200
-    lr: float = 0.05
-    factor_l2: tuple[float, ...] = (3.0, 10.0, 100.0)  # candidates for the factors, chosen on an inner split
-    inner_fraction: float = 0.2  # of the training ratings, to choose factor_l2
+    """The model's hyperparameters (defaults: `training_defaults`, written there once)."""
+
+    dim: int = TRAINING_DEFAULTS["embedding_dim"]
+    hidden: int = TRAINING_DEFAULTS["hidden"]
+    epochs: int = TRAINING_DEFAULTS["epochs"]
+    lr: float = TRAINING_DEFAULTS["lr"]
+    factor_l2: tuple[float, ...] = factor_l2_candidates(TRAINING_DEFAULTS["factor_l2"])
+    inner_fraction: float = TRAINING_DEFAULTS["inner_fraction"]
 
 
 # the random effects of the biases: each id and each feature, of users and of items

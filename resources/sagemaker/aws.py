@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from resources.aws_clients import JOB_TIMEOUTS, aws_client
 from resources.settings import DEFAULTS
 from resources.sagemaker import containers
 from resources.sagemaker.jobs import (
@@ -47,10 +46,6 @@ class AwsSageMakerJobs(SageMakerJobs):
     poll_seconds: float = 15.0
     max_runtime_seconds: int = 24 * 3600
     volume_size_gb: int = 30
-
-    def client(self):
-        """A boto3 SageMaker client for this resource's region and endpoint."""
-        return aws_client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url, **JOB_TIMEOUTS)
 
     def _require_role(self) -> str:
         if not self.role_arn:

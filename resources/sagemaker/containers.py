@@ -36,6 +36,7 @@ UTF8_CONTENT_TYPES = ("application/json", "text/csv")  # the toolkit hands these
 DEFAULT_ACCEPT = "application/json"  # the toolkit's answer type when a request accepts anything
 SPLIT_TYPES = ("None", "Line")  # RecordIO and TFRecord exist on AWS, but no model of the platform reads them
 BATCH_STRATEGIES = ("MultiRecord", "SingleRecord")
+DEFAULT_MAX_PAYLOAD_MB = 6  # Batch Transform's MaxPayloadInMB when none is given (SageMaker's default)
 MAX_PAYLOAD_MB = 100  # CreateTransformJob's own limit
 HOST = "algo-1"
 INSTANCE_GROUP = "homogeneousCluster"

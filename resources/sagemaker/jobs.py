@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import dagster as dg
 
 from resources.artifacts import ArtifactStore, join_key, scratch_dir
+from resources.aws_clients import JOB_TIMEOUTS, aws_client
 from resources.sagemaker import containers
 from resources.sagemaker.images import pytorch_image
 from resources.settings import DEFAULTS
@@ -180,6 +181,11 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
 
     backend: ClassVar[str]  # "local" or "aws", as SAGEMAKER_BACKEND names it
 
+    def client(self):
+        """A boto3 SageMaker client for this resource's region and endpoint (the jobs of the aws backend, and
+        the pipeline upserts of either)."""
+        return aws_client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url, **JOB_TIMEOUTS)
+
     # --- public API ----------------------------------------------------------------------------------
 
     def train(
@@ -227,7 +233,7 @@ class SageMakerJobs(dg.ConfigurableResource, ABC):
         accept: str = "text/csv",
         split_type: str = "Line",
         batch_strategy: str = "MultiRecord",
-        max_payload_mb: int = 6,
+        max_payload_mb: int = containers.DEFAULT_MAX_PAYLOAD_MB,
         entry_point: str = containers.DEFAULT_INFERENCE_ENTRY_POINT,
         tags: Mapping[str, str] | None = None,
         log: Callable[[str], None] | None = None,
