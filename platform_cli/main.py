@@ -133,30 +133,31 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def cmd_embeddings(args: argparse.Namespace) -> int:
     from resources.pgvector import EmbeddingsBusyError, EmbeddingsLoadError
+    from resources.vector_queries import VectorExtensionUnavailableError
 
     with open_resources(_settings()) as resources:
         store = resources.pgvector
-        if args.action == "rollback":
-            try:
+        try:
+            if args.action == "rollback":
                 version = store.rollback()
-            except (EmbeddingsLoadError, EmbeddingsBusyError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            print(f"{store.item_table} and {store.user_table} are back on version {version}")
-            return 0
-        for table in (store.item_table, store.user_table):
-            versions = store.versions(table)
-            print(f"{table}: {len(versions)} version(s)")
-            for row in versions:
-                print(f"  {row['version']}  {row['status']:<8} {row['rows']:>9,} rows  dimension {row['dimension']}  "
-                      f"loaded {row['loaded_at']:%Y-%m-%d %H:%M}")
+                print(f"{store.item_table} and {store.user_table} are back on version {version}")
+                return 0
+            listings = {table: store.versions(table) for table in (store.item_table, store.user_table)}
+        except (EmbeddingsLoadError, EmbeddingsBusyError, VectorExtensionUnavailableError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for table, versions in listings.items():
+        print(f"{table}: {len(versions)} version(s)")
+        for row in versions:
+            print(f"  {row['version']}  {row['status']:<8} {row['rows']:>9,} rows  dimension {row['dimension']}  "
+                  f"loaded {row['loaded_at']:%Y-%m-%d %H:%M}")
     return 0
 
 
 def cmd_training_runs(args: argparse.Namespace) -> int:
     with open_resources(_settings()) as resources:
         runs = resources.tracking.runs(limit=args.limit)
-    print(f"{len(runs)} training run(s) recorded" + (f" (the newest {args.limit})" if len(runs) == args.limit else ""))
+    print(f"{len(runs)} training run(s) recorded, newest first" + (" (--limit reached)" if len(runs) == args.limit else ""))
     for run in runs:
         ended = run["ended_at"].strftime("%Y-%m-%d %H:%M") if run["ended_at"] else "-"
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(run["metrics"].items()) if isinstance(v, (int, float)))
@@ -308,6 +309,12 @@ def cmd_readonly_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number from 1, not {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mldp", description="ML data platform on Dagster")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -373,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     embeddings.set_defaults(func=cmd_embeddings)
 
     runs = commands.add_parser("training-runs", help="the training runs the tracking sync recorded, newest first")
-    runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    runs.add_argument("--limit", type=_positive_int, default=20, help="how many at most (default 20)")
     runs.set_defaults(func=cmd_training_runs)
 
     pipeline = commands.add_parser("sagemaker-pipeline", help="export the credit pipeline as a SageMaker Pipeline")

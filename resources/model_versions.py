@@ -91,14 +91,18 @@ def read_manifest(store: ArtifactStore, prefix: str, version: str | None = None)
     return parse_manifest(raw, store.uri(key), version)
 
 
-def parse_manifest(raw: bytes, uri: str, version: str, error: type[Exception] = ModelArtifactError) -> dict[str, Any]:
-    """A version's manifest from its bytes (`uri` names it in errors): a JSON object with a `files` listing."""
+def parse_manifest(raw: bytes, uri: str, version: str, error: type[Exception] = ModelArtifactError, *,
+                   plain_list: bool = False) -> dict[str, Any]:
+    """A version's manifest from its bytes (`uri` names it in errors): a JSON object whose `files` maps each
+    file to its SHA-256 and size, as `publish_version` writes it; `plain_list`: the recommender lab's plain
+    list of names (no digests) is accepted too, for the versions published by hand under `ml-artifacts/`."""
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"model version {version}: {uri} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), (dict, list)):
-        raise error(f"{uri} is not a model manifest (no 'files' listing)")
+    listings = (dict, list) if plain_list else (dict,)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), listings):
+        raise error(f"{uri} is not a model manifest (no 'files' {'listing' if plain_list else 'with their digests'})")
     manifest.setdefault("version", version)
     return manifest
 
@@ -150,13 +154,17 @@ def verified_reader(read: Callable[[str], bytes], version: str, where: str, *,
                     error: type[Exception] = ModelArtifactError,
                     what: str = "model artifact") -> Callable[[str], bytes]:
     """`read(name)` (the bytes of `<where>/<name>`, `ArtifactNotFoundError` when absent) for the readers that
-    hold no store (the Lambda, the recommendations API): the version's manifest is read first, a file it does
-    not list counts as absent (`ArtifactNotFoundError`), and every file is checked against its SHA-256
-    (`error` when corrupt). A version without a manifest is incomplete: `error`."""
+    hold no store (the Lambda, the recommendations API): the version's manifest is read first; of a manifest
+    with digests (the platform's), a file it does not list counts as absent (`ArtifactNotFoundError`) and
+    every file is checked against its SHA-256 (`error` when corrupt). The recommender lab's plain list of names
+    records no digests: its version's files are read as they are. A version without a manifest is
+    incomplete: `error`."""
     try:
-        manifest = parse_manifest(read(MANIFEST), f"{where}/{MANIFEST}", version, error)
+        manifest = parse_manifest(read(MANIFEST), f"{where}/{MANIFEST}", version, error, plain_list=True)
     except ArtifactNotFoundError:
         raise error(f"model version {version} is missing or incomplete: no {where}/{MANIFEST}") from None
+    if isinstance(manifest["files"], list):  # nothing to check a file against: the lab's form, published by hand
+        return read
 
     def read_checked(name: str) -> bytes:
         if name not in listed_files(manifest):

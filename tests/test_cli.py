@@ -231,3 +231,13 @@ def test_the_demo_refuses_to_run_beside_a_running_daemon(env):
     refused = mldp("demo", env=env)
     assert refused.returncode == 1 and "`mldp dev` is running on" in refused.stderr
     assert not (Path(env["DATA_DIR"]) / "postgres").exists()  # nothing started, nothing loaded
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x"])
+def test_a_limit_that_is_not_a_positive_number_is_refused_before_anything_runs(limit, capsys):
+    from platform_cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["training-runs", "--limit", limit])
+    assert exited.value.code == 2 and f"a whole number from 1, not {limit!r}" in capsys.readouterr().err
+

@@ -375,6 +375,7 @@ def test_the_user_tower_is_read_only_as_the_manifest_records_it(app_db, local_ar
     manifest: a swapped or truncated file, or a version whose manifest is gone, is refused naming the file."""
     from recsys_assets.live_model import ArtifactTowers
     from resources.artifact_keys import join_key, version_prefix
+    from resources.model_versions import ModelArtifactError, parse_manifest
     from resources.settings import PlatformSettings
 
     store = PgVectorStore(db=app_db, item_table="checked_items", user_table="checked_users")
@@ -400,6 +401,13 @@ def test_the_user_tower_is_read_only_as_the_manifest_records_it(app_db, local_ar
         with pytest.raises(UserTowerUnavailable, match=r"model version checked-v1 is missing or incomplete: "
                                                        r"no .*checked-v1/manifest\.json"):
             read()
-    local_artifacts.write_bytes(manifest_key, manifest)
+    # the recommender lab's own form, published by hand: a plain list of names, no digests to check against
+    lab_manifest = {"dimension": 32, "files": ["embeddings/item_embeddings.csv", "embeddings/user_embeddings.csv"]}
+    local_artifacts.write_json(manifest_key, lab_manifest)
     for who, read in readers.items():
         assert read().version == "checked-v1", who
+    local_artifacts.write_bytes(manifest_key, manifest)
+    assert readers["the Lambda and the API"]().version == "checked-v1"
+    # the platform's own versions (the credit model's) must carry their digests
+    with pytest.raises(ModelArtifactError, match=r"u is not a model manifest \(no 'files' with their digests\)"):
+        parse_manifest(json.dumps(lab_manifest).encode(), "u", "v1")

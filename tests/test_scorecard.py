@@ -142,7 +142,8 @@ def test_a_bundle_of_the_previous_format_still_scores(tmp_path):
     names = (scorecard.NUMERIC_FEATURES + [f"{n}__missing" for n in scorecard.NUMERIC_FEATURES]
              + [f"{n}={v}" for n in scorecard.CATEGORICAL_FEATURES for v in categorical[n]])
     prep = {"format": 1, "numeric": numeric, "categorical": categorical, "feature_names": names}
-    model = scorecard.LogisticScorecard(len(names))
+    model = scorecard.LogisticScorecard(len(names))  # built on first use (torch is not loaded before)
+    assert type(model) is scorecard.LogisticScorecard and type(model).__qualname__ == "LogisticScorecard"
     torch.nn.init.normal_(model.linear.weight, std=0.01)
     torch.save(model.state_dict(), tmp_path / scorecard.MODEL_FILE)
     (tmp_path / scorecard.PREPROCESSING_FILE).write_text(json.dumps(prep))

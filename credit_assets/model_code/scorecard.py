@@ -423,7 +423,7 @@ def _model_class() -> type:
             def forward(self, x):
                 return self.linear(x).squeeze(-1)
 
-        LogisticScorecard.__module__ = __name__
+        LogisticScorecard.__module__, LogisticScorecard.__qualname__ = __name__, "LogisticScorecard"  # picklable
         _LogisticScorecard = LogisticScorecard
     return _LogisticScorecard
 
