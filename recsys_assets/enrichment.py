@@ -375,15 +375,16 @@ class UserTowerUnavailable(RuntimeError):
 def load_user_tower(read: Callable[[str], bytes], version: str, where: str, *, torch_fallback: bool = False):
     """Model version `version`'s user tower for numpy (`NumpyUserTower`), from its published files, each
     verified against the version's manifest: `read(name)` returns `ml-artifacts/<version>/<name>`
-    (`ArtifactNotFoundError` when absent), `where` is that folder's URI for messages. Reads `model/user_tower.json`; a version published before that export
-    existed is converted from its torch weights (`weights_only=True`) where torch is installed
-    (`torch_fallback`), and refused with a message elsewhere (the Lambda)."""
+    (`ArtifactNotFoundError` when absent), `where` is that folder's URI for messages. Reads
+    `model/user_tower.json`; a version published before that export existed is converted from its torch
+    weights (`weights_only=True`) where torch is installed (`torch_fallback`), and refused with a message
+    elsewhere (the Lambda)."""
     from recsys_assets.model_code import numpy_tower
     from resources.artifact_keys import ArtifactNotFoundError
     from resources.model_versions import verified_reader
 
-    # each file checked against the version's manifest: a version without one, or a swapped or truncated file,
-    # is refused naming it; a file the manifest does not list counts as absent
+    # each file checked against the version's manifest (`verified_reader`): a version without one, or a swapped
+    # or truncated file, is refused naming it
     read = verified_reader(read, version, where, error=UserTowerUnavailable, what="user tower file")
 
     def required(name: str) -> bytes:

@@ -208,9 +208,9 @@ class PlatformSettings:
             _check_timezone("SCHEDULE_TIMEZONE", schedule_timezone)
         crons = {}
         for name in CRON_SETTINGS:
-            if get(name) is not None:
-                _check_cron(name, get(name))
             crons[name.lower()] = setting(name, name.lower())
+            if get(name) is not None:
+                _check_cron(name, crons[name.lower()])
         freshness = {}
         for name, low, high, unit in (("FRESHNESS_TRAINING_DAYS", 1, 365, "days"),
                                       ("FRESHNESS_RECOMMENDATIONS_HOURS", 1, 720, "hours")):

@@ -45,6 +45,7 @@ and one-hot categories) still load and score as they did.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -405,30 +406,25 @@ def _legacy_matrix(frame: pd.DataFrame, preprocessing: dict[str, Any]) -> np.nda
 # --- model -----------------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _model_class() -> type:
     """`LogisticScorecard`, built on first use: torch is imported by what trains, saves or loads a model, not by
     what only needs the features and their binning (the credit assets' definitions, the customer store)."""
-    global _LogisticScorecard
-    if _LogisticScorecard is None:
-        from torch import nn
+    from torch import nn
 
-        class LogisticScorecard(nn.Module):
-            """Logistic regression: one linear layer whose output is the log-odds of Decline. In format 2 its
-            inputs are the attributes' indicators (one weight per attribute)."""
+    class LogisticScorecard(nn.Module):
+        """Logistic regression: one linear layer whose output is the log-odds of Decline. In format 2 its
+        inputs are the attributes' indicators (one weight per attribute)."""
 
-            def __init__(self, n_features: int) -> None:
-                super().__init__()
-                self.linear = nn.Linear(n_features, 1)
+        def __init__(self, n_features: int) -> None:
+            super().__init__()
+            self.linear = nn.Linear(n_features, 1)
 
-            def forward(self, x):
-                return self.linear(x).squeeze(-1)
+        def forward(self, x):
+            return self.linear(x).squeeze(-1)
 
-        LogisticScorecard.__module__, LogisticScorecard.__qualname__ = __name__, "LogisticScorecard"  # picklable
-        _LogisticScorecard = LogisticScorecard
-    return _LogisticScorecard
-
-
-_LogisticScorecard: type | None = None
+    LogisticScorecard.__module__, LogisticScorecard.__qualname__ = __name__, "LogisticScorecard"  # picklable
+    return LogisticScorecard
 
 
 def __getattr__(name: str):
